@@ -1,0 +1,42 @@
+# meshd build, test and packaging. Targets that touch the system need root.
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+PREFIX  ?= /usr/local
+BIN     := bin/meshd
+# Tools the tests drive; installed without recommends so apt does not pull
+# in a kernel and systemd.
+TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables
+
+.PHONY: build deps demo test test-unit fuzz install clean
+
+build:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/meshd
+
+# deps installs what the tests need; a no-op when everything is present.
+deps:
+	@missing=""; for p in $(TEST_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	$(GO) mod download
+
+demo: deps build
+	./$(BIN) demo
+
+# test runs everything: unit tests, the namespace tests and the end-to-end
+# mesh tests. Run it as root; with CI=true nothing that needs root may skip.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+
+# test-unit runs only what needs no root.
+test-unit:
+	$(GO) test -count=1 ./config/... ./crypto/... ./mesh/... ./routes/... ./wgdev/... ./control/... ./cmd/...
+
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/meshd
+	install -D -m 0644 config.example.toml $(DESTDIR)/etc/meshd/meshd.toml.example
+
+clean:
+	rm -rf bin

@@ -1,0 +1,132 @@
+// Command meshd is the WireGuard mesh overlay daemon and its CLI. This file
+// is wiring only: flags, config, logging, signals and exit codes.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/wgdev"
+)
+
+// Exit codes are part of the CLI contract.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2 // bad flags, bad config, bad key files
+)
+
+// defaultConfig is where packaged installs keep the configuration.
+const defaultConfig = "/etc/meshd/meshd.toml"
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// usageError marks errors the user fixes by changing the command line.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	root := newRootCommand()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintln(os.Stderr, "meshd:", err)
+	return exitCode(err)
+}
+
+func exitCode(err error) int {
+	var ue usageError
+	var ke *crypto.KeyError
+	var ce checkFailed
+	switch {
+	case errors.As(err, &ce):
+		return exitFailure
+	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.Is(err, wgdev.ErrKernelUnsupported):
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "meshd",
+		Short: "WireGuard-encrypted mesh overlay for container hosts",
+		Long: `meshd runs on every host of a cluster. Hosts find each other through an
+encrypted serf gossip cluster, exchange WireGuard keys and pod subnets, and
+keep one WireGuard interface whose peers and routes follow the live
+membership, with one routing table per overlay segment.
+
+Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	// Bad flags are usage errors: exit 2, like every other input problem.
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		newRunCommand(),
+		newStatusCommand(),
+		newKeygenCommand(),
+		newVersionCommand(),
+		newDemoCommand(),
+	)
+	return root
+}
+
+func addConfigFlag(cmd *cobra.Command, path *string) {
+	cmd.Flags().StringVarP(path, "config", "c", defaultConfig, "path to meshd.toml")
+}
+
+// noArgs rejects stray positional arguments as a usage error.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usageError{fmt.Errorf("%s takes no arguments, got %q; see 'meshd %s --help'", cmd.CommandPath(), args, cmd.Name())}
+	}
+	return nil
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print meshd's version",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintf(cmd.OutOrStdout(), "meshd %s\n", version)
+			return nil
+		},
+	}
+}
+
+func newKeygenCommand() *cobra.Command {
+	keygen := &cobra.Command{
+		Use:   "keygen",
+		Short: "Generate keys",
+	}
+	keygen.AddCommand(&cobra.Command{
+		Use:   "gossip",
+		Short: "Print a new base64 gossip encryption key (once per cluster; copy it to every host)",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			k, err := crypto.NewGossipKey()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), k)
+			return nil
+		},
+	})
+	return keygen
+}

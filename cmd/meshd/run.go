@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/daemon"
+)
+
+func newRunCommand() *cobra.Command {
+	var path string
+	cmd := &cobra.Command{
+		Use:   "run",
+		Short: "Run the daemon: join the cluster and keep the WireGuard mesh in sync",
+		Long: `Run joins the serf cluster, creates the WireGuard interface and keeps its
+peers and the per-segment routes equal to the live membership. SIGTERM or
+SIGINT leaves the cluster and removes everything meshd created.
+
+Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			log := newLogger(os.Stderr, cfg)
+			slog.SetDefault(log)
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return daemon.Run(ctx, cfg, log)
+		},
+	}
+	addConfigFlag(cmd, &path)
+	return cmd
+}
+
+func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h).With("node", cfg.NodeName)
+}
+
+// controlSocket finds the daemon's control socket: from --socket, or the
+// config the daemon runs with (--config).
+func controlSocket(path, socket string) (string, error) {
+	if socket != "" {
+		return socket, nil
+	}
+	cfg, err := config.Load(path)
+	if err != nil {
+		return "", fmt.Errorf("%w (or pass --socket)", err)
+	}
+	return cfg.ControlSocket, nil
+}

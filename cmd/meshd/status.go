@@ -1,0 +1,161 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/meshd/meshd/control"
+)
+
+// maxHandshakeAge is WireGuard's REKEY_AFTER_TIME plus slack: a live
+// session with traffic or keepalives handshakes at least every two
+// minutes, so an older handshake means the tunnel is not working.
+const maxHandshakeAge = 3 * time.Minute
+
+// checkFailed is a health check that ran and found a problem (exit 1),
+// as opposed to a usage error.
+type checkFailed struct{ msg string }
+
+func (e checkFailed) Error() string { return e.msg }
+
+func newStatusCommand() *cobra.Command {
+	var path, socket string
+	var asJSON, check bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show this host, its peers and their tunnels",
+		Long: `Status asks the running daemon (over its control socket) for this host's
+identity and segments and, for every peer, its serf state, endpoint,
+slices, latest handshake and traffic counters.
+
+--check exits 0 only when every alive peer has completed a handshake in
+the last 3 minutes (usable as a health probe), 1 otherwise.`,
+		Args: noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sock, err := controlSocket(path, socket)
+			if err != nil {
+				return err
+			}
+			st, err := control.NewClient(sock).Status()
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(st); err != nil {
+					return err
+				}
+			} else if !check {
+				printStatus(out, st)
+			}
+			if check {
+				return healthCheck(out, st, !asJSON)
+			}
+			return nil
+		},
+	}
+	addConfigFlag(cmd, &path)
+	cmd.Flags().StringVar(&socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print machine-readable JSON")
+	cmd.Flags().BoolVar(&check, "check", false, "exit 1 unless every alive peer has a handshake younger than 3 minutes")
+	return cmd
+}
+
+func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
+	var bad []string
+	for _, p := range st.Peers {
+		if p.State != "alive" {
+			continue
+		}
+		switch {
+		case !p.Configured:
+			bad = append(bad, p.Name+": not configured")
+		case p.HandshakeAgeSeconds < 0:
+			bad = append(bad, p.Name+": no handshake yet")
+		case p.HandshakeAgeSeconds > maxHandshakeAge.Seconds():
+			bad = append(bad, fmt.Sprintf("%s: last handshake %s ago", p.Name, age(p.HandshakeAgeSeconds)))
+		}
+	}
+	if len(bad) > 0 {
+		return checkFailed{"unhealthy: " + strings.Join(bad, "; ")}
+	}
+	if verbose {
+		fmt.Fprintf(out, "healthy: %d alive peers with recent handshakes\n", countAlive(st))
+	}
+	return nil
+}
+
+func countAlive(st *control.Status) int {
+	n := 0
+	for _, p := range st.Peers {
+		if p.State == "alive" {
+			n++
+		}
+	}
+	return n
+}
+
+func printStatus(out io.Writer, st *control.Status) {
+	n := st.Node
+	fmt.Fprintf(out, "node %s  key %s (%s)  %s %s  mtu %d  endpoint %s  gossip %s\n",
+		n.Name, n.Fingerprint, n.PublicKey, n.Mode, n.Interface, n.MTU, n.Endpoint, n.Gossip)
+	for _, s := range n.Segments {
+		fmt.Fprintf(out, "segment %s %s  slice %s  table %d\n", s.Name, s.CIDR, s.Subnet, s.Table)
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tSLICES\tHANDSHAKE\tRX\tTX")
+	for _, p := range st.Peers {
+		hs := "-"
+		if p.Configured {
+			hs = "never"
+			if p.HandshakeAgeSeconds >= 0 {
+				hs = age(p.HandshakeAgeSeconds) + " ago"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.State, orDash(p.Endpoint),
+			orDash(strings.Join(p.Slices, ",")), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes))
+	}
+	tw.Flush()
+	if len(st.Rejected) > 0 {
+		fmt.Fprintln(out, "\nrejected announcements:")
+		for _, r := range st.Rejected {
+			fmt.Fprintf(out, "  %s: %s\n", r.Member, r.Reason)
+		}
+	}
+	if st.LastError != "" {
+		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
+	}
+}
+
+func age(seconds float64) string {
+	return (time.Duration(seconds) * time.Second).Round(time.Second).String()
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func bytesHuman(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

@@ -1,0 +1,175 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// Short and conservative so a name can be embedded in kernel object names
+// (15-byte limits) and log fields without quoting.
+var segmentName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
+
+func (l *loader) segments(c *Config) *Error {
+	tables, e := l.segmentTables()
+	if e != nil {
+		return e
+	}
+	if len(tables) == 0 {
+		return fail(keySegments, "no segments are defined",
+			`add at least one [[segments]] table with name, cidr and subnet`)
+	}
+	for i, t := range tables {
+		seg, e := parseSegment(i, t)
+		if e != nil {
+			return e
+		}
+		if e := checkAgainstEarlier(i, seg, c.Segments); e != nil {
+			return e
+		}
+		c.Segments = append(c.Segments, seg)
+	}
+	return nil
+}
+
+// segmentTables unpacks [[segments]], which viper hands back untyped.
+func (l *loader) segmentTables() ([]map[string]any, *Error) {
+	const fix = "write each segment under its own [[segments]] header (double brackets)"
+	var items []any
+	switch x := l.v.Get(keySegments).(type) {
+	case nil:
+		return nil, nil
+	case []map[string]any:
+		return x, nil
+	case []any:
+		items = x
+	default:
+		return nil, l.fail(keySegments, "must be an array of tables, not "+describe(x), fix)
+	}
+	out := make([]map[string]any, 0, len(items))
+	for i, item := range items {
+		t, ok := item.(map[string]any)
+		if !ok {
+			return nil, fail(segKey(i, ""), "must be a table, not "+describe(item), fix)
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func segKey(i int, k string) string {
+	if k == "" {
+		return fmt.Sprintf("%s[%d]", keySegments, i)
+	}
+	return fmt.Sprintf("%s[%d].%s", keySegments, i, k)
+}
+
+func parseSegment(i int, t map[string]any) (Segment, *Error) {
+	if e := checkSegmentKeys(i, t); e != nil {
+		return Segment{}, e
+	}
+	var seg Segment
+	name, e := segString(i, t, segKeyName)
+	if e != nil {
+		return Segment{}, e
+	}
+	if !segmentName.MatchString(name) {
+		return Segment{}, fail(segKey(i, segKeyName), fmt.Sprintf("%q is not a valid segment name", name),
+			"use 1 to 15 characters of a-z, 0-9 and '-', starting with a letter or digit")
+	}
+	seg.Name = name
+	if seg.CIDR, e = segPrefix(i, t, segKeyCIDR); e != nil {
+		return Segment{}, e
+	}
+	if seg.Subnet, e = segPrefix(i, t, segKeySubnet); e != nil {
+		return Segment{}, e
+	}
+	return seg, checkSubnet(i, seg)
+}
+
+func checkSegmentKeys(i int, t map[string]any) *Error {
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if slices.Contains(segmentKeys, k) {
+			continue
+		}
+		fix := "remove it; a segment has only: " + strings.Join(segmentKeys, ", ")
+		if s := suggest(k, segmentKeys); s != "" {
+			fix = fmt.Sprintf("did you mean %q?", s)
+		}
+		return fail(segKey(i, k), "unknown key", fix)
+	}
+	return nil
+}
+
+func segString(i int, t map[string]any, k string) (string, *Error) {
+	switch x := t[k].(type) {
+	case nil:
+		return "", fail(segKey(i, k), "is missing", "every [[segments]] table needs name, cidr and subnet")
+	case string:
+		return strings.TrimSpace(x), nil
+	default:
+		return "", fail(segKey(i, k), "must be a string, not "+describe(x), "quote the value")
+	}
+}
+
+// segPrefix insists on canonical prefixes: "10.42.1.0/16" is ambiguous
+// (segment 10.42.0.0/16, or a typo for /24?) and guessing would route the
+// wrong range.
+func segPrefix(i int, t map[string]any, k string) (netip.Prefix, *Error) {
+	s, e := segString(i, t, k)
+	if e != nil {
+		return netip.Prefix{}, e
+	}
+	key := segKey(i, k)
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		if !strings.Contains(s, "/") {
+			return netip.Prefix{}, fail(key, fmt.Sprintf("%q has no prefix length", s),
+				"write it in CIDR form, e.g. 10.42.0.0/16")
+		}
+		return netip.Prefix{}, fail(key, fmt.Sprintf("%q is not a valid CIDR prefix", s),
+			"write it in CIDR form, e.g. 10.42.0.0/16 or fd42::/48")
+	}
+	if m := p.Masked(); m != p {
+		return netip.Prefix{}, fail(key, fmt.Sprintf("%s has host bits set", p), fmt.Sprintf("did you mean %s?", m))
+	}
+	return p, nil
+}
+
+func checkSubnet(i int, seg Segment) *Error {
+	key := segKey(i, segKeySubnet)
+	if seg.Subnet.Addr().Is4() != seg.CIDR.Addr().Is4() {
+		return fail(key, fmt.Sprintf("%s is not the same address family as cidr %s", seg.Subnet, seg.CIDR),
+			"use a slice of "+seg.CIDR.String())
+	}
+	if seg.Subnet.Bits() < seg.CIDR.Bits() || !seg.CIDR.Contains(seg.Subnet.Addr()) {
+		return fail(key, fmt.Sprintf("%s is not inside segment %q's cidr %s", seg.Subnet, seg.Name, seg.CIDR),
+			"pick this host's slice from within "+seg.CIDR.String())
+	}
+	return nil
+}
+
+// checkAgainstEarlier enforces what routing relies on: each segment owns
+// its own table and address range, so names and CIDRs must not collide.
+func checkAgainstEarlier(i int, seg Segment, earlier []Segment) *Error {
+	for j, prev := range earlier {
+		if prev.Name == seg.Name {
+			return fail(segKey(i, segKeyName), fmt.Sprintf("%q is already used by %s", seg.Name, segKey(j, "")),
+				"give every segment a unique name")
+		}
+		if prev.CIDR.Overlaps(seg.CIDR) {
+			return fail(segKey(i, segKeyCIDR),
+				fmt.Sprintf("%s overlaps %s (segment %q)", seg.CIDR, prev.CIDR, prev.Name),
+				"segments must use disjoint address ranges")
+		}
+	}
+	return nil
+}

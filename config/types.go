@@ -1,0 +1,64 @@
+// Package config reads meshd's TOML configuration (through viper, with
+// MESHD_SECTION_KEY environment overrides) and validates it before anything
+// on the host is touched.
+package config
+
+import "net/netip"
+
+// Config is the validated, defaulted configuration. Every field has been
+// checked by Load; consumers never re-validate.
+type Config struct {
+	NodeName      string // default: hostname
+	DataDir       string // holds the WireGuard private key and serf snapshot
+	ControlSocket string
+	LogLevel      string // debug | info | warn | error
+	LogFormat     string // text | json
+
+	Cluster   Cluster
+	WireGuard WireGuard
+	Routing   Routing
+	Segments  []Segment
+}
+
+// Cluster configures serf membership.
+type Cluster struct {
+	BindAddr      netip.Addr
+	BindPort      int
+	AdvertiseAddr netip.Addr // default: BindAddr
+	Join          []string   // host:port seeds, retried in the background forever
+	GossipKeyFile string
+	// GossipKey is the decoded content of GossipKeyFile (16, 24 or 32 bytes).
+	GossipKey []byte
+}
+
+// Mode picks the WireGuard implementation.
+type Mode string
+
+const (
+	ModeAuto      Mode = "auto"
+	ModeKernel    Mode = "kernel"
+	ModeUserspace Mode = "userspace"
+)
+
+// WireGuard configures the tunnel device.
+type WireGuard struct {
+	Interface           string
+	ListenPort          int
+	Mode                Mode
+	MTU                 int            // 0: derive from the underlay
+	Endpoint            netip.AddrPort // advertised; default AdvertiseAddr:ListenPort
+	PersistentKeepalive int            // seconds, 0 disables
+}
+
+// Routing configures where meshd's routes and rules live in the kernel.
+type Routing struct {
+	TableBase    int // segment i uses table TableBase+i
+	RulePriority int // rules use RulePriority and RulePriority+1
+}
+
+// Segment is one named overlay network and this host's slice of it.
+type Segment struct {
+	Name   string
+	CIDR   netip.Prefix
+	Subnet netip.Prefix
+}

@@ -1,0 +1,197 @@
+// Package control is meshd's local control plane: a root-only unix socket
+// on which the running daemon answers status queries and reload requests,
+// and the client the CLI uses to ask.
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Status is what `meshd status` shows; its JSON form is a public contract
+// for scripts (`meshd status --json`).
+type Status struct {
+	Node     Node        `json:"node"`
+	Peers    []Peer      `json:"peers"`
+	Rejected []Rejection `json:"rejected"`
+	// Reconciles counts completed reconcile passes; LastError is the most
+	// recent failure, empty when the last pass succeeded.
+	Reconciles int    `json:"reconciles"`
+	LastError  string `json:"last_error,omitempty"`
+}
+
+// Node describes this host.
+type Node struct {
+	Name        string    `json:"name"`
+	PublicKey   string    `json:"public_key"`
+	Fingerprint string    `json:"fingerprint"`
+	Mode        string    `json:"mode"` // kernel | userspace
+	Interface   string    `json:"interface"`
+	ListenPort  int       `json:"listen_port"`
+	MTU         int       `json:"mtu"`
+	Endpoint    string    `json:"endpoint"`
+	Gossip      string    `json:"gossip"`
+	Segments    []Segment `json:"segments"`
+}
+
+// Segment is one of this host's segments and its slice.
+type Segment struct {
+	Name   string `json:"name"`
+	CIDR   string `json:"cidr"`
+	Subnet string `json:"subnet"`
+	Table  int    `json:"table"`
+}
+
+// Peer is one remote member: configured peers carry WireGuard counters;
+// failed or left members are listed with their serf state only.
+type Peer struct {
+	Name       string   `json:"name"`
+	State      string   `json:"state"` // serf: alive | leaving | left | failed
+	Configured bool     `json:"configured"`
+	PublicKey  string   `json:"public_key,omitempty"`
+	Endpoint   string   `json:"endpoint,omitempty"`
+	Slices     []string `json:"slices,omitempty"`
+	// HandshakeAgeSeconds is -1 when no handshake has completed yet.
+	HandshakeAgeSeconds float64 `json:"handshake_age_seconds"`
+	RxBytes             int64   `json:"rx_bytes"`
+	TxBytes             int64   `json:"tx_bytes"`
+}
+
+// Rejection is an announcement meshd refused.
+type Rejection struct {
+	Member string `json:"member"`
+	Reason string `json:"reason"`
+}
+
+// Provider is what the daemon exposes through the socket.
+type Provider interface {
+	Status() Status
+}
+
+// Server serves Provider on a unix socket.
+type Server struct {
+	path string
+	ln   net.Listener
+	srv  *http.Server
+	done chan struct{}
+}
+
+// Listen creates the socket (0600: status shows keys and topology) and
+// starts serving. A stale socket from a crashed run is replaced; a live
+// one means another daemon runs and is an error.
+func Listen(path string, p Provider) (*Server, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, fmt.Errorf("create control socket directory: %w", err)
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("control socket %s is served by another running meshd; stop it first or set control_socket", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict control socket %s: %w", path, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(p.Status())
+	})
+	s := &Server{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		s.srv.Serve(ln)
+	}()
+	return s, nil
+}
+
+// Handle adds an endpoint (e.g. reload) before or while serving.
+func (s *Server) Handle(pattern string, h http.HandlerFunc) {
+	s.srv.Handler.(*http.ServeMux).HandleFunc(pattern, h)
+}
+
+// Close stops serving and removes the socket. Safe to call twice.
+func (s *Server) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	<-s.done
+	os.Remove(s.path)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ErrNoDaemon means nothing answers on the control socket.
+var ErrNoDaemon = errors.New("no meshd is running")
+
+// Client talks to a running daemon.
+type Client struct {
+	path string
+	http *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	return &Client{path: path, http: &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}}
+}
+
+// Status fetches the daemon's status.
+func (c *Client) Status() (*Status, error) {
+	var st Status
+	if err := c.do(http.MethodGet, "/v1/status", &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Do calls an endpoint and decodes a JSON answer into out (if non-nil).
+func (c *Client) do(method, path string, out any) error {
+	req, err := http.NewRequest(method, "http://meshd"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("%w (control socket %s: %v); start it with `meshd run`, or pass the --config it runs with", ErrNoDaemon, c.path, errors.Unwrap(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("read answer from meshd: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("meshd: %s", string(body))
+	}
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil {
+			return fmt.Errorf("decode answer from meshd: %w", err)
+		}
+	}
+	return nil
+}
+
+// Post calls a POST endpoint (e.g. /v1/reload) and returns the daemon's
+// text answer.
+func (c *Client) Post(path string) error {
+	return c.do(http.MethodPost, path, nil)
+}

@@ -1,0 +1,127 @@
+// Package crypto owns meshd's long-lived secrets: the host's WireGuard
+// private key (created once, kept in data_dir, never rotated by accident,
+// since a new key at every start would break every peer) and the cluster's
+// gossip key.
+package crypto
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// KeyFileName is the private key's file name inside data_dir.
+const KeyFileName = "wireguard.key"
+
+// KeyError says what is wrong with a key file and how to fix it; the CLI
+// maps it to exit code 2 because it is a configuration problem.
+type KeyError struct {
+	Path    string
+	Problem string
+	Fix     string
+}
+
+func (e *KeyError) Error() string {
+	return fmt.Sprintf("key file %s: %s; %s", e.Path, e.Problem, e.Fix)
+}
+
+// LoadOrCreatePrivateKey returns the WireGuard private key stored at path,
+// creating it (mode 0600, directory 0700) on first start. An existing key
+// that others can read is refused rather than silently fixed: a leaked key
+// must be replaced, not re-permissioned.
+func LoadOrCreatePrivateKey(path string) (key wgtypes.Key, created bool, err error) {
+	key, err = LoadPrivateKey(path)
+	if err == nil {
+		return key, false, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return wgtypes.Key{}, false, err
+	}
+	key, err = wgtypes.GeneratePrivateKey()
+	if err != nil {
+		return wgtypes.Key{}, false, fmt.Errorf("generate WireGuard key: %w", err)
+	}
+	if err := writeSecret(path, key.String()+"\n"); err != nil {
+		return wgtypes.Key{}, false, err
+	}
+	return key, true, nil
+}
+
+// LoadPrivateKey reads an existing private key. A missing file is returned
+// as an error wrapping fs.ErrNotExist.
+func LoadPrivateKey(path string) (wgtypes.Key, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return wgtypes.Key{}, &KeyError{Path: path,
+			Problem: fmt.Sprintf("mode %04o lets other users read the private key", perm),
+			Fix:     "treat the key as leaked: delete the file so meshd creates a new one, or chmod 600 it if you are sure it never leaked"}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return wgtypes.Key{}, err
+	}
+	key, err := wgtypes.ParseKey(strings.TrimSpace(string(raw)))
+	if err != nil {
+		return wgtypes.Key{}, &KeyError{Path: path, Problem: "not a base64 WireGuard private key",
+			Fix: "delete it so meshd creates a new one, or write the output of `wg genkey` into it"}
+	}
+	return key, nil
+}
+
+// writeSecret writes through a temporary file and rename so a crash never
+// leaves a truncated key behind.
+func writeSecret(path, content string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create key directory: %w", err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".key-*")
+	if err != nil {
+		return fmt.Errorf("create key file: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return fmt.Errorf("chmod key file: %w", err)
+	}
+	if _, err := tmp.WriteString(content); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write key file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("sync key file: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("close key file: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("install key file: %w", err)
+	}
+	return nil
+}
+
+// NewGossipKey returns a fresh base64 AES-256 key for serf's gossip
+// encryption, in the format cluster.gossip_key_file expects.
+func NewGossipKey() (string, error) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("read random bytes: %w", err)
+	}
+	return base64.StdEncoding.EncodeToString(b), nil
+}
+
+// Fingerprint is a short, stable label for a public key in logs and
+// status output; the full key is still shown where users need to copy it.
+func Fingerprint(k wgtypes.Key) string {
+	return k.String()[:8]
+}

@@ -1,0 +1,268 @@
+// Package daemon wires meshd's parts together: it creates them in a fixed
+// order, runs the single reconciler goroutine, and tears everything down in
+// the reverse order. All decisions live in mesh (pure); all OS effects in
+// wgdev and routes.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/routes"
+	"github.com/meshd/meshd/wgdev"
+)
+
+const (
+	// resyncInterval bounds how long drift made by someone else (a peer
+	// removed with `wg`, a route flushed by hand) survives.
+	resyncInterval = 30 * time.Second
+	// coalesce lets a burst of serf events (a host joining produces
+	// several) become one reconcile.
+	coalesce   = 50 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// Daemon is one running meshd.
+type Daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	key      wgtypes.Key
+	local    mesh.Local
+	endpoint string
+	mtu      int
+
+	dev     wgdev.Device
+	wg      *wgctrl.Client
+	peers   *wgdev.PeerSync
+	routes  *routes.Manager
+	members *mesh.Membership
+	ctrl    *control.Server
+	kick    chan struct{}
+
+	// teardown holds the undo step of every resource created so far, run
+	// in reverse order on shutdown or when startup fails half-way.
+	teardown []func() error
+
+	mu         sync.Mutex // guards the fields below, read by status queries
+	state      *mesh.State
+	lastSeen   []mesh.Member
+	reconciles int
+	lastErr    error
+}
+
+// Run starts meshd and blocks until ctx is cancelled, then leaves the
+// cluster and removes everything it created.
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	d := &Daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+	if err := d.start(ctx); err != nil {
+		if terr := d.shutdown(); terr != nil {
+			log.Error("cleanup after failed start", "err", terr)
+		}
+		return err
+	}
+	log.Info("meshd running", "interface", d.dev.Name(), "mode", string(d.dev.Kind()),
+		"endpoint", d.endpoint, "key", crypto.Fingerprint(d.key.PublicKey()))
+	d.loop(ctx)
+	log.Info("shutting down")
+	return d.shutdown()
+}
+
+func (d *Daemon) start(ctx context.Context) error {
+	cfg := d.cfg
+	key, created, err := crypto.LoadOrCreatePrivateKey(filepath.Join(cfg.DataDir, crypto.KeyFileName))
+	if err != nil {
+		return err
+	}
+	if created {
+		d.log.Info("created WireGuard private key", "path", filepath.Join(cfg.DataDir, crypto.KeyFileName))
+	}
+	d.key = key
+	under, err := resolveUnderlay(cfg)
+	if err != nil {
+		return err
+	}
+	d.endpoint, d.mtu = under.endpoint.String(), under.mtu
+	d.local = localNode(cfg, key.PublicKey())
+
+	// A crashed run may have left routes and rules; they are found by
+	// their protocol mark, with no saved state.
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		return fmt.Errorf("open netlink: %w", err)
+	}
+	d.defer_(func() error { nl.Close(); return nil })
+	if err := routes.Cleanup(nl); err != nil {
+		return fmt.Errorf("remove routes left by an earlier run: %w", err)
+	}
+
+	d.dev, err = wgdev.Open(wgdev.Options{Name: cfg.WireGuard.Interface, Mode: wgdev.Mode(cfg.WireGuard.Mode), MTU: d.mtu, Log: d.log})
+	if err != nil {
+		return err
+	}
+	d.defer_(d.dev.Close)
+	d.wg, err = wgctrl.New()
+	if err != nil {
+		return fmt.Errorf("open wgctrl: %w", err)
+	}
+	d.defer_(d.wg.Close)
+	if err := wgdev.Configure(d.wg, d.dev.Name(), key, cfg.WireGuard.ListenPort); err != nil {
+		return err
+	}
+	d.peers = wgdev.NewPeerSync(d.wg, d.dev.Name(), d.log)
+
+	d.routes = routes.New(nl, d.log)
+	d.defer_(func() error { return d.routes.Set(nil) })
+	initial := mesh.Compute(d.local, nil, nil)
+	if err := d.routes.Set(&initial.Routes); err != nil {
+		return fmt.Errorf("install segment routes: %w", err)
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	d.defer_(func() error { stopWatch(); return nil })
+	go d.watchRoutes(watchCtx)
+
+	d.ctrl, err = control.Listen(cfg.ControlSocket, d)
+	if err != nil {
+		return err
+	}
+	d.defer_(d.ctrl.Close)
+
+	tags, err := mesh.Announcement{PublicKey: key.PublicKey(), Endpoint: under.endpoint, Slices: localSlices(cfg)}.Tags()
+	if err != nil {
+		return err
+	}
+	d.members, err = mesh.JoinCluster(mesh.MembershipConfig{
+		NodeName: cfg.NodeName, BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort,
+		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, Tags: tags,
+		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
+		Log: d.log,
+	}, d.Kick)
+	if err != nil {
+		return err
+	}
+	d.defer_(d.members.Leave)
+	return nil
+}
+
+// watchRoutes restores routes someone else deletes, resubscribing when
+// the kernel drops the subscription (e.g. ENOBUFS after a burst).
+func (d *Daemon) watchRoutes(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := routes.Watch(ctx, netns.None(), d.Kick); err != nil && ctx.Err() == nil {
+			d.log.Warn("route watch interrupted; resubscribing", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+func (d *Daemon) defer_(undo func() error) { d.teardown = append(d.teardown, undo) }
+
+// shutdown undoes start in reverse: serf leave (peers drop us at once),
+// control socket, routes, WireGuard client, device.
+func (d *Daemon) shutdown() error {
+	var errs []error
+	for i := len(d.teardown) - 1; i >= 0; i-- {
+		if err := d.teardown[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	d.teardown = nil
+	return errors.Join(errs...)
+}
+
+// Kick asks the reconciler for a pass without blocking the caller (serf's
+// event loop, the route watcher).
+func (d *Daemon) Kick() {
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// loop is the only goroutine that changes peers and routes.
+func (d *Daemon) loop(ctx context.Context) {
+	resync := time.NewTicker(resyncInterval)
+	defer resync.Stop()
+	retry := time.NewTimer(0) // first pass at once
+	backoff := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			retry.Stop()
+			return
+		case <-d.kick:
+			time.Sleep(coalesce)
+		case <-resync.C:
+		case <-retry.C:
+		}
+		if err := d.reconcile(); err != nil {
+			d.log.Error("reconcile failed; retrying", "in", backoff, "err", err)
+			retry.Reset(backoff)
+			backoff = min(backoff*2, maxBackoff)
+			continue
+		}
+		backoff = time.Second
+	}
+}
+
+func (d *Daemon) reconcile() error {
+	members := d.members.Members()
+	d.mu.Lock()
+	prev := d.state
+	d.mu.Unlock()
+	st := mesh.Compute(d.local, members, prev)
+	d.logRejections(prev, &st)
+	err := errors.Join(d.peers.Set(st.Peers), d.routes.Set(&st.Routes))
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.state, d.lastSeen, d.lastErr = &st, members, err
+	d.reconciles++
+	return err
+}
+
+// logRejections logs each refused announcement once, not at every pass.
+func (d *Daemon) logRejections(prev, st *mesh.State) {
+	for _, r := range st.Rejected {
+		if prev != nil && slices.Contains(prev.Rejected, r) {
+			continue
+		}
+		d.log.Warn("announcement rejected", "member", r.Member, "reason", r.Reason)
+	}
+}
+
+func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
+	l := mesh.Local{
+		Name: cfg.NodeName, PublicKey: pub, Link: cfg.WireGuard.Interface,
+		TableBase: cfg.Routing.TableBase, RulePriority: cfg.Routing.RulePriority,
+		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
+	}
+	for _, s := range cfg.Segments {
+		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
+	}
+	return l
+}
+
+func localSlices(cfg *config.Config) []mesh.Slice {
+	out := make([]mesh.Slice, len(cfg.Segments))
+	for i, s := range cfg.Segments {
+		out[i] = mesh.Slice{Segment: s.Name, Prefix: s.Subnet}
+	}
+	return out
+}

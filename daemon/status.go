@@ -1,0 +1,85 @@
+package daemon
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/wgdev"
+)
+
+// Status implements control.Provider. It reads the device for live
+// counters; everything else is the reconciler's last result.
+func (d *Daemon) Status() control.Status {
+	d.mu.Lock()
+	st, members, reconciles, lastErr := d.state, d.lastSeen, d.reconciles, d.lastErr
+	d.mu.Unlock()
+
+	out := control.Status{Node: d.nodeStatus(), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{}}
+	if lastErr != nil {
+		out.LastError = lastErr.Error()
+	}
+	live := map[wgtypes.Key]wgtypes.Peer{}
+	if dev, err := d.wg.Device(d.dev.Name()); err == nil {
+		for _, p := range dev.Peers {
+			live[p.PublicKey] = p
+		}
+	}
+	now := time.Now()
+	for _, m := range members {
+		if m.Name == d.local.Name {
+			continue
+		}
+		ps := control.Peer{Name: m.Name, State: string(m.Status), HandshakeAgeSeconds: -1}
+		if st != nil {
+			if p, ok := st.PeerByName(m.Name); ok {
+				fillPeer(&ps, p, live[p.PublicKey], now)
+			}
+		}
+		out.Peers = append(out.Peers, ps)
+	}
+	slices.SortFunc(out.Peers, func(a, b control.Peer) int { return strings.Compare(a.Name, b.Name) })
+	if st != nil {
+		for _, r := range st.Rejected {
+			out.Rejected = append(out.Rejected, control.Rejection{Member: r.Member, Reason: r.Reason})
+		}
+	}
+	return out
+}
+
+func fillPeer(ps *control.Peer, p mesh.Peer, live wgtypes.Peer, now time.Time) {
+	ps.Configured = live.PublicKey == p.PublicKey
+	ps.PublicKey = p.PublicKey.String()
+	ps.Endpoint = p.Endpoint.String()
+	if live.Endpoint != nil {
+		// The device's view wins: it is where packets actually go.
+		ps.Endpoint = live.Endpoint.String()
+	}
+	for _, s := range p.Slices {
+		ps.Slices = append(ps.Slices, s.String())
+	}
+	if age := wgdev.HandshakeAge(live, now); age >= 0 {
+		ps.HandshakeAgeSeconds = age.Seconds()
+	}
+	ps.RxBytes, ps.TxBytes = live.ReceiveBytes, live.TransmitBytes
+}
+
+func (d *Daemon) nodeStatus() control.Node {
+	pub := d.key.PublicKey()
+	n := control.Node{
+		Name: d.local.Name, PublicKey: pub.String(), Fingerprint: crypto.Fingerprint(pub),
+		Mode: string(d.dev.Kind()), Interface: d.dev.Name(), ListenPort: d.cfg.WireGuard.ListenPort,
+		MTU: d.mtu, Endpoint: d.endpoint,
+		Gossip: netip.AddrPortFrom(d.cfg.Cluster.BindAddr, uint16(d.cfg.Cluster.BindPort)).String(),
+	}
+	for i, s := range d.local.Segments {
+		n.Segments = append(n.Segments, control.Segment{Name: s.Name, CIDR: s.CIDR.String(), Subnet: s.Subnet.String(), Table: d.local.TableBase + i})
+	}
+	return n
+}

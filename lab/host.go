@@ -1,0 +1,317 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// defaultStopGrace is how long Stop waits after SIGTERM before SIGKILL.
+const defaultStopGrace = 15 * time.Second
+
+// Meshd's fixed ports; every host has its own namespace, so they can all
+// use the same ones.
+const (
+	gossipPort    = 7946
+	wireguardPort = 51820
+)
+
+// Host is one namespace "machine" of the lab.
+type Host struct {
+	lab       *Lab
+	index     int
+	slices    map[string]Slice
+	stopGrace time.Duration
+
+	mu   sync.Mutex
+	proc *process // the latest meshd started, nil before Start
+}
+
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the process has been reaped
+	err  error         // Wait's result, valid after done
+}
+
+// Index is the host's 1-based number.
+func (h *Host) Index() int { return h.index }
+
+// Name is the host's node name, "h<i>".
+func (h *Host) Name() string { return "h" + strconv.Itoa(h.index) }
+
+// NS is the host's network namespace.
+func (h *Host) NS() string { return h.lab.spec.Prefix + "-" + h.Name() }
+
+// PodNS is the namespace of the host's pod on segment.
+func (h *Host) PodNS(segment string) string { return h.NS() + "-" + segment }
+
+// Slice returns the host's share of segment; ok is false for an unknown
+// segment.
+func (h *Host) Slice(segment string) (s Slice, ok bool) {
+	s, ok = h.slices[segment]
+	return s, ok
+}
+
+// PodAddr is the address of the host's pod on segment (zero if unknown).
+func (h *Host) PodAddr(segment string) netip.Addr { return h.slices[segment].Pod }
+
+// Gateway is the host's own address on the pod link of segment.
+func (h *Host) Gateway(segment string) netip.Addr { return h.slices[segment].Gateway }
+
+// Subnet is the host's slice of segment.
+func (h *Host) Subnet(segment string) netip.Prefix { return h.slices[segment].Subnet }
+
+// UnderlayAddr is the host's address on the switch.
+func (h *Host) UnderlayAddr() netip.Addr { return UnderlayAddr(h.lab.spec.IPv6Underlay, h.index) }
+
+// Interface is the WireGuard interface name meshd is configured with. It
+// embeds the prefix because /var/run/wireguard is shared by all namespaces.
+func (h *Host) Interface() string { return wgInterfaceName(h.lab.spec.Prefix, h.index) }
+
+// UAPISocket is where a userspace WireGuard device of this host listens.
+func (h *Host) UAPISocket() string { return filepath.Join(wgSocketDir, h.Interface()+".sock") }
+
+// Dir is the host's working directory.
+func (h *Host) Dir() string { return filepath.Join(h.lab.dir, h.Name()) }
+
+// ConfigPath is where WriteConfig puts meshd.toml.
+func (h *Host) ConfigPath() string { return filepath.Join(h.Dir(), "meshd.toml") }
+
+// LogPath is the file meshd's stdout and stderr are appended to.
+func (h *Host) LogPath() string { return filepath.Join(h.Dir(), "meshd.log") }
+
+// ControlSocket is the control_socket of the host's config.
+func (h *Host) ControlSocket() string { return filepath.Join(h.Dir(), "meshd.sock") }
+
+// DataDir is the data_dir of the host's config.
+func (h *Host) DataDir() string { return filepath.Join(h.Dir(), "data") }
+
+// Config renders meshd's TOML configuration for this host; extra is
+// appended verbatim, e.g. [[allow]] tables.
+func (h *Host) Config(extra string) string {
+	var b strings.Builder
+	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p("node_name = %s", tomlString(h.Name()))
+	p("data_dir = %s", tomlString(h.DataDir()))
+	p("control_socket = %s", tomlString(h.ControlSocket()))
+	p("log_level = %s", tomlString("debug"))
+	p("")
+	p("[cluster]")
+	p("bind_addr = %s", tomlString(h.UnderlayAddr().String()))
+	p("bind_port = %d", gossipPort)
+	var join []string
+	for _, o := range h.lab.hosts {
+		if o != h {
+			join = append(join, tomlString(netip.AddrPortFrom(o.UnderlayAddr(), gossipPort).String()))
+		}
+	}
+	p("join = [%s]", strings.Join(join, ", "))
+	p("gossip_key_file = %s", tomlString(h.lab.GossipKeyFile()))
+	p("")
+	p("[wireguard]")
+	p("interface = %s", tomlString(h.Interface()))
+	p("listen_port = %d", wireguardPort)
+	p("mode = %s", tomlString(h.lab.spec.Mode))
+	for _, seg := range h.lab.spec.Segments {
+		p("")
+		p("[[segments]]")
+		p("name = %s", tomlString(seg.Name))
+		p("cidr = %s", tomlString(seg.CIDR))
+		p("subnet = %s", tomlString(h.Subnet(seg.Name).String()))
+	}
+	if extra != "" {
+		p("")
+		b.WriteString(extra)
+		if !strings.HasSuffix(extra, "\n") {
+			b.WriteByte('\n')
+		}
+	}
+	return b.String()
+}
+
+// tomlString quotes s as a TOML basic string. strconv.Quote is not enough:
+// TOML has no \x escapes.
+func tomlString(s string) string {
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, r := range s {
+		switch {
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r < 0x20 || r == 0x7f:
+			fmt.Fprintf(&b, `\u%04X`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// WriteConfig writes Config(extra) to ConfigPath.
+func (h *Host) WriteConfig(extra string) (string, error) {
+	path := h.ConfigPath()
+	if err := os.WriteFile(path, []byte(h.Config(extra)), 0o644); err != nil {
+		return "", fmt.Errorf("lab: write %s config: %w", h.Name(), err)
+	}
+	return path, nil
+}
+
+// Start runs "<bin> run --config <ConfigPath> <args...>" inside the host's
+// namespace, appending its output to LogPath. A config without extras is
+// written first if none exists yet. The process gets its own process group,
+// so a terminal's Ctrl-C reaches only the caller, which then stops meshd
+// deliberately; and it dies with the caller if the caller is killed.
+func (h *Host) Start(bin string, args ...string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc != nil && !h.proc.exited() {
+		return fmt.Errorf("lab: %s: meshd already running (pid %d)", h.Name(), h.proc.cmd.Process.Pid)
+	}
+	if _, err := os.Stat(h.ConfigPath()); errors.Is(err, os.ErrNotExist) {
+		if _, err := h.WriteConfig(""); err != nil {
+			return err
+		}
+	}
+	logf, err := os.OpenFile(h.LogPath(), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("lab: %s: open log: %w", h.Name(), err)
+	}
+	argv := append([]string{"netns", "exec", h.NS(), bin, "run", "--config", h.ConfigPath()}, args...)
+	cmd := exec.Command("ip", argv...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	// A marker makes restarts visible in the log.
+	fmt.Fprintf(logf, "=== lab %s: ip %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("lab: %s: start %s in netns %s: %w", h.Name(), bin, h.NS(), err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		logf.Close()
+		close(p.done)
+	}()
+	h.proc = p
+	return nil
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// signal targets the whole process group: anything meshd spawned goes too.
+// The group stays valid until the leader is reaped, which only happens after
+// done is closed.
+func (p *process) signal(sig syscall.Signal) error {
+	if p.exited() {
+		return nil
+	}
+	if err := syscall.Kill(-p.cmd.Process.Pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return err
+	}
+	return nil
+}
+
+func (h *Host) current() *process {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.proc
+}
+
+// Running reports whether the meshd started last is still alive.
+func (h *Host) Running() bool {
+	p := h.current()
+	return p != nil && !p.exited()
+}
+
+// Pid of the meshd started last, 0 if never started.
+func (h *Host) Pid() int {
+	if p := h.current(); p != nil {
+		return p.cmd.Process.Pid
+	}
+	return 0
+}
+
+// Stop sends SIGTERM and waits; after 15 s it sends SIGKILL. It returns an
+// error if meshd had to be killed or exited non-zero (also if it had already
+// exited that way before Stop).
+func (h *Host) Stop() error {
+	p := h.current()
+	if p == nil {
+		return fmt.Errorf("lab: %s: meshd was never started", h.Name())
+	}
+	if err := p.signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("lab: %s: SIGTERM meshd: %w", h.Name(), err)
+	}
+	t := time.NewTimer(h.stopGrace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		if p.err != nil {
+			return fmt.Errorf("lab: %s: meshd exited: %w (log %s)", h.Name(), p.err, h.LogPath())
+		}
+		return nil
+	case <-t.C:
+	}
+	_ = p.signal(syscall.SIGKILL)
+	<-p.done
+	return fmt.Errorf("lab: %s: meshd ignored SIGTERM for %s and was killed (log %s)", h.Name(), h.stopGrace, h.LogPath())
+}
+
+// Kill sends SIGKILL and waits for meshd to be gone. Its exit status is of
+// no interest: the point of Kill is simulating a crash.
+func (h *Host) Kill() error {
+	p := h.current()
+	if p == nil {
+		return nil
+	}
+	if err := p.signal(syscall.SIGKILL); err != nil {
+		return fmt.Errorf("lab: %s: SIGKILL meshd: %w", h.Name(), err)
+	}
+	<-p.done
+	return nil
+}
+
+// Wait blocks until the meshd started last exits or timeout passes, and
+// returns its exit error; useful for tests expecting meshd to refuse a
+// config.
+func (h *Host) Wait(timeout time.Duration) error {
+	p := h.current()
+	if p == nil {
+		return fmt.Errorf("lab: %s: meshd was never started", h.Name())
+	}
+	if p.exited() {
+		return p.err
+	}
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("lab: %s: meshd still running after %s", h.Name(), timeout)
+	}
+}
+
+// Log returns everything meshd wrote so far (all runs).
+func (h *Host) Log() string {
+	b, err := os.ReadFile(h.LogPath())
+	if err != nil {
+		return fmt.Sprintf("<%v>", err)
+	}
+	return string(b)
+}

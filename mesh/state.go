@@ -1,0 +1,243 @@
+package mesh
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/routes"
+)
+
+// Status is a member's serf state as meshd reports it.
+type Status string
+
+const (
+	StatusAlive   Status = "alive"
+	StatusLeaving Status = "leaving"
+	StatusLeft    Status = "left"
+	StatusFailed  Status = "failed"
+)
+
+// Member is one serf member as Compute sees it.
+type Member struct {
+	Name   string
+	Addr   netip.Addr // gossip address, for status output
+	Status Status
+	Tags   map[string]string
+}
+
+// LocalSegment is one segment as this host is configured for it.
+type LocalSegment struct {
+	Name   string
+	CIDR   netip.Prefix
+	Subnet netip.Prefix
+}
+
+// Local is everything about this host that Compute needs.
+type Local struct {
+	Name         string
+	PublicKey    wgtypes.Key
+	Link         string
+	Segments     []LocalSegment
+	TableBase    int
+	RulePriority int
+	Keepalive    time.Duration
+}
+
+// Peer is a remote host accepted into the overlay.
+type Peer struct {
+	Name       string
+	PublicKey  wgtypes.Key
+	Endpoint   netip.AddrPort
+	Slices     []Slice
+	AllowedIPs []netip.Prefix // exactly the accepted slices
+	Keepalive  time.Duration
+}
+
+// Rejection records a member whose announcement was refused, and why.
+type Rejection struct {
+	Member string
+	Reason string
+}
+
+// State is the desired overlay: who is a peer, which routes exist, and
+// which announcements were refused.
+type State struct {
+	Peers    []Peer // sorted by name
+	Routes   routes.Config
+	Rejected []Rejection // sorted by member
+}
+
+// PeerByName returns the accepted peer with that name.
+func (s *State) PeerByName(name string) (Peer, bool) {
+	i := slices.IndexFunc(s.Peers, func(p Peer) bool { return p.Name == name })
+	if i < 0 {
+		return Peer{}, false
+	}
+	return s.Peers[i], true
+}
+
+// Compute derives the desired state from the live membership. prev is the
+// state the host reached last time (nil at start): members it accepted
+// keep their slices and keys against newcomers, so a host that joins later
+// can never take over a live host's subnet or key. Among members equally
+// new, the lower name wins, which every host agrees on.
+func Compute(local Local, members []Member, prev *State) State {
+	var st State
+	candidates := orderCandidates(local, members, prev)
+	claimedKeys := map[wgtypes.Key]string{local.PublicKey: local.Name}
+	var claimed []owned
+	for _, seg := range local.Segments {
+		claimed = append(claimed, owned{seg.Subnet, local.Name})
+	}
+	for _, c := range candidates {
+		peer, err := admit(local, c, claimedKeys, claimed)
+		if err != nil {
+			st.Rejected = append(st.Rejected, Rejection{Member: c.member.Name, Reason: err.Error()})
+			continue
+		}
+		if len(peer.Slices) == 0 {
+			continue // shares no segment with us: nothing to route
+		}
+		claimedKeys[peer.PublicKey] = peer.Name
+		for _, s := range peer.Slices {
+			claimed = append(claimed, owned{s.Prefix, peer.Name})
+		}
+		st.Peers = append(st.Peers, peer)
+	}
+	slices.SortFunc(st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Member, b.Member) })
+	st.Routes = routesFor(local, st.Peers)
+	return st
+}
+
+type owned struct {
+	prefix netip.Prefix
+	owner  string
+}
+
+type candidate struct {
+	member Member
+	ann    Announcement
+	err    error
+}
+
+// orderCandidates decodes every live remote member and orders them:
+// previously accepted peers first, then newcomers, each group by name.
+func orderCandidates(local Local, members []Member, prev *State) []candidate {
+	wasPeer := map[string]bool{}
+	if prev != nil {
+		for _, p := range prev.Peers {
+			wasPeer[p.Name] = true
+		}
+	}
+	var out []candidate
+	for _, m := range members {
+		if m.Name == local.Name || m.Status != StatusAlive {
+			continue
+		}
+		ann, err := DecodeTags(m.Tags)
+		out = append(out, candidate{member: m, ann: ann, err: err})
+	}
+	slices.SortFunc(out, func(a, b candidate) int {
+		if wa, wb := wasPeer[a.member.Name], wasPeer[b.member.Name]; wa != wb {
+			if wa {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.member.Name, b.member.Name)
+	})
+	return out
+}
+
+// admit checks one member's claims against the local configuration and
+// everything already accepted. One bad claim rejects the whole member: a
+// host that announces someone else's subnet is misconfigured or hostile,
+// and half-trusting it would still route some traffic to it.
+func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed []owned) (Peer, error) {
+	if c.err != nil {
+		return Peer{}, c.err
+	}
+	m, ann := c.member, c.ann
+	if owner, taken := keys[ann.PublicKey]; taken {
+		return Peer{}, fmt.Errorf("public key %s is already used by %s", ann.PublicKey.String()[:8], owner)
+	}
+	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive}
+	for _, s := range ann.Slices {
+		seg, ok := findSegment(local.Segments, s.Segment)
+		if !ok {
+			continue // a segment this host does not take part in
+		}
+		if !contains(seg.CIDR, s.Prefix) {
+			return Peer{}, fmt.Errorf("slice %s is outside segment %s (%s)", s, seg.Name, seg.CIDR)
+		}
+		for _, o := range claimed {
+			if o.prefix.Overlaps(s.Prefix) {
+				return Peer{}, fmt.Errorf("slice %s overlaps %s owned by %s", s, o.prefix, o.owner)
+			}
+		}
+		for _, mine := range peer.Slices {
+			if mine.Prefix.Overlaps(s.Prefix) {
+				return Peer{}, fmt.Errorf("slice %s overlaps its own slice %s", s, mine)
+			}
+		}
+		peer.Slices = append(peer.Slices, s)
+		peer.AllowedIPs = append(peer.AllowedIPs, s.Prefix)
+	}
+	slices.SortFunc(peer.AllowedIPs, comparePrefix)
+	return peer, nil
+}
+
+// contains reports whether inner lies entirely within outer.
+func contains(outer, inner netip.Prefix) bool {
+	return outer.Addr().Is4() == inner.Addr().Is4() && inner.Bits() >= outer.Bits() && outer.Contains(inner.Addr())
+}
+
+func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
+	for _, s := range segs {
+		if s.Name == name {
+			return s, true
+		}
+	}
+	return LocalSegment{}, false
+}
+
+// routesFor lays out one table per segment: tunnel routes to remote
+// slices, a throw for the local slice (local delivery belongs to whatever
+// attached the pods), and unreachable for the rest of the segment so an
+// address without a live owner never falls through to the underlay.
+// Rules select the table by source (pods of the segment) and by
+// destination (anything on this host talking to the segment).
+func routesFor(local Local, peers []Peer) routes.Config {
+	cfg := routes.Config{Link: local.Link}
+	for i, seg := range local.Segments {
+		table := local.TableBase + i
+		cfg.Rules = append(cfg.Rules,
+			routes.Rule{Priority: local.RulePriority, Table: table, From: seg.CIDR},
+			routes.Rule{Priority: local.RulePriority + 1, Table: table, To: seg.CIDR})
+		cfg.Routes = append(cfg.Routes,
+			routes.Route{Table: table, Dst: seg.CIDR, Kind: routes.Unreachable},
+			routes.Route{Table: table, Dst: seg.Subnet, Kind: routes.Throw})
+		for _, p := range peers {
+			for _, s := range p.Slices {
+				if s.Segment == seg.Name {
+					cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: s.Prefix, Kind: routes.Tunnel, Peer: p.Name})
+				}
+			}
+		}
+	}
+	cfg.Sort()
+	return cfg
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}

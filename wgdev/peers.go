@@ -1,0 +1,211 @@
+package wgdev
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// Client is the part of *wgctrl.Client meshd uses; tests pass a fake that
+// records every ConfigureDevice call.
+type Client interface {
+	Device(name string) (*wgtypes.Device, error)
+	ConfigureDevice(name string, cfg wgtypes.Config) error
+}
+
+// Configure sets the device's identity. Peers are left alone so that a
+// re-configuration never drops live sessions.
+func Configure(c Client, name string, key wgtypes.Key, port int) error {
+	if err := c.ConfigureDevice(name, wgtypes.Config{PrivateKey: &key, ListenPort: &port}); err != nil {
+		return fmt.Errorf("configure %s: %w", name, err)
+	}
+	return nil
+}
+
+// PeerSync keeps a device's peers equal to the desired set by sending
+// per-peer deltas, never a wholesale replace: a peer whose config did not
+// change is not touched, so its session and counters survive.
+type PeerSync struct {
+	client Client
+	name   string
+	log    *slog.Logger
+	// announced remembers the endpoint each peer announced when we last
+	// set it. Comparing against the device instead would flap roaming
+	// peers, whose endpoint WireGuard rewrites on every handshake.
+	announced map[wgtypes.Key]netip.AddrPort
+	// names remembers who is behind each key, so a removal is logged with
+	// the name of the host that went away.
+	names map[wgtypes.Key]string
+	ops   int
+}
+
+// NewPeerSync manages the peers of device name.
+func NewPeerSync(c Client, name string, log *slog.Logger) *PeerSync {
+	return &PeerSync{client: c, name: name, log: log, announced: map[wgtypes.Key]netip.AddrPort{}, names: map[wgtypes.Key]string{}}
+}
+
+// Ops is the number of peer changes sent so far, so tests can prove a
+// one-member change costs O(1) device operations.
+func (s *PeerSync) Ops() int { return s.ops }
+
+// Set applies desired against what the device has now.
+func (s *PeerSync) Set(desired []mesh.Peer) error {
+	dev, err := s.client.Device(s.name)
+	if err != nil {
+		return fmt.Errorf("read peers of %s: %w", s.name, err)
+	}
+	deltas, names := Deltas(dev.Peers, desired, s.announced)
+	if len(deltas) == 0 {
+		return nil
+	}
+	if err := s.client.ConfigureDevice(s.name, wgtypes.Config{Peers: deltas}); err != nil {
+		return fmt.Errorf("configure peers of %s: %w", s.name, err)
+	}
+	s.ops += len(deltas)
+	for i, d := range deltas {
+		switch {
+		case d.Remove:
+			s.log.Info("peer removed", "peer", s.names[d.PublicKey], "key", d.PublicKey.String()[:8])
+			delete(s.announced, d.PublicKey)
+			delete(s.names, d.PublicKey)
+		default:
+			if d.Endpoint != nil {
+				s.announced[d.PublicKey] = d.Endpoint.AddrPort()
+			}
+			s.names[d.PublicKey] = names[i]
+			verb := "peer updated"
+			if !d.UpdateOnly {
+				verb = "peer added"
+			}
+			s.log.Info(verb, "peer", names[i], "key", d.PublicKey.String()[:8], "endpoint", endpointString(d.Endpoint), "allowed_ips", prefixesString(d.AllowedIPs))
+		}
+	}
+	return nil
+}
+
+// Deltas computes the per-peer changes that turn current into desired.
+// names[i] is the member name behind deltas[i] ("" for a peer meshd does
+// not know, which it removes). Output is sorted by public key.
+func Deltas(current []wgtypes.Peer, desired []mesh.Peer, announced map[wgtypes.Key]netip.AddrPort) (deltas []wgtypes.PeerConfig, names []string) {
+	have := make(map[wgtypes.Key]wgtypes.Peer, len(current))
+	for _, p := range current {
+		have[p.PublicKey] = p
+	}
+	want := make(map[wgtypes.Key]bool, len(desired))
+	for _, p := range desired {
+		want[p.PublicKey] = true
+		cur, exists := have[p.PublicKey]
+		cfg := wgtypes.PeerConfig{PublicKey: p.PublicKey}
+		changed := !exists
+		if !exists || announced[p.PublicKey] != p.Endpoint {
+			cfg.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
+			changed = true
+		}
+		if !exists || !samePrefixes(cur.AllowedIPs, p.AllowedIPs) {
+			cfg.ReplaceAllowedIPs = true
+			cfg.AllowedIPs = ipNets(p.AllowedIPs)
+			changed = true
+		}
+		if !exists || cur.PersistentKeepaliveInterval != p.Keepalive {
+			ka := p.Keepalive
+			cfg.PersistentKeepaliveInterval = &ka
+			changed = true
+		}
+		if !changed {
+			continue
+		}
+		// UpdateOnly keeps a concurrent removal from resurrecting a peer.
+		cfg.UpdateOnly = exists
+		deltas = append(deltas, cfg)
+		names = append(names, p.Name)
+	}
+	for _, p := range current {
+		if !want[p.PublicKey] {
+			deltas = append(deltas, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
+			names = append(names, "")
+		}
+	}
+	return sortDeltas(deltas, names)
+}
+
+func sortDeltas(deltas []wgtypes.PeerConfig, names []string) ([]wgtypes.PeerConfig, []string) {
+	idx := make([]int, len(deltas))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		return slices.Compare(deltas[a].PublicKey[:], deltas[b].PublicKey[:])
+	})
+	sd := make([]wgtypes.PeerConfig, len(deltas))
+	sn := make([]string, len(deltas))
+	for i, j := range idx {
+		sd[i], sn[i] = deltas[j], names[j]
+	}
+	return sd, sn
+}
+
+func samePrefixes(have []net.IPNet, want []netip.Prefix) bool {
+	if len(have) != len(want) {
+		return false
+	}
+	got := make([]netip.Prefix, 0, len(have))
+	for _, n := range have {
+		got = append(got, prefixOf(n))
+	}
+	slices.SortFunc(got, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Equal(got, want)
+}
+
+func prefixOf(n net.IPNet) netip.Prefix {
+	addr, _ := netip.AddrFromSlice(n.IP)
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(addr.Unmap(), ones)
+}
+
+func ipNets(ps []netip.Prefix) []net.IPNet {
+	out := make([]net.IPNet, len(ps))
+	for i, p := range ps {
+		bits := 32
+		if p.Addr().Is6() {
+			bits = 128
+		}
+		out[i] = net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), bits)}
+	}
+	return out
+}
+
+func endpointString(a *net.UDPAddr) string {
+	if a == nil {
+		return "unchanged"
+	}
+	return a.String()
+}
+
+func prefixesString(ns []net.IPNet) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.String()
+	}
+	return out
+}
+
+// HandshakeAge is how long ago the peer last completed a handshake, or
+// -1 when it never did.
+func HandshakeAge(p wgtypes.Peer, now time.Time) time.Duration {
+	if p.LastHandshakeTime.IsZero() {
+		return -1
+	}
+	return now.Sub(p.LastHandshakeTime)
+}

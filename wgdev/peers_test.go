@@ -1,0 +1,163 @@
+package wgdev
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// fakeClient is a device held in memory that applies PeerConfigs the way
+// wgctrl documents them, and counts the peer operations it received.
+type fakeClient struct {
+	peers map[wgtypes.Key]wgtypes.Peer
+	ops   int
+}
+
+func newFakeClient() *fakeClient { return &fakeClient{peers: map[wgtypes.Key]wgtypes.Peer{}} }
+
+func (f *fakeClient) Device(string) (*wgtypes.Device, error) {
+	d := &wgtypes.Device{}
+	for _, p := range f.peers {
+		d.Peers = append(d.Peers, p)
+	}
+	return d, nil
+}
+
+func (f *fakeClient) ConfigureDevice(_ string, cfg wgtypes.Config) error {
+	for _, pc := range cfg.Peers {
+		f.ops++
+		p, exists := f.peers[pc.PublicKey]
+		switch {
+		case pc.Remove:
+			delete(f.peers, pc.PublicKey)
+			continue
+		case pc.UpdateOnly && !exists:
+			continue
+		}
+		p.PublicKey = pc.PublicKey
+		if pc.Endpoint != nil {
+			p.Endpoint = pc.Endpoint
+		}
+		if pc.ReplaceAllowedIPs {
+			p.AllowedIPs = nil
+		}
+		p.AllowedIPs = append(p.AllowedIPs, pc.AllowedIPs...)
+		if pc.PersistentKeepaliveInterval != nil {
+			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
+		}
+		f.peers[pc.PublicKey] = p
+	}
+	return nil
+}
+
+func key(i int) wgtypes.Key {
+	var k wgtypes.Key
+	k[0], k[1], k[31] = byte(i>>8), byte(i), 7
+	return k
+}
+
+func peers(n int) []mesh.Peer {
+	out := make([]mesh.Peer, n)
+	for i := range out {
+		out[i] = mesh.Peer{
+			Name:       fmt.Sprintf("h%d", i),
+			PublicKey:  key(i),
+			Endpoint:   netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(i >> 8), byte(i)}), 51820),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)},
+			Keepalive:  25 * time.Second,
+		}
+	}
+	return out
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
+	f := newFakeClient()
+	s := NewPeerSync(f, "mesh0", quietLog())
+	want := peers(3)
+	if err := s.Set(want); err != nil {
+		t.Fatal(err)
+	}
+	if f.ops != 3 || len(f.peers) != 3 {
+		t.Fatalf("initial apply: %d ops, %d peers; want 3 and 3", f.ops, len(f.peers))
+	}
+	got := f.peers[key(1)]
+	if got.Endpoint.String() != "192.0.0.1:51820" || len(got.AllowedIPs) != 1 || got.AllowedIPs[0].String() != "10.0.1.0/24" || got.PersistentKeepaliveInterval != 25*time.Second {
+		t.Fatalf("peer h1 on the device: %+v", got)
+	}
+
+	if err := s.Set(want); err != nil || f.ops != 3 {
+		t.Fatalf("identical Set sent %d more ops (err %v); want none", f.ops-3, err)
+	}
+
+	// The peer roamed: WireGuard rewrote its endpoint. The announcement did
+	// not change, so meshd must not fight the roam.
+	roamed := f.peers[key(2)]
+	roamed.Endpoint = &net.UDPAddr{IP: net.IPv4(198, 51, 100, 9), Port: 40000}
+	f.peers[key(2)] = roamed
+	if err := s.Set(want); err != nil || f.ops != 3 {
+		t.Fatalf("a roamed endpoint caused %d ops; want none", f.ops-3)
+	}
+
+	want[0].AllowedIPs = append(want[0].AllowedIPs, netip.MustParsePrefix("10.99.0.0/24"))
+	want = want[:2] // h2 leaves
+	if err := s.Set(want); err != nil {
+		t.Fatal(err)
+	}
+	if f.ops != 5 {
+		t.Fatalf("one changed + one removed peer cost %d ops, want 2", f.ops-3)
+	}
+	if _, ok := f.peers[key(2)]; ok {
+		t.Fatal("removed peer still on the device")
+	}
+	if n := len(f.peers[key(0)].AllowedIPs); n != 2 {
+		t.Fatalf("h0 has %d allowed IPs, want 2 (replaced, not appended twice)", n)
+	}
+}
+
+func TestPeerSyncRemovesPeersItDoesNotKnow(t *testing.T) {
+	f := newFakeClient()
+	f.peers[key(99)] = wgtypes.Peer{PublicKey: key(99)} // added by hand with `wg set`
+	s := NewPeerSync(f, "mesh0", quietLog())
+	if err := s.Set(peers(1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := f.peers[key(99)]; ok {
+		t.Fatal("a peer meshd does not know survived; the device must match the membership")
+	}
+}
+
+// One member changing in a 1,000-member cluster must cost O(1) device
+// operations, not a rewrite of every peer.
+func TestOneChangeAmongThousandCostsOneOp(t *testing.T) {
+	f := newFakeClient()
+	s := NewPeerSync(f, "mesh0", quietLog())
+	all := peers(1000)
+	if err := s.Set(all); err != nil {
+		t.Fatal(err)
+	}
+	before := s.Ops()
+	all[500].AllowedIPs = []netip.Prefix{netip.MustParsePrefix("10.200.0.0/24")}
+	if err := s.Set(all); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Ops() - before; n != 1 {
+		t.Fatalf("one changed member cost %d device ops, want 1", n)
+	}
+	before = s.Ops()
+	if err := s.Set(append(all, peers(1001)[1000])); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.Ops() - before; n != 1 {
+		t.Fatalf("one joining member cost %d device ops, want 1", n)
+	}
+}
