@@ -100,8 +100,9 @@ func build(v *viper.Viper) (*Config, *Error) {
 	}
 	l := &loader{v: v}
 	cfg := &Config{}
-	// Segments come before routing: the table range depends on their count.
-	for _, step := range []func(*Config) *Error{l.top, l.cluster, l.wireguard, l.segments, l.routing} {
+	// Segments come before routing (the table range depends on their
+	// count) and allow (rules name them).
+	for _, step := range []func(*Config) *Error{l.top, l.cluster, l.wireguard, l.segments, l.routing, l.allow} {
 		if e := step(cfg); e != nil {
 			return nil, e
 		}

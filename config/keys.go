@@ -76,13 +76,13 @@ var defaults = []struct {
 var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet}
 
 // knownKeys returns every dotted key accepted in the file, including
-// "segments" itself.
+// "segments" and "allow" themselves.
 func knownKeys() []string {
 	keys := make([]string, 0, len(defaults)+1)
 	for _, d := range defaults {
 		keys = append(keys, d.key)
 	}
-	return append(keys, keySegments)
+	return append(keys, keySegments, keyAllow)
 }
 
 // sections are the tables that hold keys; writing one as a scalar, or a
@@ -120,6 +120,9 @@ func unknownKeyError(k string, known []string) *Error {
 	if strings.HasPrefix(k, keySegments+".") {
 		return fail(keySegments, "must be an array of tables",
 			"write each segment under its own [[segments]] header (double brackets)")
+	}
+	if e := allowKeyError(k); e != nil {
+		return e
 	}
 	section, _ := splitKey(k)
 	if s := suggest(k, known); s != "" {

@@ -3,7 +3,11 @@
 // on the host is touched.
 package config
 
-import "net/netip"
+import (
+	"net/netip"
+
+	"github.com/meshd/meshd/policy"
+)
 
 // Config is the validated, defaulted configuration. Every field has been
 // checked by Load; consumers never re-validate.
@@ -18,6 +22,9 @@ type Config struct {
 	WireGuard WireGuard
 	Routing   Routing
 	Segments  []Segment
+	// Allow holds the [[allow]] rules as written; policy.Compile has
+	// accepted them against Segments.
+	Allow []policy.Rule
 }
 
 // Cluster configures serf membership.

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -26,6 +27,19 @@ type Status struct {
 	// recent failure, empty when the last pass succeeded.
 	Reconciles int    `json:"reconciles"`
 	LastError  string `json:"last_error,omitempty"`
+	// Policy holds the allow-list counters: one entry per rule label
+	// (allow[i], segment:NAME, default-deny, invalid, established).
+	Policy []PolicyCounter `json:"policy"`
+}
+
+// PolicyCounter is what one allow-list rule has matched since the last
+// reload.
+type PolicyCounter struct {
+	Label   string `json:"label"`
+	Action  string `json:"action"` // accept | drop
+	Reason  string `json:"reason"`
+	Packets uint64 `json:"packets"`
+	Bytes   uint64 `json:"bytes"`
 }
 
 // Node describes this host.
@@ -180,7 +194,7 @@ func (c *Client) do(method, path string, out any) error {
 		return fmt.Errorf("read answer from meshd: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("meshd: %s", string(body))
+		return &RemoteError{Status: resp.StatusCode, Message: strings.TrimSpace(string(body))}
 	}
 	if out != nil {
 		if err := json.Unmarshal(body, out); err != nil {
@@ -189,6 +203,19 @@ func (c *Client) do(method, path string, out any) error {
 	}
 	return nil
 }
+
+// RemoteError is a request the daemon refused; Status 400 means the
+// request's input (e.g. the config file to reload) was bad.
+type RemoteError struct {
+	Status  int
+	Message string
+}
+
+func (e *RemoteError) Error() string { return "the daemon refused: " + e.Message }
+
+// BadInput reports whether the daemon blamed the input (config) rather
+// than itself.
+func (e *RemoteError) BadInput() bool { return e.Status == http.StatusBadRequest }
 
 // Post calls a POST endpoint (e.g. /v1/reload) and returns the daemon's
 // text answer.

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -23,6 +24,7 @@ import (
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/routes"
 	"github.com/meshd/meshd/wgdev"
 )
@@ -37,8 +39,19 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
+// Options carries what the daemon needs from its caller besides the
+// config.
+type Options struct {
+	// Reload re-reads the configuration (SIGHUP, `meshd reload`); nil
+	// disables reloading.
+	Reload func() (*config.Config, error)
+	// Hangup delivers SIGHUP.
+	Hangup <-chan struct{}
+}
+
 // Daemon is one running meshd.
 type Daemon struct {
+	opts     Options
 	cfg      *config.Config
 	log      *slog.Logger
 	key      wgtypes.Key
@@ -52,7 +65,9 @@ type Daemon struct {
 	routes  *routes.Manager
 	members *mesh.Membership
 	ctrl    *control.Server
+	policy  *policy.Enforcer
 	kick    chan struct{}
+	reloads chan chan error
 
 	// teardown holds the undo step of every resource created so far, run
 	// in reverse order on shutdown or when startup fails half-way.
@@ -67,8 +82,8 @@ type Daemon struct {
 
 // Run starts meshd and blocks until ctx is cancelled, then leaves the
 // cluster and removes everything it created.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	d := &Daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1)}
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
+	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), reloads: make(chan chan error)}
 	if err := d.start(ctx); err != nil {
 		if terr := d.shutdown(); terr != nil {
 			log.Error("cleanup after failed start", "err", terr)
@@ -110,6 +125,26 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("remove routes left by an earlier run: %w", err)
 	}
 
+	// The allow-list goes in before the interface exists, so there is no
+	// moment in which the tunnel carries unfiltered traffic.
+	ruleset, err := cfg.Policy()
+	if err != nil {
+		return err
+	}
+	nft, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("open nftables: %w", err)
+	}
+	d.defer_(nft.CloseLasting)
+	if err := policy.Cleanup(nft); err != nil {
+		return fmt.Errorf("remove the nftables table left by an earlier run: %w", err)
+	}
+	d.policy = policy.NewEnforcer(nft, cfg.WireGuard.Interface, d.log)
+	if err := d.policy.Apply(ruleset); err != nil {
+		return fmt.Errorf("install allow-list: %w", err)
+	}
+	d.defer_(d.policy.Flush)
+
 	d.dev, err = wgdev.Open(wgdev.Options{Name: cfg.WireGuard.Interface, Mode: wgdev.Mode(cfg.WireGuard.Mode), MTU: d.mtu, Log: d.log})
 	if err != nil {
 		return err
@@ -140,6 +175,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 	d.defer_(d.ctrl.Close)
+	d.ctrl.Handle("POST /v1/reload", d.serveReload)
 
 	tags, err := mesh.Announcement{PublicKey: key.PublicKey(), Endpoint: under.endpoint, Slices: localSlices(cfg)}.Tags()
 	if err != nil {
@@ -211,6 +247,14 @@ func (d *Daemon) loop(ctx context.Context) {
 			time.Sleep(coalesce)
 		case <-resync.C:
 		case <-retry.C:
+		case <-d.opts.Hangup:
+			if err := d.reload(); err != nil {
+				d.log.Error("reload failed; keeping the running configuration", "err", err)
+			}
+			continue
+		case answer := <-d.reloads:
+			answer <- d.reload()
+			continue
 		}
 		if err := d.reconcile(); err != nil {
 			d.log.Error("reconcile failed; retrying", "in", backoff, "err", err)

@@ -44,6 +44,13 @@ func (d *Daemon) Status() control.Status {
 		}
 		out.Peers = append(out.Peers, ps)
 	}
+	if counters, err := d.policy.Counters(); err == nil {
+		for _, c := range counters {
+			out.Policy = append(out.Policy, control.PolicyCounter{Label: c.Label, Action: c.Action, Reason: c.Reason, Packets: c.Packets, Bytes: c.Bytes})
+		}
+	} else if out.LastError == "" {
+		out.LastError = "read policy counters: " + err.Error()
+	}
 	slices.SortFunc(out.Peers, func(a, b control.Peer) int { return strings.Compare(a.Name, b.Name) })
 	if st != nil {
 		for _, r := range st.Rejected {

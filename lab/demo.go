@@ -66,21 +66,20 @@ func RunDemo(ctx context.Context, out io.Writer, meshdBin string, hosts int) (er
 		return err
 	}
 	start := time.Now()
-	ok, werr := waitConnected(ctx, out, l, start)
-	if werr != nil {
-		return werr
+	ok, err := waitConnected(ctx, out, l, start)
+	if err == nil {
+		printMatrix(out, l, ok)
+		if missing := countMissing(ok); missing > 0 {
+			err = fmt.Errorf("demo: %d pod pairs still unreachable after %s", missing, demoConnectWithin)
+			printLogTails(out, l)
+		} else {
+			fmt.Fprintf(out, "full connectivity after %.1fs\n", time.Since(start).Seconds())
+			printStatus(ctx, out, l, bin)
+		}
 	}
-	printMatrix(out, l, ok)
-	var errs []error
-	if missing := countMissing(ok); missing > 0 {
-		errs = append(errs, fmt.Errorf("demo: %d pod pairs still unreachable after %s", missing, demoConnectWithin))
-		printLogTails(out, l)
-	} else {
-		fmt.Fprintf(out, "full connectivity after %.1fs\n", time.Since(start).Seconds())
-		printStatus(ctx, out, l, bin)
-	}
-	errs = append(errs, stopAll(out, l))
-	return errors.Join(errs...)
+	// Even when interrupted, stop meshd gracefully: that is part of what
+	// the demo shows, and Close would otherwise have to SIGKILL it.
+	return errors.Join(err, stopAll(out, l))
 }
 
 // demoPreflight turns the usual first-run problems into one clear message

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/wgdev"
 )
@@ -52,8 +53,14 @@ func exitCode(err error) int {
 	var ue usageError
 	var ke *crypto.KeyError
 	var ce checkFailed
+	var re *control.RemoteError
 	switch {
 	case errors.As(err, &ce):
+		return exitFailure
+	case errors.As(err, &re):
+		if re.BadInput() {
+			return exitUsage
+		}
 		return exitFailure
 	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.Is(err, wgdev.ErrKernelUnsupported):
 		return exitUsage
@@ -73,6 +80,15 @@ membership, with one routing table per overlay segment.
 Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		// A root with RunE routes an unknown command through Args, so it
+		// becomes a usage error (exit 2) instead of cobra's plain error.
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown command %q; see 'meshd --help'", args[0])}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	// Bad flags are usage errors: exit 2, like every other input problem.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
@@ -82,6 +98,8 @@ Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 		newKeygenCommand(),
 		newVersionCommand(),
 		newDemoCommand(),
+		newReloadCommand(),
+		newPolicyCommand(),
 	)
 	return root
 }

@@ -35,11 +35,36 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file
 			slog.SetDefault(log)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return daemon.Run(ctx, cfg, log)
+			return daemon.Run(ctx, cfg, log, daemon.Options{
+				Reload: func() (*config.Config, error) { return config.Load(path) },
+				Hangup: hangups(ctx),
+			})
 		},
 	}
 	addConfigFlag(cmd, &path)
 	return cmd
+}
+
+// hangups turns SIGHUP into reload requests for as long as ctx lives.
+func hangups(ctx context.Context) <-chan struct{} {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
+	out := make(chan struct{}, 1)
+	go func() {
+		defer signal.Stop(sig)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sig:
+				select {
+				case out <- struct{}{}:
+				default: // a reload is already pending
+				}
+			}
+		}
+	}()
+	return out
 }
 
 func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {

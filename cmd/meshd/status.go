@@ -131,6 +131,7 @@ func printStatus(out io.Writer, st *control.Status) {
 			fmt.Fprintf(out, "  %s: %s\n", r.Member, r.Reason)
 		}
 	}
+	printPolicy(out, st.Policy)
 	if st.LastError != "" {
 		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
 	}
@@ -158,4 +159,17 @@ func bytesHuman(n int64) string {
 		exp++
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func printPolicy(out io.Writer, counters []control.PolicyCounter) {
+	if len(counters) == 0 {
+		return
+	}
+	fmt.Fprintln(out, "\npolicy counters (since the last reload):")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  RULE\tACTION\tREASON\tPACKETS\tBYTES")
+	for _, c := range counters {
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", c.Label, c.Action, c.Reason, c.Packets, bytesHuman(int64(c.Bytes)))
+	}
+	tw.Flush()
 }

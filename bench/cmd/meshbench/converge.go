@@ -1,0 +1,424 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+
+	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/lab"
+)
+
+// meshd's defaults, which the lab's configs keep: segment 0 uses table 51800.
+const convergeTable = 51800
+
+var convergeSegments = []lab.SegmentSpec{{Name: "blue", CIDR: "10.42.0.0/16", SliceBits: 24}}
+
+// Issue targets at 25 hosts.
+const (
+	targetJoin  = 2 * time.Second
+	targetLeave = 1 * time.Second
+	targetFail  = 10 * time.Second
+)
+
+type convergeResult struct {
+	Hosts       int     `json:"hosts"`
+	PingPairs   int     `json:"ping_pairs"`
+	StartPing   float64 `json:"start_all_pairs_s"`
+	StartPeers  float64 `json:"start_all_peers_s"`
+	JoinPeer    float64 `json:"join_peer_and_route_s"`
+	JoinPing    float64 `json:"join_reachable_s"`
+	LeaveGone   float64 `json:"leave_gone_s"`
+	LeaveExit   float64 `json:"leave_process_exit_s"`
+	FailGone    float64 `json:"fail_gone_s"`
+	RSSMeanMiB  float64 `json:"idle_rss_mean_mib"`
+	RSSMaxMiB   float64 `json:"idle_rss_max_mib"`
+	CPUMean     float64 `json:"idle_cpu_mean_pct"`
+	CPUMax      float64 `json:"idle_cpu_max_pct"`
+	IdleSeconds float64 `json:"idle_window_s"`
+	OtherCPU    float64 `json:"other_cpu_pct"`
+	Err         string  `json:"error,omitempty"`
+}
+
+func cmdConverge(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("converge", flag.ContinueOnError)
+	meshdBin := fs.String("meshd", "", "meshd binary")
+	prefix := fs.String("prefix", "mbcv", "lab name prefix")
+	idle := fs.Duration("idle", 10*time.Second, "window over which idle CPU% is measured")
+	jsonOut := fs.String("json", "", "also write the results as JSON here")
+	if err := fs.Parse(args); err != nil {
+		return errUsage
+	}
+	if err := needRoot(); err != nil {
+		return err
+	}
+	if *meshdBin == "" {
+		return errors.New("-meshd is required")
+	}
+	var sizes []int
+	for _, a := range fs.Args() {
+		n, err := strconv.Atoi(a)
+		if err != nil || n < 3 || n > 98 {
+			return fmt.Errorf("host count %q: want 3..98 (one more host is added for the join test)", a)
+		}
+		sizes = append(sizes, n)
+	}
+	if len(sizes) == 0 {
+		sizes = []int{5, 10, 25}
+	}
+	bin := mustAbs(*meshdBin)
+	var results []convergeResult
+	var errs []error
+	for _, n := range sizes {
+		if ctx.Err() != nil {
+			break
+		}
+		r, err := convergeSize(ctx, bin, *prefix, n, *idle)
+		if err != nil {
+			r.Err = err.Error()
+			errs = append(errs, fmt.Errorf("%d hosts: %w", n, err))
+			fmt.Printf("  FAILED: %v\n", err)
+		}
+		results = append(results, r)
+	}
+	printConverge(os.Stdout, results)
+	if *jsonOut != "" {
+		b, _ := json.MarshalIndent(results, "", "  ")
+		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if ctx.Err() != nil {
+		errs = append(errs, ctx.Err())
+	}
+	return errors.Join(errs...)
+}
+
+// convergeSize runs every phase on n hosts plus one newcomer.
+func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Duration) (res convergeResult, err error) {
+	res.Hosts = n
+	fmt.Printf("\n== %d hosts (+1 newcomer) ==\n", n)
+	l, err := lab.New(ctx, lab.Spec{Prefix: prefix, Hosts: n + 1, Mode: "userspace", Segments: convergeSegments})
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := l.Close(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	}()
+	hosts := l.Hosts()[:n]
+	newcomer := l.Host(n + 1)
+	nl := map[string]*netlink.Handle{}
+	defer func() {
+		for _, h := range nl {
+			h.Close()
+		}
+	}()
+	for _, h := range l.Hosts() {
+		nsh, err := netns.GetFromName(h.NS())
+		if err != nil {
+			return res, err
+		}
+		hd, err := netlink.NewHandleAt(nsh)
+		nsh.Close()
+		if err != nil {
+			return res, err
+		}
+		nl[h.Name()] = hd
+	}
+	for _, h := range l.Hosts() {
+		if _, err := h.WriteConfig(""); err != nil {
+			return res, err
+		}
+	}
+
+	// Phase 1: start n hosts at once.
+	var pairs [][2]*lab.Host
+	for i, a := range hosts {
+		if n <= 10 {
+			for _, b := range hosts {
+				if a != b {
+					pairs = append(pairs, [2]*lab.Host{a, b})
+				}
+			}
+			continue
+		}
+		// A fixed sample: every host pings 3 others spread over the ring.
+		for _, off := range []int{1, n / 3, 2 * n / 3} {
+			pairs = append(pairs, [2]*lab.Host{a, hosts[(i+off)%n]})
+		}
+	}
+	res.PingPairs = len(pairs)
+	t0 := time.Now()
+	for _, h := range hosts {
+		if err := h.Start(bin); err != nil {
+			return res, err
+		}
+	}
+	var wg sync.WaitGroup
+	var pingT, peersT time.Duration
+	var pingErr, peersErr error
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		pingT, pingErr = waitAll(ctx, t0, 120*time.Second, len(pairs), func(c context.Context, i int) bool {
+			return ping(c, pairs[i][0].PodNS("blue"), pairs[i][1].PodAddr("blue"), 500*time.Millisecond) == nil
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		peersT, peersErr = waitAll(ctx, t0, 120*time.Second, n, func(c context.Context, i int) bool {
+			st, err := control.NewClient(hosts[i].ControlSocket()).Status()
+			if err != nil {
+				return false
+			}
+			ok := 0
+			for _, p := range st.Peers {
+				if p.State == "alive" && p.Configured {
+					ok++
+				}
+			}
+			return ok == n-1
+		})
+	}()
+	wg.Wait()
+	if err := errors.Join(pingErr, peersErr, checkRunning(hosts)); err != nil {
+		return res, fmt.Errorf("start: %w", err)
+	}
+	res.StartPing, res.StartPeers = pingT.Seconds(), peersT.Seconds()
+	fmt.Printf("  start: %d sampled pod pairs answer after %.2fs; every host has all %d peers configured after %.2fs\n",
+		len(pairs), res.StartPing, n-1, res.StartPeers)
+
+	// Idle footprint, with the mesh converged and no traffic.
+	time.Sleep(3 * time.Second)
+	var pids []int
+	for _, h := range hosts {
+		pids = append(pids, h.Pid())
+	}
+	nss, _ := lab.ListNetns(l.Prefix())
+	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
+	m := newCPUMeter(pids...)
+	select {
+	case <-ctx.Done():
+		others.read()
+		return res, ctx.Err()
+	case <-time.After(idle):
+	}
+	cpus, _ := m.read()
+	res.OtherCPU = others.read()
+	res.IdleSeconds = idle.Seconds()
+	for i, pid := range pids {
+		rss, err := procRSS(pid)
+		if err != nil {
+			return res, fmt.Errorf("RSS of %s: %w", hosts[i].Name(), err)
+		}
+		mib := float64(rss) / 1024
+		res.RSSMeanMiB += mib / float64(n)
+		res.RSSMaxMiB = max(res.RSSMaxMiB, mib)
+		res.CPUMean += cpus[i] / float64(n)
+		res.CPUMax = max(res.CPUMax, cpus[i])
+	}
+	fmt.Printf("  idle meshd over %s: RSS mean %.1f MiB (max %.1f), CPU mean %.2f%% (max %.2f%%); other processes %.0f%%\n",
+		idle, res.RSSMeanMiB, res.RSSMaxMiB, res.CPUMean, res.CPUMax, res.OtherCPU)
+
+	// Phase 2: a newcomer joins.
+	slice := newcomer.Subnet("blue")
+	t1 := time.Now()
+	if err := newcomer.Start(bin); err != nil {
+		return res, err
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		peersT, peersErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
+			return peerState(hosts[i], newcomer.Name()) == "configured" && hasRoute(nl[hosts[i].Name()], slice)
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		pingT, pingErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
+			return ping(c, hosts[i].PodNS("blue"), newcomer.PodAddr("blue"), 500*time.Millisecond) == nil
+		})
+	}()
+	wg.Wait()
+	if err := errors.Join(pingErr, peersErr, checkRunning(append(hosts, newcomer))); err != nil {
+		return res, fmt.Errorf("join: %w", err)
+	}
+	res.JoinPeer, res.JoinPing = peersT.Seconds(), pingT.Seconds()
+	fmt.Printf("  join: every host has %s as a peer with a route after %.2fs; its pod answers every pod after %.2fs\n",
+		newcomer.Name(), res.JoinPeer, res.JoinPing)
+
+	// Phase 3: the newcomer leaves gracefully (SIGTERM).
+	time.Sleep(2 * time.Second)
+	var stopErr error
+	var exitT time.Duration
+	t2 := time.Now()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		stopErr = newcomer.Stop()
+		exitT = time.Since(t2)
+	}()
+	goneT, goneErr := waitAll(ctx, t2, 60*time.Second, n, func(c context.Context, i int) bool {
+		return peerState(hosts[i], newcomer.Name()) == "gone" && !hasRoute(nl[hosts[i].Name()], slice)
+	})
+	wg.Wait()
+	if err := errors.Join(goneErr, stopErr); err != nil {
+		return res, fmt.Errorf("leave: %w", err)
+	}
+	res.LeaveGone, res.LeaveExit = goneT.Seconds(), exitT.Seconds()
+	fmt.Printf("  leave (SIGTERM): %s gone from every host's peers and routes after %.2fs (its meshd exited after %.2fs)\n",
+		newcomer.Name(), res.LeaveGone, res.LeaveExit)
+
+	// Phase 4: the last original host crashes (SIGKILL).
+	victim, rest := hosts[n-1], hosts[:n-1]
+	vslice := victim.Subnet("blue")
+	t3 := time.Now()
+	if err := victim.Kill(); err != nil {
+		return res, err
+	}
+	failT, failErr := waitAll(ctx, t3, 90*time.Second, len(rest), func(c context.Context, i int) bool {
+		return peerState(rest[i], victim.Name()) == "gone" && !hasRoute(nl[rest[i].Name()], vslice)
+	})
+	if failErr != nil {
+		return res, fmt.Errorf("failure: %w", failErr)
+	}
+	res.FailGone = failT.Seconds()
+	fmt.Printf("  failure (SIGKILL): %s gone from every host's peers and routes after %.2fs\n", victim.Name(), res.FailGone)
+	return res, checkRunning(rest)
+}
+
+func checkRunning(hosts []*lab.Host) error {
+	for _, h := range hosts {
+		if !h.Running() {
+			return fmt.Errorf("meshd on %s exited: %v: %s", h.Name(), h.Wait(0), firstErrorLine(h.LogPath()))
+		}
+	}
+	return nil
+}
+
+// peerState is how host sees name: "configured" (alive, on the device),
+// "gone" (absent or not alive, and not on the device), or "other".
+func peerState(host *lab.Host, name string) string {
+	st, err := control.NewClient(host.ControlSocket()).Status()
+	if err != nil {
+		return "other"
+	}
+	for _, p := range st.Peers {
+		if p.Name != name {
+			continue
+		}
+		switch {
+		case p.State == "alive" && p.Configured:
+			return "configured"
+		case p.State != "alive" && !p.Configured:
+			return "gone"
+		}
+		return "other"
+	}
+	return "gone"
+}
+
+func hasRoute(h *netlink.Handle, dst netip.Prefix) bool {
+	rs, err := h.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: convergeTable}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return false
+	}
+	want := &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), 32)}
+	for _, r := range rs {
+		if r.Dst != nil && r.Dst.String() == want.String() && r.Type == 1 /* RTN_UNICAST */ {
+			return true
+		}
+	}
+	return false
+}
+
+// waitAll checks items 0..n-1 repeatedly (at most 16 checks at a time)
+// until each has passed once, and returns when the last one first passed,
+// measured from t0. Checks that pass stop being repeated.
+func waitAll(ctx context.Context, t0 time.Time, timeout time.Duration, n int, check func(context.Context, int) bool) (time.Duration, error) {
+	ctx, cancel := context.WithDeadline(ctx, t0.Add(timeout))
+	defer cancel()
+	sem := make(chan struct{}, 16)
+	var mu sync.Mutex
+	var last time.Duration
+	pending := n
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				sem <- struct{}{}
+				ok := check(ctx, i)
+				<-sem
+				if ok {
+					d := time.Since(t0)
+					mu.Lock()
+					last = max(last, d)
+					pending--
+					mu.Unlock()
+					return
+				}
+				select {
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if pending > 0 {
+		return 0, fmt.Errorf("%d of %d checks still failing after %s", pending, n, timeout)
+	}
+	return last, nil
+}
+
+func printConverge(w io.Writer, rs []convergeResult) {
+	fmt.Fprintf(w, "\nmeshd convergence — %s, kernel %s, %d CPUs; all meshd in userspace mode, serf LAN defaults\n",
+		time.Now().UTC().Format(time.RFC3339), kernelRelease(), runtime.NumCPU())
+	fmt.Fprintln(w, "seconds from the event until every host agrees; idle = converged mesh, no traffic")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| hosts | start: sampled pod pairs answer | start: all peers configured everywhere | join: peer + route everywhere | join: reachable from all | leave (SIGTERM): gone everywhere | failure (SIGKILL): gone everywhere | idle RSS MiB mean/max | idle CPU% mean/max |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rs {
+		if r.Err != "" && r.StartPeers == 0 {
+			fmt.Fprintf(w, "| %d | FAILED: %s | | | | | | | |\n", r.Hosts, r.Err)
+			continue
+		}
+		fmt.Fprintf(w, "| %d | %s (%d pairs) | %s | %s | %s | %s | %s | %.1f / %.1f | %.2f / %.2f |\n", r.Hosts,
+			secs(r.StartPing, 0), r.PingPairs, secs(r.StartPeers, 0), secs(r.JoinPeer, 0), secs(r.JoinPing, targetJoin),
+			secs(r.LeaveGone, targetLeave), secs(r.FailGone, targetFail), r.RSSMeanMiB, r.RSSMaxMiB, r.CPUMean, r.CPUMax)
+	}
+	fmt.Fprintf(w, "| target (25 hosts) | | | | <= %.0f s | <= %.0f s | <= %.0f s | | |\n", targetJoin.Seconds(), targetLeave.Seconds(), targetFail.Seconds())
+	for _, r := range rs {
+		if r.Err != "" {
+			fmt.Fprintf(w, "FAILED %d hosts: %s\n", r.Hosts, r.Err)
+		}
+	}
+}
+
+// secs formats a phase's time, marking one over its target.
+func secs(s float64, target time.Duration) string {
+	if s == 0 {
+		return "-"
+	}
+	if target > 0 && s > target.Seconds() {
+		return fmt.Sprintf("%.2f (over)", s)
+	}
+	return fmt.Sprintf("%.2f", s)
+}

@@ -1,0 +1,444 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/lab"
+)
+
+// Benchmark traffic runs on segment "blue"; "green" exists so that the
+// [[allow]] rules, which target 10.43.x.0/24, name a real segment.
+var benchSegments = []lab.SegmentSpec{
+	{Name: "blue", CIDR: "10.42.0.0/16", SliceBits: 24},
+	{Name: "green", CIDR: "10.43.0.0/16", SliceBits: 24},
+}
+
+const benchSegment = "blue"
+
+// unavailableError marks a mode that cannot run on this machine or code
+// base; it is reported, not counted as a failure.
+type unavailableError struct{ reason string }
+
+func (e *unavailableError) Error() string { return "unavailable (" + e.reason + ")" }
+
+func unavailable(format string, args ...any) error {
+	return &unavailableError{reason: fmt.Sprintf(format, args...)}
+}
+
+// endpoints says where iperf3 runs for a mode.
+type endpoints struct {
+	clientNS, serverNS string
+	target             netip.Addr
+	bind               netip.Addr // client source address, if it must be pinned
+}
+
+// tunnel is one column of the comparison: how traffic gets from host 1 to
+// host 2.
+type tunnel interface {
+	setup(ctx context.Context) error
+	endpoints() endpoints
+	// pids are the tunnel's processes on host 1 and host 2 (none for raw).
+	pids() []int
+	// txBytes is what host 1's tunnel has sent so far, to prove the
+	// traffic really went through it; ok is false for raw.
+	txBytes() (n int64, ok bool)
+	mtu() int
+	teardown() error
+}
+
+// podEndpoints measures pod to pod: pod namespace of h1 -> h1 -> tunnel
+// or underlay -> h2 -> pod of h2, the path container traffic takes.
+func podEndpoints(l *lab.Lab) endpoints {
+	h1, h2 := l.Host(1), l.Host(2)
+	return endpoints{clientNS: h1.PodNS(benchSegment), serverNS: h2.PodNS(benchSegment), target: h2.PodAddr(benchSegment)}
+}
+
+func underlayMTU(l *lab.Lab) int {
+	if m := l.Spec().UnderlayMTU; m != 0 {
+		return m
+	}
+	return 1500
+}
+
+// ---- raw: plain routes over the underlay ----
+
+type rawTunnel struct {
+	l    *lab.Lab
+	path string
+}
+
+func (t *rawTunnel) setup(ctx context.Context) error {
+	if t.path == "host" {
+		return nil
+	}
+	h1, h2 := t.l.Host(1), t.l.Host(2)
+	if err := ipn(ctx, h1.NS(), "route", "replace", h2.Subnet(benchSegment).String(), "via", h2.UnderlayAddr().String(), "dev", "u0"); err != nil {
+		return err
+	}
+	if err := ipn(ctx, h2.NS(), "route", "replace", h1.Subnet(benchSegment).String(), "via", h1.UnderlayAddr().String(), "dev", "u0"); err != nil {
+		return err
+	}
+	return waitPing(ctx, h1.PodNS(benchSegment), h2.PodAddr(benchSegment), 10*time.Second)
+}
+
+func (t *rawTunnel) endpoints() endpoints {
+	if t.path == "host" {
+		return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: t.l.Host(2).UnderlayAddr()}
+	}
+	return podEndpoints(t.l)
+}
+
+func (t *rawTunnel) pids() []int            { return nil }
+func (t *rawTunnel) txBytes() (int64, bool) { return 0, false }
+func (t *rawTunnel) mtu() int               { return underlayMTU(t.l) }
+func (t *rawTunnel) teardown() error {
+	if t.path == "host" {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	h1, h2 := t.l.Host(1), t.l.Host(2)
+	return errors.Join(
+		ipn(ctx, h1.NS(), "route", "del", h2.Subnet(benchSegment).String()),
+		ipn(ctx, h2.NS(), "route", "del", h1.Subnet(benchSegment).String()))
+}
+
+// ---- standalone wireguard-go, configured like meshd would ----
+
+const wggoPort = 51821
+
+type wggoTunnel struct {
+	l       *lab.Lab
+	bin     string
+	path    string
+	mtuVal  int
+	wg      *wgctrl.Client
+	procs   [2]*bg
+	ifnames [2]string
+}
+
+func wggoOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
+
+func (t *wggoTunnel) setup(ctx context.Context) error {
+	var keys [2]wgtypes.Key
+	for i := range 2 {
+		h := t.l.Host(i + 1)
+		t.ifnames[i] = t.l.Prefix() + "w" + strconv.Itoa(i+1)
+		sock := filepath.Join("/var/run/wireguard", t.ifnames[i]+".sock")
+		os.Remove(sock)
+		p, err := startBG(h.NS(), filepath.Join(t.l.Dir(), "wireguard-go-"+h.Name()+".log"), t.bin, "-f", t.ifnames[i])
+		if err != nil {
+			return err
+		}
+		t.procs[i] = p
+		if err := waitFile(ctx, sock, 5*time.Second, p); err != nil {
+			return fmt.Errorf("wireguard-go on %s: %w (log: %s)", h.Name(), err, logTail(filepath.Join(t.l.Dir(), "wireguard-go-"+h.Name()+".log"), 5))
+		}
+		k, err := wgtypes.GeneratePrivateKey()
+		if err != nil {
+			return err
+		}
+		keys[i] = k
+	}
+	for i := range 2 {
+		me, other := t.l.Host(i+1), t.l.Host(2-i)
+		port := wggoPort
+		allowed := []net.IPNet{prefixNet(other.Subnet(benchSegment)), prefixNet(netip.PrefixFrom(wggoOverlay(other.Index()), 32))}
+		cfg := wgtypes.Config{
+			PrivateKey: &keys[i], ListenPort: &port, ReplacePeers: true,
+			Peers: []wgtypes.PeerConfig{{
+				PublicKey:         keys[1-i].PublicKey(),
+				Endpoint:          net.UDPAddrFromAddrPort(netip.AddrPortFrom(other.UnderlayAddr(), wggoPort)),
+				ReplaceAllowedIPs: true, AllowedIPs: allowed,
+			}},
+		}
+		if err := t.wg.ConfigureDevice(t.ifnames[i], cfg); err != nil {
+			return fmt.Errorf("configure %s: %w", t.ifnames[i], err)
+		}
+		ns, ifn := me.NS(), t.ifnames[i]
+		for _, c := range [][]string{
+			{"addr", "add", netip.PrefixFrom(wggoOverlay(me.Index()), 24).String(), "dev", ifn},
+			{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"},
+			{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn},
+		} {
+			if err := ipn(ctx, ns, c...); err != nil {
+				return err
+			}
+		}
+	}
+	e := t.endpoints()
+	return waitPing(ctx, e.clientNS, e.target, 10*time.Second)
+}
+
+func prefixNet(p netip.Prefix) net.IPNet {
+	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func waitFile(ctx context.Context, path string, timeout time.Duration, p *bg) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if p != nil && p.exited() {
+			return fmt.Errorf("exited: %v", p.err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s did not appear within %s", path, timeout)
+}
+
+func (t *wggoTunnel) endpoints() endpoints {
+	if t.path == "host" {
+		return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: wggoOverlay(2)}
+	}
+	return podEndpoints(t.l)
+}
+
+func (t *wggoTunnel) pids() []int { return bgPids(t.procs[:]) }
+
+func bgPids(ps []*bg) []int {
+	var out []int
+	for _, p := range ps {
+		if p != nil {
+			out = append(out, p.pid())
+		}
+	}
+	return out
+}
+
+func (t *wggoTunnel) txBytes() (int64, bool) { return deviceTx(t.wg, t.ifnames[0]), true }
+
+func deviceTx(c *wgctrl.Client, name string) int64 {
+	d, err := c.Device(name)
+	if err != nil {
+		return -1
+	}
+	var n int64
+	for _, p := range d.Peers {
+		n += p.TransmitBytes
+	}
+	return n
+}
+
+func (t *wggoTunnel) mtu() int { return t.mtuVal }
+
+func (t *wggoTunnel) teardown() error {
+	var wg sync.WaitGroup
+	for _, p := range t.procs {
+		wg.Add(1)
+		go func() { defer wg.Done(); p.stop(3 * time.Second) }()
+	}
+	wg.Wait()
+	for i, n := range t.ifnames {
+		if n != "" {
+			os.Remove(filepath.Join("/var/run/wireguard", n+".sock"))
+		}
+		t.procs[i] = nil
+	}
+	return nil
+}
+
+// ---- meshd, two daemons from the lab ----
+
+type meshdTunnel struct {
+	l      *lab.Lab
+	bin    string
+	path   string
+	extra  string // appended to every host's config, e.g. [[allow]] rules
+	wg     *wgctrl.Client
+	mtuVal int
+}
+
+func (t *meshdTunnel) setup(ctx context.Context) error {
+	hosts := []*lab.Host{t.l.Host(1), t.l.Host(2)}
+	for _, h := range hosts {
+		if _, err := h.WriteConfig(t.extra); err != nil {
+			return err
+		}
+		if err := h.Start(t.bin); err != nil {
+			return err
+		}
+	}
+	e := t.endpoints()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var last error
+	for {
+		for _, h := range hosts {
+			if !h.Running() {
+				err := h.Wait(0)
+				line := firstErrorLine(h.LogPath())
+				if t.extra != "" {
+					return unavailable("meshd on %s refused the config with [[allow]] rules: %v: %s", h.Name(), err, line)
+				}
+				return fmt.Errorf("meshd on %s exited: %v: %s", h.Name(), err, line)
+			}
+		}
+		if last = pingFrom(ctx, e, 500*time.Millisecond); last == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("meshd hosts not connected after 30s: %v\n%s", last, logTail(hosts[0].LogPath(), 10))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	st, err := control.NewClient(hosts[0].ControlSocket()).Status()
+	if err != nil {
+		return err
+	}
+	t.mtuVal = st.Node.MTU
+	if st.Node.Mode != "userspace" {
+		return fmt.Errorf("meshd runs in %s mode, want userspace", st.Node.Mode)
+	}
+	return nil
+}
+
+// pingFrom pings the iperf3 target from the client side, from the pinned
+// source address if there is one.
+func pingFrom(ctx context.Context, e endpoints, wait time.Duration) error {
+	var extra []string
+	if e.bind.IsValid() {
+		extra = []string{"-I", e.bind.String()}
+	}
+	return ping(ctx, e.clientNS, e.target, wait, extra...)
+}
+
+func (t *meshdTunnel) endpoints() endpoints {
+	if t.path == "host" {
+		// meshd routes a segment for anything on the host too, but the
+		// source must be the host's own slice address, or the peer's
+		// WireGuard drops the packet (not in AllowedIPs).
+		h1, h2 := t.l.Host(1), t.l.Host(2)
+		return endpoints{clientNS: h1.NS(), serverNS: h2.NS(), target: h2.Gateway(benchSegment), bind: h1.Gateway(benchSegment)}
+	}
+	return podEndpoints(t.l)
+}
+
+func (t *meshdTunnel) pids() []int { return []int{t.l.Host(1).Pid(), t.l.Host(2).Pid()} }
+
+func (t *meshdTunnel) txBytes() (int64, bool) { return deviceTx(t.wg, t.l.Host(1).Interface()), true }
+
+func (t *meshdTunnel) mtu() int { return t.mtuVal }
+
+func (t *meshdTunnel) teardown() error {
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	for _, h := range []*lab.Host{t.l.Host(1), t.l.Host(2)} {
+		if !h.Running() {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := h.Stop(); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// allowRules renders n [[allow]] tables from blue to distinct /24s of
+// green on a port the benchmark never uses, so none matches its traffic.
+func allowRules(n int) string {
+	var b strings.Builder
+	for i := range n {
+		fmt.Fprintf(&b, "[[allow]]\nfrom = %q\nto = %q\nports = [%q]\n\n",
+			benchSegment, fmt.Sprintf("10.43.%d.0/24", i%250), fmt.Sprintf("tcp/%d", 9000+i))
+	}
+	return b.String()
+}
+
+// ---- Nebula, host to host only ----
+
+const nebulaPort = 4242
+
+type nebulaTunnel struct {
+	l       *lab.Lab
+	bin     string
+	certBin string
+	mtuVal  int
+	procs   [2]*bg
+}
+
+func nebulaOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 65, 0, byte(i)}) }
+
+func (t *nebulaTunnel) setup(ctx context.Context) error {
+	dir := filepath.Join(t.l.Dir(), "nebula")
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	cert := func(args ...string) error {
+		cmd := append([]string{t.certBin}, args...)
+		_, err := run(ctx, "sh", "-c", "cd "+dir+" && "+strings.Join(cmd, " "))
+		return err
+	}
+	if err := cert("ca", "-name", "bench"); err != nil {
+		return err
+	}
+	for i := 1; i <= 2; i++ {
+		name := "h" + strconv.Itoa(i)
+		net := netip.PrefixFrom(nebulaOverlay(i), 24).String()
+		// nebula-cert >= 1.10 says -networks, older ones -ip.
+		if err := cert("sign", "-name", name, "-networks", net, "-out-crt", name+".crt", "-out-key", name+".key"); err != nil {
+			if err2 := cert("sign", "-name", name, "-ip", net, "-out-crt", name+".crt", "-out-key", name+".key"); err2 != nil {
+				return errors.Join(err, err2)
+			}
+		}
+	}
+	for i := 1; i <= 2; i++ {
+		name, o := "h"+strconv.Itoa(i), 3-i
+		y := fmt.Sprintf(`pki: {ca: %[1]s/ca.crt, cert: %[1]s/%[2]s.crt, key: %[1]s/%[2]s.key}
+static_host_map: {"%[3]s": ["%[4]s:%[5]d"]}
+lighthouse: {am_lighthouse: false}
+listen: {host: 0.0.0.0, port: %[5]d}
+tun: {dev: %[6]s, mtu: %[7]d}
+logging: {level: error}
+firewall: {outbound: [{port: any, proto: any, host: any}], inbound: [{port: any, proto: any, host: any}]}
+`, dir, name, nebulaOverlay(o), t.l.Host(o).UnderlayAddr(), nebulaPort, t.l.Prefix()+"n"+strconv.Itoa(i), t.mtuVal)
+		if err := os.WriteFile(filepath.Join(dir, name+".yml"), []byte(y), 0o600); err != nil {
+			return err
+		}
+		p, err := startBG(t.l.Host(i).NS(), filepath.Join(dir, name+".log"), t.bin, "-config", filepath.Join(dir, name+".yml"))
+		if err != nil {
+			return err
+		}
+		t.procs[i-1] = p
+	}
+	return waitPing(ctx, t.l.Host(1).NS(), nebulaOverlay(2), 15*time.Second)
+}
+
+func (t *nebulaTunnel) endpoints() endpoints {
+	return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: nebulaOverlay(2)}
+}
+func (t *nebulaTunnel) pids() []int            { return bgPids(t.procs[:]) }
+func (t *nebulaTunnel) txBytes() (int64, bool) { return 0, false }
+func (t *nebulaTunnel) mtu() int               { return t.mtuVal }
+func (t *nebulaTunnel) teardown() error {
+	for i, p := range t.procs {
+		p.stop(3 * time.Second)
+		t.procs[i] = nil
+	}
+	return nil
+}

@@ -1,0 +1,403 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// clkTck is USER_HZ, the unit of /proc/<pid>/stat times; 100 on every
+// Linux architecture Go supports.
+const clkTck = 100
+
+// run executes a command, bounded by ctx, and folds its output into the error.
+func run(ctx context.Context, name string, argv ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, name, argv...)
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out), nil
+}
+
+// nsOutput runs argv inside namespace ns and returns its stdout alone
+// (iperf3 prints warnings to stderr before its JSON).
+func nsOutput(ctx context.Context, ns string, argv ...string) (stdout string, err error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.WaitDelay = 2 * time.Second
+	var so, se bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &so, &se
+	if err := cmd.Run(); err != nil {
+		return so.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(se.String()))
+	}
+	return so.String(), nil
+}
+
+// nsRun runs argv inside namespace ns.
+func nsRun(ctx context.Context, ns string, argv ...string) (string, error) {
+	return run(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
+}
+
+// ipn runs "ip -n ns <args>".
+func ipn(ctx context.Context, ns string, args ...string) error {
+	_, err := run(ctx, "ip", append([]string{"-n", ns}, args...)...)
+	return err
+}
+
+// bg is a background process started in a namespace; it dies with us.
+type bg struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+	log  *os.File
+}
+
+func startBG(ns, logPath string, argv ...string) (*bg, error) {
+	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Stdout, cmd.Stderr = lf, lf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("start %s in %s: %w", strings.Join(argv, " "), ns, err)
+	}
+	p := &bg{cmd: cmd, done: make(chan struct{}), log: lf}
+	go func() {
+		p.err = cmd.Wait()
+		lf.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *bg) pid() int { return p.cmd.Process.Pid }
+
+func (p *bg) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop sends SIGTERM to the process group, then SIGKILL after grace.
+func (p *bg) stop(grace time.Duration) {
+	if p == nil || p.exited() {
+		return
+	}
+	_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
+	select {
+	case <-p.done:
+		return
+	case <-time.After(grace):
+	}
+	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
+	<-p.done
+}
+
+// procCPU returns a process's user+system time.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name is in parentheses and may contain spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// After ")": state(3) ppid ... utime is field 14, stime 15 (1-based).
+	if len(f) < 13 {
+		return 0, errors.New("short stat")
+	}
+	ut, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("malformed stat times")
+	}
+	return time.Duration(ut+st) * time.Second / clkTck, nil
+}
+
+// procRSS returns VmRSS in KiB.
+func procRSS(pid int) (int64, error) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			fs := strings.Fields(v)
+			if len(fs) > 0 {
+				return strconv.ParseInt(fs[0], 10, 64)
+			}
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+// sysCPU returns busy and total jiffies of the whole machine.
+func sysCPU() (busy, total uint64) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseUint(s, 10, 64)
+		if i == 7 || i == 8 { // guest, guest_nice are already in user
+			continue
+		}
+		total += v
+		if i != 3 && i != 4 { // idle, iowait
+			busy += v
+		}
+	}
+	return busy, total
+}
+
+// cpuMeter measures CPU% of some processes and of the machine over an
+// interval; 100% is one core.
+type cpuMeter struct {
+	pids      []int
+	start     time.Time
+	procStart []time.Duration
+	busy, tot uint64
+}
+
+func newCPUMeter(pids ...int) *cpuMeter {
+	m := &cpuMeter{pids: pids, start: time.Now()}
+	for _, p := range pids {
+		c, _ := procCPU(p)
+		m.procStart = append(m.procStart, c)
+	}
+	m.busy, m.tot = sysCPU()
+	return m
+}
+
+// read returns each process's CPU% and the machine's busy% (100% = all
+// cores busy) since newCPUMeter.
+func (m *cpuMeter) read() (procs []float64, machine float64) {
+	el := time.Since(m.start)
+	for i, p := range m.pids {
+		c, err := procCPU(p)
+		if err != nil {
+			procs = append(procs, -1)
+			continue
+		}
+		procs = append(procs, 100*float64(c-m.procStart[i])/float64(el))
+	}
+	b, t := sysCPU()
+	if t > m.tot {
+		machine = 100 * float64(b-m.busy) / float64(t-m.tot)
+	}
+	return procs, machine
+}
+
+// waitListening polls until something listens on port in ns.
+func waitListening(ctx context.Context, ns, proto string, port int) error {
+	flag := "-ltnH"
+	if proto == "udp" {
+		flag = "-lunH"
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		out, err := nsRun(ctx, ns, "ss", flag, "sport", "=", ":"+strconv.Itoa(port))
+		if err == nil && strings.TrimSpace(out) != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("nothing listens on %s/%d in %s after 5s", proto, port, ns)
+}
+
+// ping sends one echo request with a short reply timeout.
+func ping(ctx context.Context, ns string, to netip.Addr, wait time.Duration, extra ...string) error {
+	argv := []string{"ping", "-n", "-q", "-c", "1", "-W", fmt.Sprintf("%.1f", wait.Seconds())}
+	argv = append(argv, extra...)
+	_, err := nsRun(ctx, ns, append(argv, to.String())...)
+	return err
+}
+
+// waitPing retries ping until it answers or timeout passes.
+func waitPing(ctx context.Context, ns string, to netip.Addr, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var last error
+	for ctx.Err() == nil {
+		if last = ping(ctx, ns, to, 500*time.Millisecond); last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s cannot ping %s after %s: %v", ns, to, timeout, last)
+}
+
+// logTail returns the last n lines of a file, for error messages.
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("<%v>", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// firstErrorLine picks the most telling line of a meshd log that ended in
+// an error: the last one mentioning "error" or "invalid", else the last.
+func firstErrorLine(path string) string {
+	b, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		l := strings.ToLower(lines[i])
+		if strings.Contains(l, "error") || strings.Contains(l, "invalid") || strings.Contains(l, "unknown") {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	if len(lines) > 0 {
+		return strings.TrimSpace(lines[len(lines)-1])
+	}
+	return ""
+}
+
+func mustAbs(p string) string {
+	a, err := filepath.Abs(p)
+	if err != nil {
+		return p
+	}
+	return a
+}
+
+// otherLoad samples the CPU used by user processes that are not part of
+// the benchmark (not in one of its namespaces, not meshbench itself):
+// other people's builds and tests on a shared machine. Processes living
+// shorter than one sampling interval are missed, so it is a lower bound.
+type otherLoad struct {
+	mine  map[uint64]bool // netns inodes of the benchmark
+	self  int
+	start time.Time
+	base  map[procKey]time.Duration
+	last  map[procKey]time.Duration
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+type procKey struct {
+	pid       int
+	starttime uint64
+}
+
+func netnsInodes(names []string) map[uint64]bool {
+	m := map[uint64]bool{}
+	for _, n := range names {
+		var st syscall.Stat_t
+		if syscall.Stat(filepath.Join("/run/netns", n), &st) == nil {
+			m[st.Ino] = true
+		}
+	}
+	return m
+}
+
+func startOtherLoad(mine map[uint64]bool, interval time.Duration) *otherLoad {
+	o := &otherLoad{mine: mine, self: os.Getpid(), start: time.Now(), last: map[procKey]time.Duration{},
+		stop: make(chan struct{}), done: make(chan struct{})}
+	o.base = o.scan()
+	go func() {
+		defer close(o.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-o.stop:
+				maps := o.scan()
+				for k, v := range maps {
+					o.last[k] = v
+				}
+				return
+			case <-t.C:
+				for k, v := range o.scan() {
+					o.last[k] = v
+				}
+			}
+		}
+	}()
+	return o
+}
+
+// read stops sampling and returns the others' CPU% (100 = one core).
+func (o *otherLoad) read() float64 {
+	close(o.stop)
+	<-o.done
+	var sum time.Duration
+	for k, v := range o.last {
+		sum += v - o.base[k] // base is 0 for processes born meanwhile
+	}
+	return 100 * float64(sum) / float64(time.Since(o.start))
+}
+
+func (o *otherLoad) scan() map[procKey]time.Duration {
+	out := map[procKey]time.Duration{}
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return out
+	}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == o.self {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 20 {
+			continue
+		}
+		flags, _ := strconv.ParseUint(f[6], 10, 64)
+		if flags&0x00200000 != 0 { // PF_KTHREAD: softirq work etc. belongs to whoever caused it
+			continue
+		}
+		var st syscall.Stat_t
+		if syscall.Stat("/proc/"+e.Name()+"/ns/net", &st) == nil && o.mine[st.Ino] {
+			continue
+		}
+		ut, _ := strconv.ParseUint(f[11], 10, 64)
+		stt, _ := strconv.ParseUint(f[12], 10, 64)
+		start, _ := strconv.ParseUint(f[19], 10, 64)
+		out[procKey{pid, start}] = time.Duration(ut+stt) * time.Second / clkTck
+	}
+	return out
+}

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# mtu.sh: with meshd's default MTU (mtu = 0: underlay MTU - 60 on an IPv4
+# underlay), check on a 1500- and a 1400-byte underlay that the tunnel gets
+# that MTU, that the largest DF ping and a full-size TCP stream cross
+# without fragmenting the underlay or dropping packets, and what happens to
+# a 1400-byte UDP datagram (delivered when it fits; otherwise what the
+# sender actually sees is reported). Exits non-zero if a check failed.
+#
+#   sudo bench/mtu.sh [UNDERLAY_MTU...]      (default: 1500 1400)
+set -euo pipefail
+[ "$(id -u)" = 0 ] || { echo "mtu.sh: needs root (network namespaces)" >&2; exit 2; }
+for tool in ip iperf3 ss ping go; do
+  command -v $tool >/dev/null || { echo "mtu.sh: $tool not found (apt-get install --no-install-recommends iperf3 iproute2 iputils-ping)" >&2; exit 2; }
+done
+UNDERLAYS=$(IFS=,; echo "${*:-1500,1400}")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/meshd-mtu.XXXXXX)
+PREFIX=mbmtu
+BENCH_PID=
+cleanup() {
+  local rc=$?
+  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+    kill -INT "$BENCH_PID" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$BENCH_PID" 2>/dev/null || true
+  fi
+  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
+  rm -rf "$W"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+(cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench)
+N=$(echo "$UNDERLAYS" | tr ',' '\n' | grep -c .)
+set +e
+timeout -k 30 $((60 + 150 * N)) "$W/meshbench" mtu -prefix "$PREFIX" -meshd "$W/meshd" -underlays "$UNDERLAYS" &
+BENCH_PID=$!
+wait "$BENCH_PID"
+rc=$?
+set -e
+BENCH_PID=
+exit $rc

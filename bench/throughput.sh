@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# throughput.sh: TCP (1 and 4 streams) and UDP throughput between two
+# namespace hosts, side by side in one run: raw veth underlay, standalone
+# wireguard-go (the version in go.mod), meshd (userspace), meshd with 100
+# [[allow]] rules, and Nebula if it builds; plus the ChaCha20-Poly1305
+# ceiling of this machine. Prints one table; exits non-zero if a run failed.
+#
+#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-p pod|host] [-j OUT.json]
+#
+#   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
+#   -m  comma list of raw,wggo,meshd,meshd100,nebula (default: all)
+#   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
+#   -j  also write the results as JSON
+# Environment: NEBULA_VERSION (default latest) is the one version tried.
+set -euo pipefail
+
+T=10 R=3 MODES=raw,wggo,meshd,meshd100,nebula P=pod JSON=
+while getopts t:r:m:p:j:h o; do
+  case $o in
+    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;;
+    *) sed -n '2,15p' "$0"; exit 2 ;;
+  esac
+done
+[ "$(id -u)" = 0 ] || { echo "throughput.sh: needs root (network namespaces)" >&2; exit 2; }
+for tool in ip iperf3 ss ping go; do
+  command -v $tool >/dev/null || { echo "throughput.sh: $tool not found (apt-get install --no-install-recommends iperf3 iproute2 iputils-ping)" >&2; exit 2; }
+done
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+W=$(mktemp -d /tmp/meshd-throughput.XXXXXX)
+PREFIX=mbtp
+BENCH_PID=
+cleanup() {
+  local rc=$?
+  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
+    kill -INT "$BENCH_PID" 2>/dev/null || true
+    for _ in $(seq 1 40); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$BENCH_PID" 2>/dev/null || true
+  fi
+  # Whatever a killed meshbench left: namespaces, processes in them, sockets.
+  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
+  rm -f /var/run/wireguard/${PREFIX}w[12].sock
+  rm -rf "$W"
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2
+(cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench \
+  && go build -o "$W/wireguard-go" golang.zx2c4.com/wireguard)
+
+NEB_ARGS=()
+if [[ ",$MODES," == *",nebula,"* ]]; then
+  # One attempt, bounded: a temporary module, the module proxy, no toolchain download.
+  NV=${NEBULA_VERSION:-latest}
+  mkdir -p "$W/nebula-mod"
+  if out=$(cd "$W/nebula-mod" && export GOTOOLCHAIN=local GOFLAGS=-mod=mod && go mod init nebulabench >/dev/null 2>&1 \
+        && timeout 300 go get "github.com/slackhq/nebula/cmd/nebula@$NV" 2>&1 \
+        && timeout 300 go build -o "$W/nebula" github.com/slackhq/nebula/cmd/nebula 2>&1 \
+        && timeout 300 go build -o "$W/nebula-cert" github.com/slackhq/nebula/cmd/nebula-cert 2>&1); then
+    NEB_ARGS=(-nebula "$W/nebula" -nebula-cert "$W/nebula-cert")
+  else
+    why=$(printf '%s\n' "$out" | grep -v '^go: downloading' | grep -m1 . | cut -c1-160)
+    echo "nebula: unavailable (${why:-build failed})" >&2
+    NEB_ARGS=(-nebula-unavailable "go build of nebula@$NV failed: ${why:-unknown}")
+  fi
+fi
+
+# Each mode: setup <= ~45 s, 3 runs of T+~35 s, teardown <= 20 s; plus crypto and lab.
+NMODES=$(echo "$MODES" | tr ',' '\n' | grep -c .)
+BOUND=$(( 120 + R * NMODES * (65 + 3 * (T + 35)) ))
+JSON_ARGS=()
+[ -n "$JSON" ] && JSON_ARGS=(-json "$JSON")
+set +e
+timeout -k 30 "$BOUND" "$W/meshbench" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -path "$P" \
+  -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}" &
+BENCH_PID=$!
+wait "$BENCH_PID"
+rc=$?
+set -e
+BENCH_PID=
+[ $rc = 124 ] && echo "throughput.sh: gave up after ${BOUND}s" >&2
+exit $rc

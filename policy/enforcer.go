@@ -1,0 +1,195 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+)
+
+// Conn is the part of *nftables.Conn the enforcer uses; tests substitute
+// a recorder. Like *nftables.Conn, the mutating methods only queue and
+// Flush sends the queue as one transaction.
+type Conn interface {
+	AddTable(t *nftables.Table) *nftables.Table
+	DelTable(t *nftables.Table)
+	AddChain(c *nftables.Chain) *nftables.Chain
+	AddRule(r *nftables.Rule) *nftables.Rule
+	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
+	Flush() error
+}
+
+// Counter is the traffic one label's rules have counted since the last
+// Apply (Apply recreates the rules, which resets them).
+type Counter struct {
+	Label   string
+	Action  string // "accept" or "drop"
+	Reason  string // see Reason
+	Packets uint64
+	Bytes   uint64
+}
+
+// ErrNotApplied is returned by Counters when meshd's table is not in the
+// kernel (never applied, flushed, or removed by someone else).
+var ErrNotApplied = errors.New("no meshd policy is applied (table inet " + TableName + " is missing)")
+
+// Enforcer owns meshd's nftables table for one WireGuard interface.
+type Enforcer struct {
+	mu    sync.Mutex // serialises transactions: Conn queues are shared
+	conn  Conn
+	iface string
+	log   *slog.Logger
+}
+
+// NewEnforcer returns an enforcer for traffic through iface; a nil log
+// discards messages.
+func NewEnforcer(c Conn, iface string, log *slog.Logger) *Enforcer {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Enforcer{conn: c, iface: iface, log: log}
+}
+
+func ownTable() *nftables.Table {
+	return &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+}
+
+// Apply replaces the table's whole content in a single transaction: the
+// kernel swaps old for new atomically, so a reload never opens a window
+// and a failed Apply leaves the previous policy in force. Conntrack state
+// lives outside the table, so established connections survive.
+func (e *Enforcer) Apply(rs *Ruleset) error {
+	plan, err := Render(rs, e.iface)
+	if err != nil {
+		return fmt.Errorf("apply policy: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	queueDelete(e.conn, plan.Table)
+	e.conn.AddTable(plan.Table)
+	for _, c := range plan.Chains {
+		e.conn.AddChain(c)
+	}
+	for _, r := range plan.Rules {
+		e.conn.AddRule(r)
+	}
+	if err := e.conn.Flush(); err != nil {
+		return fmt.Errorf("apply policy on %s (table inet %s): %w", e.iface, TableName, err)
+	}
+	e.log.Info("policy applied", "interface", e.iface, "entries", len(rs.Entries), "kernel_rules", len(plan.Rules))
+	return nil
+}
+
+// Flush removes meshd's table, leaving tunnel traffic unfiltered; used
+// at shutdown.
+func (e *Enforcer) Flush() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if err := removeTable(e.conn); err != nil {
+		return err
+	}
+	e.log.Info("policy removed", "interface", e.iface)
+	return nil
+}
+
+// Cleanup removes a table left behind by a run that did not shut down
+// cleanly. It needs no state from that run, and is a no-op if there is
+// no such table.
+func Cleanup(c Conn) error {
+	return removeTable(c)
+}
+
+func removeTable(c Conn) error {
+	queueDelete(c, ownTable())
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("remove table inet %s: %w", TableName, err)
+	}
+	return nil
+}
+
+// queueDelete deletes the table whether or not it exists: adding an
+// existing table is a no-op, so add+delete never fails on ENOENT and
+// needs no racy existence check.
+func queueDelete(c Conn, t *nftables.Table) {
+	c.AddTable(t)
+	c.DelTable(t)
+}
+
+// Counters reads the policy chain's counters back from the kernel and
+// sums them per label, in chain order.
+func (e *Enforcer) Counters() ([]Counter, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	t := ownTable()
+	rules, err := e.conn.GetRules(t, &nftables.Chain{Name: PolicyChain, Table: t})
+	if err != nil {
+		return nil, fmt.Errorf("read policy counters from table inet %s: %w", TableName, err)
+	}
+	// The kernel answers a dump of a missing table with nothing rather
+	// than ENOENT; a rendered policy chain is never empty, so empty means
+	// there is no policy.
+	if len(rules) == 0 {
+		return nil, ErrNotApplied
+	}
+	return countersOf(rules)
+}
+
+func countersOf(rules []*nftables.Rule) ([]Counter, error) {
+	var out []Counter
+	index := map[string]int{}
+	for _, r := range rules {
+		label := labelOf(r.UserData)
+		cnt, action := counterAndAction(r.Exprs)
+		if label == "" || cnt == nil {
+			continue
+		}
+		i, seen := index[label]
+		if !seen {
+			i = len(out)
+			index[label] = i
+			out = append(out, Counter{Label: label, Action: action, Reason: Reason(label)})
+		}
+		if out[i].Action != action {
+			return nil, fmt.Errorf("rules labelled %q disagree: %s and %s", label, out[i].Action, action)
+		}
+		out[i].Packets += cnt.Packets
+		out[i].Bytes += cnt.Bytes
+	}
+	return out, nil
+}
+
+func counterAndAction(exprs []expr.Any) (*expr.Counter, string) {
+	var cnt *expr.Counter
+	action := ""
+	for _, x := range exprs {
+		switch v := x.(type) {
+		case *expr.Counter:
+			cnt = v
+		case *expr.Verdict:
+			action = verdictName(v)
+		}
+	}
+	return cnt, action
+}
+
+// labelOf extracts the comment TLV. It parses by hand because
+// userdata.Get panics on truncated input, and the kernel hands back
+// whatever anyone wrote into the table.
+func labelOf(ud []byte) string {
+	for len(ud) >= 2 {
+		typ, n := userdata.Type(ud[0]), int(ud[1])
+		if len(ud) < 2+n {
+			return ""
+		}
+		if typ == userdata.TypeComment {
+			return strings.TrimRight(string(ud[2:2+n]), "\x00")
+		}
+		ud = ud[2+n:]
+	}
+	return ""
+}

@@ -1,0 +1,163 @@
+package policy
+
+import (
+	"encoding/hex"
+	"fmt"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+)
+
+// String lists the plan one object per line in a compact form modelled on
+// `nft --debug=netlink`, with raw bytes in hex: golden tests compare it so
+// any change to the generated expressions shows up in review.
+func (p *Plan) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "table %s %s\n", familyString(p.Table.Family), p.Table.Name)
+	for _, c := range p.Chains {
+		b.WriteString(FormatChain(c) + "\n")
+	}
+	for _, r := range p.Rules {
+		b.WriteString(FormatRule(r) + "\n")
+	}
+	return b.String()
+}
+
+func familyString(f nftables.TableFamily) string {
+	if f == nftables.TableFamilyINet {
+		return "inet"
+	}
+	return fmt.Sprintf("family(%d)", f)
+}
+
+// FormatChain renders a chain as "chain NAME" plus its hook for base chains.
+func FormatChain(c *nftables.Chain) string {
+	if c.Hooknum == nil {
+		return "chain " + c.Name
+	}
+	prio, policy := "?", "?"
+	if c.Priority != nil {
+		prio = fmt.Sprint(int32(*c.Priority))
+	}
+	if c.Policy != nil {
+		policy = map[nftables.ChainPolicy]string{nftables.ChainPolicyAccept: "accept", nftables.ChainPolicyDrop: "drop"}[*c.Policy]
+	}
+	return fmt.Sprintf("chain %s {type %s hook %s priority %s policy %s}",
+		c.Name, c.Type, hookName(*c.Hooknum), prio, policy)
+}
+
+func hookName(h nftables.ChainHook) string {
+	switch h {
+	case *nftables.ChainHookInput:
+		return "input"
+	case *nftables.ChainHookForward:
+		return "forward"
+	case *nftables.ChainHookOutput:
+		return "output"
+	}
+	return fmt.Sprint(uint32(h))
+}
+
+// FormatRule renders "CHAIN LABEL: expr; expr; ...". Counter values are
+// left out so a rule read back from the kernel formats like the rendered
+// one.
+func FormatRule(r *nftables.Rule) string {
+	parts := make([]string, len(r.Exprs))
+	for i, e := range r.Exprs {
+		parts[i] = FormatExpr(e)
+	}
+	chain := "?"
+	if r.Chain != nil {
+		chain = r.Chain.Name
+	}
+	return fmt.Sprintf("%s %s: %s", chain, labelOf(r.UserData), strings.Join(parts, "; "))
+}
+
+// FormatExpr renders the expression kinds Render emits; others fall back
+// to Go syntax so nothing is hidden.
+func FormatExpr(e expr.Any) string {
+	switch x := e.(type) {
+	case *expr.Meta:
+		return fmt.Sprintf("meta load %s => reg %d", metaKeyName(x.Key), x.Register)
+	case *expr.Ct:
+		return fmt.Sprintf("ct load %s => reg %d", ctKeyName(x.Key), x.Register)
+	case *expr.Cmp:
+		return fmt.Sprintf("cmp %s reg %d 0x%s", cmpOpName(x.Op), x.Register, hex.EncodeToString(x.Data))
+	case *expr.Payload:
+		return fmt.Sprintf("payload load %db @ %s + %d => reg %d", x.Len, payloadBaseName(x.Base), x.Offset, x.DestRegister)
+	case *expr.Bitwise:
+		return fmt.Sprintf("bitwise reg %d = (reg %d & 0x%s) ^ 0x%s",
+			x.DestRegister, x.SourceRegister, hex.EncodeToString(x.Mask), hex.EncodeToString(x.Xor))
+	case *expr.Counter:
+		return "counter"
+	case *expr.Verdict:
+		return verdictName(x)
+	}
+	return fmt.Sprintf("%#v", e)
+}
+
+func metaKeyName(k expr.MetaKey) string {
+	switch k {
+	case expr.MetaKeyIIFNAME:
+		return "iifname"
+	case expr.MetaKeyOIFNAME:
+		return "oifname"
+	case expr.MetaKeyNFPROTO:
+		return "nfproto"
+	case expr.MetaKeyL4PROTO:
+		return "l4proto"
+	}
+	return fmt.Sprintf("key(%d)", k)
+}
+
+func ctKeyName(k expr.CtKey) string {
+	if k == expr.CtKeySTATE {
+		return "state"
+	}
+	return fmt.Sprintf("key(%d)", k)
+}
+
+func cmpOpName(op expr.CmpOp) string {
+	switch op {
+	case expr.CmpOpEq:
+		return "eq"
+	case expr.CmpOpNeq:
+		return "neq"
+	case expr.CmpOpLt:
+		return "lt"
+	case expr.CmpOpLte:
+		return "lte"
+	case expr.CmpOpGt:
+		return "gt"
+	case expr.CmpOpGte:
+		return "gte"
+	}
+	return fmt.Sprintf("op(%d)", op)
+}
+
+func payloadBaseName(b expr.PayloadBase) string {
+	switch b {
+	case expr.PayloadBaseNetworkHeader:
+		return "network header"
+	case expr.PayloadBaseTransportHeader:
+		return "transport header"
+	}
+	return fmt.Sprintf("base(%d)", b)
+}
+
+func verdictName(v *expr.Verdict) string {
+	switch v.Kind {
+	case expr.VerdictAccept:
+		return "accept"
+	case expr.VerdictDrop:
+		return "drop"
+	case expr.VerdictJump:
+		return "jump " + v.Chain
+	case expr.VerdictGoto:
+		return "goto " + v.Chain
+	case expr.VerdictReturn:
+		return "return"
+	}
+	return fmt.Sprintf("verdict(%d)", v.Kind)
+}

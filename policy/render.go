@@ -1,0 +1,295 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// TableName is meshd's own inet table; meshd creates, replaces and deletes
+// it and touches nothing else in the ruleset.
+const TableName = "meshd"
+
+// PolicyChain is the regular chain holding the policy; the base chains
+// only jump to it for tunnel traffic.
+const PolicyChain = "policy"
+
+// Labels of the base chains' jump rules.
+const (
+	labelTunnelIn  = "tunnel-in"
+	labelTunnelOut = "tunnel-out"
+)
+
+// Plan is the complete content of meshd's table, in the order it must be
+// sent: the policy chain precedes the base chains whose rules jump to it.
+type Plan struct {
+	Table  *nftables.Table
+	Chains []*nftables.Chain
+	Rules  []*nftables.Rule
+}
+
+// Render builds the nftables objects for rs filtering traffic through
+// iface. It is pure so the generated expressions can be tested without
+// root.
+func Render(rs *Ruleset, iface string) (*Plan, error) {
+	if rs == nil {
+		return nil, errors.New("render policy: nil ruleset")
+	}
+	if err := checkIface(iface); err != nil {
+		return nil, fmt.Errorf("render policy: %w", err)
+	}
+	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	pol := &nftables.Chain{Name: PolicyChain, Table: t}
+	fwd := baseChain(t, "forward", nftables.ChainHookForward)
+	in := baseChain(t, "input", nftables.ChainHookInput)
+	out := baseChain(t, "output", nftables.ChainHookOutput)
+	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out}}
+
+	// A packet both entering and leaving the tunnel (a host relaying
+	// between peers) is judged once: the policy chain always ends in a
+	// verdict, so the second jump is never reached.
+	p.add(fwd, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
+	p.add(fwd, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
+	p.add(in, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
+	p.add(out, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
+
+	p.add(pol, LabelEstablished, ctStateExprs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, Accept)...)
+	p.add(pol, LabelInvalid, ctStateExprs(expr.CtStateBitINVALID, Drop)...)
+	for i := range rs.Entries {
+		rules, err := entryExprs(&rs.Entries[i])
+		if err != nil {
+			return nil, fmt.Errorf("render policy: entry %d (%s): %w", i, rs.Entries[i].Label, err)
+		}
+		for _, exprs := range rules {
+			p.add(pol, rs.Entries[i].Label, exprs...)
+		}
+	}
+	return p, nil
+}
+
+func baseChain(t *nftables.Table, name string, hook *nftables.ChainHook) *nftables.Chain {
+	// Accept, not drop: meshd must not affect traffic that never touches
+	// the tunnel.
+	accept := nftables.ChainPolicyAccept
+	return &nftables.Chain{
+		Name: name, Table: t, Hooknum: hook,
+		Priority: nftables.ChainPriorityFilter,
+		Type:     nftables.ChainTypeFilter,
+		Policy:   &accept,
+	}
+}
+
+func (p *Plan) add(c *nftables.Chain, label string, exprs ...expr.Any) {
+	p.Rules = append(p.Rules, &nftables.Rule{
+		Table: p.Table, Chain: c, Exprs: exprs,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, label),
+	})
+}
+
+func checkIface(name string) error {
+	if name == "" || len(name) >= unix.IFNAMSIZ || strings.ContainsRune(name, 0) {
+		return fmt.Errorf("invalid interface name %q", name)
+	}
+	return nil
+}
+
+func jumpIfName(key expr.MetaKey, iface string) []expr.Any {
+	// IFNAMSIZ bytes with NUL padding make an exact match, as nft does;
+	// a shorter compare would be a prefix (wildcard) match.
+	name := make([]byte, unix.IFNAMSIZ)
+	copy(name, iface)
+	return []expr.Any{
+		&expr.Meta{Key: key, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
+		&expr.Verdict{Kind: expr.VerdictJump, Chain: PolicyChain},
+	}
+}
+
+func ctStateExprs(bits uint32, a Action) []expr.Any {
+	return []expr.Any{
+		&expr.Ct{Key: expr.CtKeySTATE, Register: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(bits), Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: make([]byte, 4)},
+		&expr.Counter{},
+		verdict(a),
+	}
+}
+
+func verdict(a Action) *expr.Verdict {
+	if a == Accept {
+		return &expr.Verdict{Kind: expr.VerdictAccept}
+	}
+	return &expr.Verdict{Kind: expr.VerdictDrop}
+}
+
+// entryExprs expands an entry into one rule per Src × Dst × Ports
+// combination; Entry.match must stay the mirror image of this.
+func entryExprs(e *Entry) ([][]expr.Any, error) {
+	if e.Action != Accept && e.Action != Drop {
+		return nil, fmt.Errorf("unknown action %q", e.Action)
+	}
+	if e.Label == "" || len(e.Label) > 254 {
+		return nil, fmt.Errorf("label %q must be 1 to 254 bytes", e.Label)
+	}
+	var rules [][]expr.Any
+	for _, src := range orAny(e.Src) {
+		for _, dst := range orAny(e.Dst) {
+			fam, ok := family(src, dst)
+			if !ok {
+				continue // no packet has two families
+			}
+			for _, port := range orAnyPort(e.Ports) {
+				exprs, err := matchExprs(fam, src, dst, port)
+				if err != nil {
+					return nil, err
+				}
+				rules = append(rules, append(exprs, &expr.Counter{}, verdict(e.Action)))
+			}
+		}
+	}
+	return rules, nil
+}
+
+func orAny(ps []netip.Prefix) []netip.Prefix {
+	if len(ps) == 0 {
+		return []netip.Prefix{{}}
+	}
+	return ps
+}
+
+func orAnyPort(ps []PortSpec) []PortSpec {
+	if len(ps) == 0 {
+		return []PortSpec{{Proto: ProtoAny}}
+	}
+	return ps
+}
+
+// family returns 4, 6, or 0 when neither prefix pins the family.
+func family(src, dst netip.Prefix) (int, bool) {
+	f := 0
+	for _, p := range []netip.Prefix{src, dst} {
+		if !p.IsValid() {
+			continue
+		}
+		pf := 6
+		if p.Addr().Is4() {
+			pf = 4
+		}
+		if f != 0 && f != pf {
+			return 0, false
+		}
+		f = pf
+	}
+	return f, true
+}
+
+func matchExprs(fam int, src, dst netip.Prefix, port PortSpec) ([]expr.Any, error) {
+	var exprs []expr.Any
+	if fam != 0 {
+		// In an inet table the network header is only meaningful once the
+		// family is known; nft adds the same dependency implicitly.
+		nfproto := byte(unix.NFPROTO_IPV4)
+		if fam == 6 {
+			nfproto = unix.NFPROTO_IPV6
+		}
+		exprs = append(exprs,
+			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{nfproto}})
+	}
+	exprs = append(exprs, addrExprs(src, true)...)
+	exprs = append(exprs, addrExprs(dst, false)...)
+	pe, err := portExprs(fam, port)
+	if err != nil {
+		return nil, err
+	}
+	return append(exprs, pe...), nil
+}
+
+// addrExprs matches a prefix against the source or destination address;
+// an invalid or zero-length prefix matches everything of its family.
+func addrExprs(p netip.Prefix, source bool) []expr.Any {
+	if !p.IsValid() || p.Bits() == 0 {
+		return nil
+	}
+	offset, size := uint32(16), uint32(4) // IPv4 daddr
+	if p.Addr().Is6() {
+		offset, size = 24, 16
+	}
+	if source {
+		offset -= size // saddr immediately precedes daddr in both headers
+	}
+	exprs := []expr.Any{&expr.Payload{
+		DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: size,
+	}}
+	if p.Bits() < p.Addr().BitLen() {
+		mask := netip.PrefixFrom(allOnes(p.Addr().Is4()), p.Bits()).Masked().Addr().AsSlice()
+		exprs = append(exprs, &expr.Bitwise{
+			SourceRegister: 1, DestRegister: 1, Len: size, Mask: mask, Xor: make([]byte, size),
+		})
+	}
+	return append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Addr().AsSlice()})
+}
+
+func allOnes(v4 bool) netip.Addr {
+	if v4 {
+		return netip.AddrFrom4([4]byte{255, 255, 255, 255})
+	}
+	var b [16]byte
+	for i := range b {
+		b[i] = 0xff
+	}
+	return netip.AddrFrom16(b)
+}
+
+// portExprs must agree exactly with PortSpec.matches.
+func portExprs(fam int, p PortSpec) ([]expr.Any, error) {
+	l4 := func(proto byte) []expr.Any {
+		return []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+		}
+	}
+	switch p.Proto {
+	case ProtoAny:
+		return nil, nil
+	case ProtoICMP:
+		switch fam {
+		case 4:
+			return l4(unix.IPPROTO_ICMP), nil
+		case 6:
+			return l4(unix.IPPROTO_ICMPV6), nil
+		}
+		return nil, errors.New("icmp needs an address family: give the entry a source or destination prefix")
+	case ProtoTCP, ProtoUDP:
+		proto := byte(unix.IPPROTO_TCP)
+		if p.Proto == ProtoUDP {
+			proto = unix.IPPROTO_UDP
+		}
+		exprs := l4(proto)
+		if p.From > p.To {
+			return nil, fmt.Errorf("inverted port range %d-%d", p.From, p.To)
+		}
+		if p.allPorts() {
+			return exprs, nil
+		}
+		// The destination port sits at offset 2 in both TCP and UDP.
+		exprs = append(exprs, &expr.Payload{
+			DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2,
+		})
+		if p.From == p.To {
+			return append(exprs, &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(p.From)}), nil
+		}
+		return append(exprs,
+			&expr.Cmp{Op: expr.CmpOpGte, Register: 1, Data: binaryutil.BigEndian.PutUint16(p.From)},
+			&expr.Cmp{Op: expr.CmpOpLte, Register: 1, Data: binaryutil.BigEndian.PutUint16(p.To)}), nil
+	}
+	return nil, fmt.Errorf("unknown protocol %q", p.Proto)
+}
