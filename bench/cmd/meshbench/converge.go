@@ -351,11 +351,18 @@ func hasRoute(h *netlink.Handle, dst netip.Prefix) bool {
 // until each has passed once, and returns when the last one first passed,
 // measured from t0. Checks that pass stop being repeated.
 func waitAll(ctx context.Context, t0 time.Time, timeout time.Duration, n int, check func(context.Context, int) bool) (time.Duration, error) {
+	last, _, err := waitEach(ctx, t0, timeout, n, check)
+	return last, err
+}
+
+// waitEach is waitAll that also returns when each item first passed.
+func waitEach(ctx context.Context, t0 time.Time, timeout time.Duration, n int, check func(context.Context, int) bool) (time.Duration, []time.Duration, error) {
 	ctx, cancel := context.WithDeadline(ctx, t0.Add(timeout))
 	defer cancel()
 	sem := make(chan struct{}, 16)
 	var mu sync.Mutex
 	var last time.Duration
+	each := make([]time.Duration, n)
 	pending := n
 	var wg sync.WaitGroup
 	for i := range n {
@@ -370,6 +377,7 @@ func waitAll(ctx context.Context, t0 time.Time, timeout time.Duration, n int, ch
 					d := time.Since(t0)
 					mu.Lock()
 					last = max(last, d)
+					each[i] = d
 					pending--
 					mu.Unlock()
 					return
@@ -383,9 +391,9 @@ func waitAll(ctx context.Context, t0 time.Time, timeout time.Duration, n int, ch
 	}
 	wg.Wait()
 	if pending > 0 {
-		return 0, fmt.Errorf("%d of %d checks still failing after %s", pending, n, timeout)
+		return 0, each, fmt.Errorf("%d of %d checks still failing after %s", pending, n, timeout)
 	}
-	return last, nil
+	return last, each, nil
 }
 
 func printConverge(w io.Writer, rs []convergeResult) {
