@@ -29,6 +29,14 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) fuzz
+
+# fuzz runs each fuzz target for a bounded time on top of the corpus kept
+# in testdata/fuzz (gossip comes from the network: the decoder must never
+# crash or accept what it should not).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test ./mesh/ -run '^$$' -fuzz '^FuzzDecodeTags$$' -fuzztime $(FUZZTIME)
 
 # test-unit runs only what needs no root.
 test-unit:

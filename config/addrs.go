@@ -186,7 +186,7 @@ func looksLikeHostname(s string) bool {
 // readGossipKey loads the serf keyring key. It is required: an unencrypted
 // gossip layer would let anyone on the underlay join the mesh.
 func readGossipKey(path string) ([]byte, *Error) {
-	const genFix = "generate one with 'head -c 32 /dev/urandom | base64 > FILE' and copy the same file to every host (mode 0600)"
+	const genFix = "generate one with 'meshd keygen gossip > FILE' and copy the same file to every host (mode 0600)"
 	if path == "" {
 		return nil, fail(keyGossipKeyFile, "is empty", "set it to the path of the shared gossip key; "+genFix)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -172,6 +173,41 @@ func TestThreeHostMesh(t *testing.T) {
 		if k := publicKey(t, h3); k != h3key {
 			t.Errorf("h3 came back with a new key %s (was %s); peers would have to re-learn it", k, h3key)
 		}
+		// h3 leaving and returning must not touch the peer h1 has for h2.
+		added := 0
+		for _, line := range strings.Split(h1.Log(), "\n") {
+			if !strings.Contains(line, " peer=h2 ") {
+				continue
+			}
+			switch {
+			case strings.Contains(line, `msg="peer added"`):
+				added++
+			case strings.Contains(line, `msg="peer removed"`), strings.Contains(line, `msg="peer updated"`):
+				t.Errorf("h1 touched its untouched peer h2: %s", line)
+			}
+		}
+		if added != 1 {
+			t.Errorf("h1 added peer h2 %d times; want once", added)
+		}
+	})
+
+	t.Run("status counters follow traffic", func(t *testing.T) {
+		before := peerCounters(t, h1, "h2")
+		payload := []byte(strings.Repeat("y", 200_000))
+		server := netip.AddrPortFrom(h2.PodAddr("blue"), 8090)
+		if err := lab.TCPExchange(context.Background(), h2.PodNS("blue"), server, h1.PodNS("blue"), payload); err != nil {
+			t.Fatal(err)
+		}
+		after := peerCounters(t, h1, "h2")
+		if after.TxBytes-before.TxBytes < int64(len(payload)) || after.RxBytes-before.RxBytes < int64(len(payload)) {
+			t.Errorf("after a 200 kB echo, h1's counters for h2 moved tx %d rx %d", after.TxBytes-before.TxBytes, after.RxBytes-before.RxBytes)
+		}
+		if after.HandshakeAgeSeconds < 0 || after.HandshakeAgeSeconds > 180 {
+			t.Errorf("handshake age %v", after.HandshakeAgeSeconds)
+		}
+		if out, code := runMeshd(t, meshdBin, "status", "--check", "--socket", h1.ControlSocket()); code != 0 {
+			t.Errorf("status --check on a healthy mesh: exit %d %s", code, out)
+		}
 	})
 
 	t.Run("SIGKILL is detected as failure", func(t *testing.T) {
@@ -224,6 +260,21 @@ func TestThreeHostMesh(t *testing.T) {
 			assertNothingLeft(t, h)
 		}
 	})
+}
+
+func peerCounters(t *testing.T, h *lab.Host, peer string) control.Peer {
+	t.Helper()
+	st, err := status(t, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range st.Peers {
+		if p.Name == peer {
+			return p
+		}
+	}
+	t.Fatalf("%s does not list %s", h.Name(), peer)
+	return control.Peer{}
 }
 
 func publicKey(t *testing.T, h *lab.Host) string {
