@@ -35,9 +35,10 @@ const (
 
 	keySegments = "segments"
 
-	segKeyName   = "name"
-	segKeyCIDR   = "cidr"
-	segKeySubnet = "subnet"
+	segKeyName       = "name"
+	segKeyCIDR       = "cidr"
+	segKeySubnet     = "subnet"
+	segKeyHostPrefix = "host_prefix"
 )
 
 const defaultSerfPort = 7946
@@ -71,9 +72,17 @@ var defaults = []struct {
 
 	{keyTableBase, 51800},
 	{keyRulePriority, 31000},
+
+	{keyGossipKeyring, ""},
+	{keyCAFile, ""},
+	{keyCertFile, ""},
+	{keyKeyFile, ""},
+
+	{keyCNIConfDir, defaultCNIConfDir},
+	{keyMetricsListen, ""},
 }
 
-var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet}
+var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix}
 
 // knownKeys returns every dotted key accepted in the file, including
 // "segments" and "allow" themselves.
@@ -87,7 +96,7 @@ func knownKeys() []string {
 
 // sections are the tables that hold keys; writing one as a scalar, or a
 // typo'd table name, deserves a different message than a stray key.
-var sections = []string{"cluster", "wireguard", "routing"}
+var sections = []string{"cluster", "wireguard", "routing", sectionMetrics, sectionIdentity}
 
 func envName(key string) string {
 	return "MESHD_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))

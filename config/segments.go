@@ -20,7 +20,7 @@ func (l *loader) segments(c *Config) *Error {
 	}
 	if len(tables) == 0 {
 		return fail(keySegments, "no segments are defined",
-			`add at least one [[segments]] table with name, cidr and subnet`)
+			`add at least one [[segments]] table with name and cidr (and subnet, or let the host claim one)`)
 	}
 	for i, t := range tables {
 		seg, e := parseSegment(i, t)
@@ -84,10 +84,41 @@ func parseSegment(i int, t map[string]any) (Segment, *Error) {
 	if seg.CIDR, e = segPrefix(i, t, segKeyCIDR); e != nil {
 		return Segment{}, e
 	}
+	if seg.HostPrefix, e = segHostPrefix(i, t, seg.CIDR); e != nil {
+		return Segment{}, e
+	}
+	if _, given := t[segKeySubnet]; !given {
+		return seg, nil // claimed at run time
+	}
 	if seg.Subnet, e = segPrefix(i, t, segKeySubnet); e != nil {
 		return Segment{}, e
 	}
 	return seg, checkSubnet(i, seg)
+}
+
+// segHostPrefix reads the length of the slice a host claims when it has
+// no configured subnet: /24 of an IPv4 segment, /64 of an IPv6 one.
+func segHostPrefix(i int, t map[string]any, cidr netip.Prefix) (int, *Error) {
+	def := 24
+	if cidr.Addr().Is6() {
+		def = 64
+	}
+	raw, ok := t[segKeyHostPrefix]
+	if !ok {
+		if def < cidr.Bits() {
+			def = cidr.Bits()
+		}
+		return def, nil
+	}
+	n, isInt := raw.(int64)
+	if !isInt {
+		return 0, fail(segKey(i, segKeyHostPrefix), "must be a whole number, not "+describe(raw), "write e.g. host_prefix = 24")
+	}
+	if int(n) < cidr.Bits() || int(n) > cidr.Addr().BitLen() {
+		return 0, fail(segKey(i, segKeyHostPrefix), fmt.Sprintf("/%d does not fit segment %s", n, cidr),
+			fmt.Sprintf("use a length from %d to %d", cidr.Bits(), cidr.Addr().BitLen()))
+	}
+	return int(n), nil
 }
 
 func checkSegmentKeys(i int, t map[string]any) *Error {
@@ -112,7 +143,7 @@ func checkSegmentKeys(i int, t map[string]any) *Error {
 func segString(i int, t map[string]any, k string) (string, *Error) {
 	switch x := t[k].(type) {
 	case nil:
-		return "", fail(segKey(i, k), "is missing", "every [[segments]] table needs name, cidr and subnet")
+		return "", fail(segKey(i, k), "is missing", "every [[segments]] table needs name and cidr")
 	case string:
 		return strings.TrimSpace(x), nil
 	default:

@@ -22,9 +22,13 @@ type Config struct {
 	WireGuard WireGuard
 	Routing   Routing
 	Segments  []Segment
+	Identity  Identity
 	// Allow holds the [[allow]] rules as written; policy.Compile has
 	// accepted them against Segments.
 	Allow []policy.Rule
+	// CNIConfDir receives one CNI conflist per segment; "" disables them.
+	CNIConfDir string
+	Metrics    Metrics
 }
 
 // Cluster configures serf membership.
@@ -36,6 +40,9 @@ type Cluster struct {
 	GossipKeyFile string
 	// GossipKey is the decoded content of GossipKeyFile (16, 24 or 32 bytes).
 	GossipKey []byte
+	// GossipKeyring is where serf persists the keyring once keys are
+	// rotated; it takes precedence over GossipKey at start.
+	GossipKeyring string
 }
 
 // Mode picks the WireGuard implementation.
@@ -65,7 +72,10 @@ type Routing struct {
 
 // Segment is one named overlay network and this host's slice of it.
 type Segment struct {
-	Name   string
-	CIDR   netip.Prefix
-	Subnet netip.Prefix
+	Name string
+	CIDR netip.Prefix
+	// Subnet is the configured slice; invalid (zero) when the host claims
+	// a free slice of HostPrefix bits at run time.
+	Subnet     netip.Prefix
+	HostPrefix int
 }

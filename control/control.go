@@ -178,9 +178,13 @@ func (c *Client) Status() (*Status, error) {
 	return &st, nil
 }
 
-// Do calls an endpoint and decodes a JSON answer into out (if non-nil).
+// do calls an endpoint and decodes a JSON answer into out (if non-nil).
 func (c *Client) do(method, path string, out any) error {
-	req, err := http.NewRequest(method, "http://meshd"+path, nil)
+	return c.doBody(method, path, "", out)
+}
+
+func (c *Client) doBody(method, path, body string, out any) error {
+	req, err := http.NewRequest(method, "http://meshd"+path, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -189,15 +193,15 @@ func (c *Client) do(method, path string, out any) error {
 		return fmt.Errorf("%w (control socket %s: %v); start it with `meshd run`, or pass the --config it runs with", ErrNoDaemon, c.path, errors.Unwrap(err))
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
+	answer, err := io.ReadAll(resp.Body)
 	if err != nil {
 		return fmt.Errorf("read answer from meshd: %w", err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return &RemoteError{Status: resp.StatusCode, Message: strings.TrimSpace(string(body))}
+		return &RemoteError{Status: resp.StatusCode, Message: strings.TrimSpace(string(answer))}
 	}
 	if out != nil {
-		if err := json.Unmarshal(body, out); err != nil {
+		if err := json.Unmarshal(answer, out); err != nil {
 			return fmt.Errorf("decode answer from meshd: %w", err)
 		}
 	}
@@ -216,6 +220,11 @@ func (e *RemoteError) Error() string { return "the daemon refused: " + e.Message
 // BadInput reports whether the daemon blamed the input (config) rather
 // than itself.
 func (e *RemoteError) BadInput() bool { return e.Status == http.StatusBadRequest }
+
+// PostJSON sends body to a POST endpoint and decodes its JSON answer.
+func (c *Client) PostJSON(path, body string, out any) error {
+	return c.doBody(http.MethodPost, path, body, out)
+}
 
 // Post calls a POST endpoint (e.g. /v1/reload) and returns the daemon's
 // text answer.

@@ -78,6 +78,11 @@ func LoadPrivateKey(path string) (wgtypes.Key, error) {
 	return key, nil
 }
 
+// WritePrivateKey replaces the key at path atomically (key rotation).
+func WritePrivateKey(path string, key wgtypes.Key) error {
+	return writeSecret(path, key.String()+"\n")
+}
+
 // writeSecret writes through a temporary file and rename so a crash never
 // leaves a truncated key behind.
 func writeSecret(path, content string) error {

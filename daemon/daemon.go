@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -58,6 +59,10 @@ type Daemon struct {
 	local    mesh.Local
 	endpoint string
 	mtu      int
+	// endpointAddr is what this host announces as its WireGuard endpoint.
+	endpointAddr netip.AddrPort
+	// counter orders this host's signed announcements; see tags.
+	counter uint64
 
 	dev     wgdev.Device
 	wg      *wgctrl.Client
@@ -67,7 +72,9 @@ type Daemon struct {
 	ctrl    *control.Server
 	policy  *policy.Enforcer
 	kick    chan struct{}
-	reloads chan chan error
+	// requests run on the reconciler goroutine: everything that changes
+	// the data plane or this host's identity goes through it.
+	requests chan request
 
 	// teardown holds the undo step of every resource created so far, run
 	// in reverse order on shutdown or when startup fails half-way.
@@ -83,7 +90,7 @@ type Daemon struct {
 // Run starts meshd and blocks until ctx is cancelled, then leaves the
 // cluster and removes everything it created.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
-	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), reloads: make(chan chan error)}
+	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), requests: make(chan request)}
 	if err := d.start(ctx); err != nil {
 		if terr := d.shutdown(); terr != nil {
 			log.Error("cleanup after failed start", "err", terr)
@@ -113,6 +120,10 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	d.endpoint, d.mtu = under.endpoint.String(), under.mtu
 	d.local = localNode(cfg, key.PublicKey())
+	d.endpointAddr = under.endpoint
+	if err := d.loadClaims(); err != nil {
+		return err
+	}
 
 	// A crashed run may have left routes and rules; they are found by
 	// their protocol mark, with no saved state.
@@ -177,13 +188,13 @@ func (d *Daemon) start(ctx context.Context) error {
 	d.defer_(d.ctrl.Close)
 	d.ctrl.Handle("POST /v1/reload", d.serveReload)
 
-	tags, err := mesh.Announcement{PublicKey: key.PublicKey(), Endpoint: under.endpoint, Slices: localSlices(cfg)}.Tags()
+	tags, err := d.tags()
 	if err != nil {
 		return err
 	}
 	d.members, err = mesh.JoinCluster(mesh.MembershipConfig{
 		NodeName: cfg.NodeName, BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort,
-		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, Tags: tags,
+		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Log: d.log,
 	}, d.Kick)
@@ -191,7 +202,8 @@ func (d *Daemon) start(ctx context.Context) error {
 		return err
 	}
 	d.defer_(d.members.Leave)
-	return nil
+	d.registerTrustEndpoints()
+	return d.claimMissing(ctx)
 }
 
 // watchRoutes restores routes someone else deletes, resubscribing when
@@ -252,8 +264,8 @@ func (d *Daemon) loop(ctx context.Context) {
 				d.log.Error("reload failed; keeping the running configuration", "err", err)
 			}
 			continue
-		case answer := <-d.reloads:
-			answer <- d.reload()
+		case req := <-d.requests:
+			req.answer <- req.fn()
 			continue
 		}
 		if err := d.reconcile(); err != nil {
@@ -270,9 +282,20 @@ func (d *Daemon) reconcile() error {
 	members := d.members.Members()
 	d.mu.Lock()
 	prev := d.state
+	local := d.local
 	d.mu.Unlock()
-	st := mesh.Compute(d.local, members, prev)
+	local.Now = time.Now()
+	st := mesh.Compute(local, members, prev)
 	d.logRejections(prev, &st)
+	if len(st.Lost) > 0 {
+		// Yield first: routing a slice another host owns would split it.
+		if err := d.reclaim(st.Lost, members); err != nil {
+			return err
+		}
+		local = d.localCopy()
+		local.Now = time.Now()
+		st = mesh.Compute(local, members, prev)
+	}
 	err := errors.Join(d.peers.Set(st.Peers), d.routes.Set(&st.Routes))
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -296,17 +319,10 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		Name: cfg.NodeName, PublicKey: pub, Link: cfg.WireGuard.Interface,
 		TableBase: cfg.Routing.TableBase, RulePriority: cfg.Routing.RulePriority,
 		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
+		CA:        cfg.Identity.CA,
 	}
 	for _, s := range cfg.Segments {
 		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
 	}
 	return l
-}
-
-func localSlices(cfg *config.Config) []mesh.Slice {
-	out := make([]mesh.Slice, len(cfg.Segments))
-	for i, s := range cfg.Segments {
-		out[i] = mesh.Slice{Segment: s.Name, Prefix: s.Subnet}
-	}
-	return out
 }

@@ -44,25 +44,46 @@ func restartOnly(cur, next *config.Config) bool {
 	return !reflect.DeepEqual(a, b)
 }
 
-// serveReload hands the request to the reconciler goroutine, the only one
-// that changes the data plane, and reports its answer.
 func (d *Daemon) serveReload(w http.ResponseWriter, r *http.Request) {
-	answer := make(chan error, 1)
-	select {
-	case d.reloads <- answer:
-	case <-r.Context().Done():
-		return
-	case <-time.After(30 * time.Second):
-		http.Error(w, "the daemon is busy; try again", http.StatusServiceUnavailable)
-		return
-	}
-	if err := <-answer; err != nil {
-		status := http.StatusInternalServerError
-		if config.IsConfigError(err) {
-			status = http.StatusBadRequest
-		}
-		http.Error(w, err.Error(), status)
+	if err := d.onReconciler(r, d.reload); err != nil {
+		writeError(w, err)
 		return
 	}
 	w.Write([]byte("reloaded\n"))
 }
+
+// request is work for the reconciler goroutine, the only one that
+// changes the data plane.
+type request struct {
+	fn     func() error
+	answer chan error
+}
+
+// onReconciler runs fn on the reconciler goroutine and waits for it.
+func (d *Daemon) onReconciler(r *http.Request, fn func() error) error {
+	req := request{fn: fn, answer: make(chan error, 1)}
+	select {
+	case d.requests <- req:
+	case <-r.Context().Done():
+		return r.Context().Err()
+	case <-time.After(30 * time.Second):
+		return errBusy
+	}
+	return <-req.answer
+}
+
+var errBusy = errors.New("the daemon is busy; try again")
+
+func writeError(w http.ResponseWriter, err error) {
+	status := http.StatusInternalServerError
+	switch {
+	case config.IsConfigError(err), errors.Is(err, errBadRequest):
+		status = http.StatusBadRequest
+	case errors.Is(err, errBusy):
+		status = http.StatusServiceUnavailable
+	}
+	http.Error(w, err.Error(), status)
+}
+
+// errBadRequest marks a request whose input was wrong (exit 2 in the CLI).
+var errBadRequest = errors.New("bad request")

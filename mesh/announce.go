@@ -5,11 +5,13 @@
 package mesh
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
@@ -22,6 +24,12 @@ const (
 	tagKey      = "k"
 	tagEndpoint = "e"
 	tagSlices   = "s"
+	// Present when the cluster has a CA: the host certificate, a
+	// monotonic counter against replays, and the signature over all the
+	// other tags and the member name.
+	tagCert      = "c"
+	tagCounter   = "n"
+	tagSignature = "g"
 
 	announceVersion = "1"
 	// maxSlices bounds what one member can make every host process.
@@ -37,28 +45,54 @@ var segmentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
 type Slice struct {
 	Segment string
 	Prefix  netip.Prefix
+	// ClaimedAt is the serf Lamport time at which the host claimed a slice
+	// it was not configured with; 0 for a configured subnet. Conflicting
+	// claims go to the earlier claim, then the lower name.
+	ClaimedAt uint64
 }
 
 func (s Slice) String() string { return s.Segment + "=" + s.Prefix.String() }
+
+func (s Slice) encode() string {
+	if s.ClaimedAt == 0 {
+		return s.String()
+	}
+	return s.String() + "@" + strconv.FormatUint(s.ClaimedAt, 10)
+}
 
 // Announcement is what each host publishes about itself through serf.
 type Announcement struct {
 	PublicKey wgtypes.Key
 	Endpoint  netip.AddrPort
 	Slices    []Slice
+	// Set when the cluster has a CA.
+	Cert      []byte
+	Counter   uint64
+	Signature []byte
 }
 
-// Tags encodes the announcement for serf.
+// Tags encodes the announcement for serf, unsigned.
 func (a Announcement) Tags() (map[string]string, error) {
+	return a.SignedTags("", nil)
+}
+
+// SignedTags encodes the announcement and, when sign is non-nil, adds the
+// signature over SignedPayload(name, tags).
+func (a Announcement) SignedTags(name string, sign func(payload []byte) []byte) (map[string]string, error) {
 	parts := make([]string, len(a.Slices))
 	for i, s := range a.Slices {
-		parts[i] = s.String()
+		parts[i] = s.encode()
 	}
 	tags := map[string]string{
 		tagVersion:  announceVersion,
 		tagKey:      a.PublicKey.String(),
 		tagEndpoint: a.Endpoint.String(),
 		tagSlices:   strings.Join(parts, ","),
+	}
+	if sign != nil {
+		tags[tagCert] = base64.RawStdEncoding.EncodeToString(a.Cert)
+		tags[tagCounter] = strconv.FormatUint(a.Counter, 10)
+		tags[tagSignature] = base64.RawStdEncoding.EncodeToString(sign(SignedPayload(name, tags)))
 	}
 	size := 0
 	for k, v := range tags {
@@ -95,7 +129,62 @@ func DecodeTags(tags map[string]string) (Announcement, error) {
 	}
 	a.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())
 	a.Slices, err = decodeSlices(tags[tagSlices])
-	return a, err
+	if err != nil {
+		return a, err
+	}
+	return a, decodeSignedFields(&a, tags)
+}
+
+// decodeSignedFields reads the optional identity tags. Their presence is
+// checked by Compute when the cluster requires signatures.
+func decodeSignedFields(a *Announcement, tags map[string]string) error {
+	var err error
+	if c, ok := tags[tagCert]; ok {
+		if a.Cert, err = decodeB64(c, 1024); err != nil {
+			return fmt.Errorf("certificate: %w", err)
+		}
+	}
+	if n, ok := tags[tagCounter]; ok {
+		if a.Counter, err = strconv.ParseUint(n, 10, 64); err != nil {
+			return fmt.Errorf("counter %q is not a number", n)
+		}
+	}
+	if g, ok := tags[tagSignature]; ok {
+		if a.Signature, err = decodeB64(g, 128); err != nil {
+			return fmt.Errorf("signature: %w", err)
+		}
+	}
+	return nil
+}
+
+func decodeB64(s string, max int) ([]byte, error) {
+	if base64.RawStdEncoding.DecodedLen(len(s)) > max {
+		return nil, fmt.Errorf("longer than %d bytes", max)
+	}
+	return base64.RawStdEncoding.DecodeString(s)
+}
+
+// SignedPayload is what a host signs: its member name (serf carries it
+// outside the tags, and a signature must bind it) and every tag but the
+// signature, in a canonical order.
+func SignedPayload(name string, tags map[string]string) []byte {
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		if k != tagSignature {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	b.WriteString(name)
+	b.WriteByte('\n')
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(tags[k])
+		b.WriteByte('\n')
+	}
+	return []byte(b.String())
 }
 
 func decodeSlices(s string) ([]Slice, error) {
@@ -108,9 +197,17 @@ func decodeSlices(s string) ([]Slice, error) {
 	}
 	out := make([]Slice, 0, len(parts))
 	for _, p := range parts {
-		name, cidr, ok := strings.Cut(p, "=")
+		name, rest, ok := strings.Cut(p, "=")
 		if !ok || !segmentNameRE.MatchString(name) {
 			return nil, fmt.Errorf("slice %q is not segment=cidr", p)
+		}
+		cidr, at, claimed := strings.Cut(rest, "@")
+		var claimedAt uint64
+		if claimed {
+			var err error
+			if claimedAt, err = strconv.ParseUint(at, 10, 64); err != nil || claimedAt == 0 {
+				return nil, fmt.Errorf("slice %q has a bad claim time", p)
+			}
 		}
 		prefix, err := netip.ParsePrefix(cidr)
 		if err != nil {
@@ -119,7 +216,7 @@ func decodeSlices(s string) ([]Slice, error) {
 		if prefix != prefix.Masked() {
 			return nil, fmt.Errorf("slice %q has host bits set", p)
 		}
-		out = append(out, Slice{Segment: name, Prefix: prefix})
+		out = append(out, Slice{Segment: name, Prefix: prefix, ClaimedAt: claimedAt})
 	}
 	slices.SortFunc(out, compareSlice)
 	return out, nil

@@ -3,7 +3,12 @@ package mesh
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"io"
 	"log"
 	"log/slog"
@@ -24,7 +29,10 @@ type MembershipConfig struct {
 	BindPort      int
 	AdvertiseAddr netip.Addr
 	GossipKey     []byte
-	Tags          map[string]string
+	// KeyringFile persists the gossip keyring: once keys are rotated with
+	// `meshd gossip-key`, it, not GossipKey, is what a restart uses.
+	KeyringFile string
+	Tags        map[string]string
 	// SnapshotPath lets a restarted host rejoin the members it last knew,
 	// even when every configured seed is gone.
 	SnapshotPath string
@@ -68,7 +76,12 @@ func JoinCluster(cfg MembershipConfig, kick func()) (*Membership, error) {
 		ml.AdvertiseAddr = cfg.AdvertiseAddr.String()
 		ml.AdvertisePort = cfg.BindPort
 	}
-	ml.SecretKey = cfg.GossipKey
+	keyring, err := loadKeyring(cfg.KeyringFile, cfg.GossipKey)
+	if err != nil {
+		return nil, err
+	}
+	ml.Keyring = keyring
+	conf.KeyringFile = cfg.KeyringFile
 	// Encrypted gossip only: refuse plaintext and unencrypted peers.
 	ml.GossipVerifyIncoming = true
 	ml.GossipVerifyOutgoing = true
@@ -182,6 +195,40 @@ func statusOf(s serf.MemberStatus) Status {
 	default:
 		return StatusFailed
 	}
+}
+
+// loadKeyring prefers the persisted keyring (primary key first, as serf
+// writes it) over the configured gossip key.
+func loadKeyring(path string, gossipKey []byte) (*memberlist.Keyring, error) {
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) || path == "" {
+		return memberlist.NewKeyring(nil, gossipKey)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read gossip keyring: %w", err)
+	}
+	var encoded []string
+	if err := json.Unmarshal(raw, &encoded); err != nil || len(encoded) == 0 {
+		return nil, fmt.Errorf("gossip keyring %s is not a JSON list of base64 keys; remove it to fall back to cluster.gossip_key_file", path)
+	}
+	keys := make([][]byte, len(encoded))
+	for i, e := range encoded {
+		if keys[i], err = base64.StdEncoding.DecodeString(e); err != nil {
+			return nil, fmt.Errorf("gossip keyring %s: key %d is not base64", path, i)
+		}
+	}
+	kr, err := memberlist.NewKeyring(keys, keys[0])
+	if err != nil {
+		return nil, fmt.Errorf("gossip keyring %s: %w", path, err)
+	}
+	return kr, nil
+}
+
+// LamportTime is serf's member clock: the order in which every host saw
+// membership changes, used to order slice claims the same way everywhere.
+func (m *Membership) LamportTime() uint64 {
+	t, _ := strconv.ParseUint(m.serf.Stats()["member_time"], 10, 64)
+	return t
 }
 
 // SetTags republishes this host's announcement.

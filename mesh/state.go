@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"cmp"
+	"crypto/ed25519"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -35,6 +37,13 @@ type LocalSegment struct {
 	Name   string
 	CIDR   netip.Prefix
 	Subnet netip.Prefix
+	// ClaimedAt is non-zero when Subnet was claimed rather than
+	// configured; such a claim yields to an earlier one.
+	ClaimedAt uint64
+}
+
+func (s LocalSegment) slice() Slice {
+	return Slice{Segment: s.Name, Prefix: s.Subnet, ClaimedAt: s.ClaimedAt}
 }
 
 // Local is everything about this host that Compute needs.
@@ -46,6 +55,10 @@ type Local struct {
 	TableBase    int
 	RulePriority int
 	Keepalive    time.Duration
+	// CA, when set, makes every announcement carry a certificate from it
+	// and a signature; Now is when certificates are checked for expiry.
+	CA  ed25519.PublicKey
+	Now time.Time
 }
 
 // Peer is a remote host accepted into the overlay.
@@ -56,6 +69,9 @@ type Peer struct {
 	Slices     []Slice
 	AllowedIPs []netip.Prefix // exactly the accepted slices
 	Keepalive  time.Duration
+	// Counter of the accepted signed announcement; a lower one later is a
+	// replay.
+	Counter uint64
 }
 
 // Rejection records a member whose announcement was refused, and why.
@@ -70,6 +86,9 @@ type State struct {
 	Peers    []Peer // sorted by name
 	Routes   routes.Config
 	Rejected []Rejection // sorted by member
+	// Lost names this host's claimed segments whose slice an earlier claim
+	// of another host now holds: the host must claim another.
+	Lost []string
 }
 
 // PeerByName returns the accepted peer with that name.
@@ -89,10 +108,18 @@ func (s *State) PeerByName(name string) (Peer, bool) {
 func Compute(local Local, members []Member, prev *State) State {
 	var st State
 	candidates := orderCandidates(local, members, prev)
+	for i := range candidates {
+		if candidates[i].err == nil {
+			candidates[i].err = verifyIdentity(local, candidates[i], prev)
+		}
+	}
+	st.Lost = lostClaims(local, candidates)
 	claimedKeys := map[wgtypes.Key]string{local.PublicKey: local.Name}
 	var claimed []owned
 	for _, seg := range local.Segments {
-		claimed = append(claimed, owned{seg.Subnet, local.Name})
+		if seg.Subnet.IsValid() && !slices.Contains(st.Lost, seg.Name) {
+			claimed = append(claimed, owned{seg.Subnet, local.Name})
+		}
 	}
 	for _, c := range candidates {
 		peer, err := admit(local, c, claimedKeys, claimed)
@@ -111,7 +138,7 @@ func Compute(local Local, members []Member, prev *State) State {
 	}
 	slices.SortFunc(st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Member, b.Member) })
-	st.Routes = routesFor(local, st.Peers)
+	st.Routes = routesFor(local, st.Peers, st.Lost)
 	return st
 }
 
@@ -150,9 +177,53 @@ func orderCandidates(local Local, members []Member, prev *State) []candidate {
 			}
 			return 1
 		}
+		if ca, cb := latestClaim(a.ann), latestClaim(b.ann); ca != cb {
+			return cmp.Compare(ca, cb)
+		}
 		return strings.Compare(a.member.Name, b.member.Name)
 	})
 	return out
+}
+
+func latestClaim(a Announcement) uint64 {
+	var latest uint64
+	for _, s := range a.Slices {
+		latest = max(latest, s.ClaimedAt)
+	}
+	return latest
+}
+
+// claimBefore orders two claims the way every host does: configured
+// before claimed, earlier Lamport time first, then the lower name.
+func claimBefore(a Slice, aOwner string, b Slice, bOwner string) bool {
+	if a.ClaimedAt != b.ClaimedAt {
+		return a.ClaimedAt < b.ClaimedAt
+	}
+	return aOwner < bOwner
+}
+
+// lostClaims finds this host's claimed slices that a valid announcement
+// of another live host claimed first.
+func lostClaims(local Local, candidates []candidate) []string {
+	var lost []string
+	for _, seg := range local.Segments {
+		if seg.ClaimedAt == 0 || !seg.Subnet.IsValid() {
+			continue
+		}
+		mine := seg.slice()
+		for _, c := range candidates {
+			if c.err != nil {
+				continue
+			}
+			if i := slices.IndexFunc(c.ann.Slices, func(s Slice) bool {
+				return s.Segment == seg.Name && s.Prefix.Overlaps(seg.Subnet) && claimBefore(s, c.member.Name, mine, local.Name)
+			}); i >= 0 {
+				lost = append(lost, seg.Name)
+				break
+			}
+		}
+	}
+	return lost
 }
 
 // admit checks one member's claims against the local configuration and
@@ -167,7 +238,7 @@ func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed []owne
 	if owner, taken := keys[ann.PublicKey]; taken {
 		return Peer{}, fmt.Errorf("public key %s is already used by %s", ann.PublicKey.String()[:8], owner)
 	}
-	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive}
+	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive, Counter: ann.Counter}
 	for _, s := range ann.Slices {
 		seg, ok := findSegment(local.Segments, s.Segment)
 		if !ok {
@@ -213,16 +284,17 @@ func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
 // address without a live owner never falls through to the underlay.
 // Rules select the table by source (pods of the segment) and by
 // destination (anything on this host talking to the segment).
-func routesFor(local Local, peers []Peer) routes.Config {
+func routesFor(local Local, peers []Peer, lost []string) routes.Config {
 	cfg := routes.Config{Link: local.Link}
 	for i, seg := range local.Segments {
 		table := local.TableBase + i
 		cfg.Rules = append(cfg.Rules,
 			routes.Rule{Priority: local.RulePriority, Table: table, From: seg.CIDR},
 			routes.Rule{Priority: local.RulePriority + 1, Table: table, To: seg.CIDR})
-		cfg.Routes = append(cfg.Routes,
-			routes.Route{Table: table, Dst: seg.CIDR, Kind: routes.Unreachable},
-			routes.Route{Table: table, Dst: seg.Subnet, Kind: routes.Throw})
+		cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: seg.CIDR, Kind: routes.Unreachable})
+		if seg.Subnet.IsValid() && !slices.Contains(lost, seg.Name) {
+			cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: seg.Subnet, Kind: routes.Throw})
+		}
 		for _, p := range peers {
 			for _, s := range p.Slices {
 				if s.Segment == seg.Name {

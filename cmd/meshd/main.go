@@ -12,6 +12,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/wgdev"
 )
 
@@ -54,6 +55,7 @@ func exitCode(err error) int {
 	var ke *crypto.KeyError
 	var ce checkFailed
 	var re *control.RemoteError
+	var fe *identity.FileError
 	switch {
 	case errors.As(err, &ce):
 		return exitFailure
@@ -62,7 +64,7 @@ func exitCode(err error) int {
 			return exitUsage
 		}
 		return exitFailure
-	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.Is(err, wgdev.ErrKernelUnsupported):
+	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.As(err, &fe), errors.Is(err, wgdev.ErrKernelUnsupported):
 		return exitUsage
 	}
 	return exitFailure
@@ -100,6 +102,9 @@ Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 		newDemoCommand(),
 		newReloadCommand(),
 		newPolicyCommand(),
+		newRotateKeyCommand(),
+		newGossipKeyCommand(),
+		newCACommand(),
 	)
 	return root
 }

@@ -1,0 +1,172 @@
+package identity
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/meshd/meshd/crypto"
+)
+
+// FileError says what is wrong with a certificate or key file and how to fix
+// it; like crypto.KeyError it is a configuration problem, not a crash.
+type FileError struct {
+	Path    string
+	Problem string
+	Fix     string
+}
+
+func (e *FileError) Error() string {
+	return fmt.Sprintf("%s: %s; %s", e.Path, e.Problem, e.Fix)
+}
+
+// LoadHost reads a host's certificate and key and checks they belong
+// together. It does not verify the certificate against a CA.
+func LoadHost(certFile, keyFile string) (*Cert, ed25519.PrivateKey, error) {
+	raw, err := readPEM(certFile, pemHostCert)
+	if err != nil {
+		return nil, nil, err
+	}
+	cert, err := ParseCert(raw)
+	if err != nil {
+		return nil, nil, &FileError{Path: certFile, Problem: err.Error(), Fix: "sign the host again with 'meshd ca sign'"}
+	}
+	key, err := loadPrivateKey(keyFile, pemHostKey,
+		"if it may have leaked, sign the host again with 'meshd ca sign --force'; otherwise chmod 600 it")
+	if err != nil {
+		return nil, nil, err
+	}
+	if !cert.PublicKey.Equal(key.Public()) {
+		return nil, nil, &FileError{Path: keyFile, Problem: "does not match the public key in " + certFile,
+			Fix: "install the host.key and host.crt that 'meshd ca sign' wrote together"}
+	}
+	return cert, key, nil
+}
+
+// WriteHost installs a host's key and certificate in dir. Without force it
+// refuses to replace either file, so re-running a provisioning script cannot
+// silently rotate a host's identity.
+func WriteHost(dir string, c *Cert, key ed25519.PrivateKey, force bool) error {
+	enc := c.Marshal()
+	if enc == nil {
+		return errors.New("certificate is unsigned or invalid")
+	}
+	if len(key) != ed25519.PrivateKeySize || !c.PublicKey.Equal(key.Public()) {
+		return errors.New("host key does not match the certificate's public key")
+	}
+	keyPath, certPath := filepath.Join(dir, HostKeyFile), filepath.Join(dir, HostCertFile)
+	if !force {
+		for _, p := range []string{keyPath, certPath} {
+			if err := refuseExisting(p); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create host directory: %w", err)
+	}
+	if err := writeFile(keyPath, encodePEM(pemHostKey, key.Seed()), 0o600, force); err != nil {
+		return err
+	}
+	return writeFile(certPath, encodePEM(pemHostCert, enc), 0o644, force)
+}
+
+// refuseExisting is checked before generating anything so a refusal leaves
+// no half-written state; writeFile re-checks atomically.
+func refuseExisting(path string) error {
+	_, err := os.Lstat(path)
+	if err == nil {
+		return fmt.Errorf("%s: %w", path, fs.ErrExist)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// loadPrivateKey refuses keys others can read instead of fixing the mode:
+// a key that may have leaked must be replaced, not re-permissioned.
+func loadPrivateKey(path, blockType, fix string) (ed25519.PrivateKey, error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+		return nil, &crypto.KeyError{Path: path,
+			Problem: fmt.Sprintf("mode %04o lets other users read the private key", perm), Fix: fix}
+	}
+	seed, err := readPEM(path, blockType)
+	if err != nil {
+		return nil, err
+	}
+	if len(seed) != ed25519.SeedSize {
+		return nil, &crypto.KeyError{Path: path, Problem: fmt.Sprintf("holds %d bytes, not a %d-byte ed25519 seed", len(seed), ed25519.SeedSize),
+			Fix: "restore it from backup or create it again with 'meshd ca'"}
+	}
+	return ed25519.NewKeyFromSeed(seed), nil
+}
+
+// readPEM insists on exactly one block of the expected type, so a
+// concatenated or mislabelled file is reported instead of half-used.
+func readPEM(path, blockType string) ([]byte, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	block, rest := pem.Decode(raw)
+	switch {
+	case block == nil:
+		return nil, &FileError{Path: path, Problem: "is not a PEM file", Fix: "expected a -----BEGIN " + blockType + "----- block written by 'meshd ca'"}
+	case block.Type != blockType:
+		return nil, &FileError{Path: path, Problem: fmt.Sprintf("holds a %q block, want %q", block.Type, blockType), Fix: "check the path: it points at the wrong meshd file"}
+	case len(bytes.TrimSpace(rest)) != 0:
+		return nil, &FileError{Path: path, Problem: "has data after the " + blockType + " block", Fix: "keep exactly one block per file"}
+	}
+	return block.Bytes, nil
+}
+
+func encodePEM(blockType string, b []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: blockType, Bytes: b})
+}
+
+// writeFile goes through a temporary file so a crash never leaves a
+// truncated key; without replace it links instead of renaming, which fails
+// atomically if the target appeared meanwhile.
+func writeFile(path string, data []byte, perm fs.FileMode, replace bool) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := fillFile(tmp, data, perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if replace {
+		err = os.Rename(tmp.Name(), path)
+	} else {
+		err = os.Link(tmp.Name(), path)
+	}
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s: %w", path, fs.ErrExist)
+	}
+	if err != nil {
+		return fmt.Errorf("install %s: %w", path, err)
+	}
+	return nil
+}
+
+func fillFile(f *os.File, data []byte, perm fs.FileMode) error {
+	err := f.Chmod(perm)
+	if err == nil {
+		_, err = f.Write(data)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}

@@ -1,0 +1,47 @@
+package mesh
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/meshd/meshd/identity"
+)
+
+// verifyIdentity enforces the cluster CA: the announcement must carry a
+// certificate from the CA for this very member name, valid now, signed
+// with the certificate's key, not older than one already accepted, and
+// claiming only slices the certificate allows. Without a CA every member
+// holding the gossip key is trusted and this is a no-op.
+func verifyIdentity(local Local, c candidate, prev *State) error {
+	if local.CA == nil {
+		return nil
+	}
+	ann := c.ann
+	if len(ann.Cert) == 0 || len(ann.Signature) == 0 {
+		return errors.New("unsigned announcement: this cluster requires a host certificate from its CA")
+	}
+	cert, err := identity.ParseCert(ann.Cert)
+	if err != nil {
+		return fmt.Errorf("certificate: %w", err)
+	}
+	if err := cert.Verify(local.CA, local.Now); err != nil {
+		return fmt.Errorf("certificate: %w", err)
+	}
+	if cert.Name != c.member.Name {
+		return fmt.Errorf("certificate is for %q, not %q", cert.Name, c.member.Name)
+	}
+	if !identity.VerifyPayload(cert.PublicKey, SignedPayload(c.member.Name, c.member.Tags), ann.Signature) {
+		return errors.New("bad announcement signature")
+	}
+	for _, s := range ann.Slices {
+		if err := cert.Allows(identity.Slice{Segment: s.Segment, Prefix: s.Prefix}); err != nil {
+			return fmt.Errorf("slice %s: %w", s, err)
+		}
+	}
+	if prev != nil {
+		if p, ok := prev.PeerByName(c.member.Name); ok && ann.Counter < p.Counter {
+			return fmt.Errorf("replayed announcement: counter %d is older than %d", ann.Counter, p.Counter)
+		}
+	}
+	return nil
+}
