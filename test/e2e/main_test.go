@@ -19,8 +19,9 @@ import (
 	"github.com/meshd/meshd/lab"
 )
 
-// meshdBin is built once for all tests in this package.
-var meshdBin string
+// meshdBin is built once for all tests in this package, and forgerBin,
+// the hostile member of the trust tests.
+var meshdBin, forgerBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "meshd-e2e-bin")
@@ -29,11 +30,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	meshdBin = filepath.Join(dir, "meshd")
-	build := exec.Command("go", "build", "-o", meshdBin, "github.com/meshd/meshd/cmd/meshd")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build meshd:", err)
-		os.Exit(1)
+	forgerBin = filepath.Join(dir, "forger")
+	for bin, pkg := range map[string]string{meshdBin: "github.com/meshd/meshd/cmd/meshd", forgerBin: "github.com/meshd/meshd/test/e2e/forger"} {
+		build := exec.Command("go", "build", "-o", bin, pkg)
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", pkg+":", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
