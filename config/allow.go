@@ -54,34 +54,10 @@ func policySegments(segs []Segment) []policy.Segment {
 
 // allowTables unpacks [[allow]], which viper hands back untyped.
 func (l *loader) allowTables() ([]map[string]any, *Error) {
-	var items []any
-	switch x := l.v.Get(keyAllow).(type) {
-	case nil:
-		return nil, nil
-	case []map[string]any:
-		return x, nil
-	case []any:
-		items = x
-	default:
-		return nil, l.fail(keyAllow, "must be an array of tables, not "+describe(x), allowHeaderFix)
-	}
-	out := make([]map[string]any, 0, len(items))
-	for i, item := range items {
-		t, ok := item.(map[string]any)
-		if !ok {
-			return nil, fail(allowKey(i, ""), "must be a table, not "+describe(item), allowHeaderFix)
-		}
-		out = append(out, t)
-	}
-	return out, nil
+	return l.arrayOfTables(keyAllow, allowHeaderFix)
 }
 
-func allowKey(i int, k string) string {
-	if k == "" {
-		return fmt.Sprintf("%s[%d]", keyAllow, i)
-	}
-	return fmt.Sprintf("%s[%d].%s", keyAllow, i, k)
-}
+func allowKey(i int, k string) string { return indexedKey(keyAllow, i, k) }
 
 func parseAllow(i int, t map[string]any) (policy.Rule, *Error) {
 	if e := checkAllowKeys(i, t); e != nil {

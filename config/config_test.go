@@ -124,6 +124,7 @@ func TestLoadFull(t *testing.T) {
 			Join:          []string{"192.0.2.2:7946", "192.0.2.3:7946"},
 			GossipKeyFile: cfg.Cluster.GossipKeyFile, // a temp path, checked below
 			GossipKey:     testKey(32),
+			GossipKeyring: "/srv/meshd/gossip.keyring",
 		},
 		WireGuard: WireGuard{
 			Interface:           "wg-mesh",
@@ -133,10 +134,11 @@ func TestLoadFull(t *testing.T) {
 			Endpoint:            netip.MustParseAddrPort("203.0.113.9:51999"),
 			PersistentKeepalive: 10,
 		},
-		Routing: Routing{TableBase: 1000, RulePriority: 20000},
+		Routing:    Routing{TableBase: 1000, RulePriority: 20000},
+		CNIConfDir: "/etc/cni/net.d",
 		Segments: []Segment{
-			{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.1.0/24")},
-			{Name: "green-6", CIDR: netip.MustParsePrefix("fd42::/48"), Subnet: netip.MustParsePrefix("fd42:0:0:1::/64")},
+			{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.1.0/24"), HostPrefix: 24},
+			{Name: "green-6", CIDR: netip.MustParsePrefix("fd42::/48"), Subnet: netip.MustParsePrefix("fd42:0:0:1::/64"), HostPrefix: 64},
 		},
 	}
 	if filepath.Base(cfg.Cluster.GossipKeyFile) != "gossip.key" {
@@ -144,6 +146,20 @@ func TestLoadFull(t *testing.T) {
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got  %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestSubnetIsOptional(t *testing.T) {
+	key := writeKey(t, 16)
+	cfg, err := Parse(strings.NewReader(fmt.Sprintf("[cluster]\ngossip_key_file = %q\n[[segments]]\nname = \"blue\"\ncidr = \"10.42.0.0/16\"\n[[segments]]\nname = \"six\"\ncidr = \"fd42::/48\"\nhost_prefix = 56\n", key)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Segments[0]; s.Subnet.IsValid() || s.HostPrefix != 24 {
+		t.Fatalf("segment without subnet: %+v; want no subnet and a /24 claim", s)
+	}
+	if s := cfg.Segments[1]; s.HostPrefix != 56 {
+		t.Fatalf("IPv6 host_prefix %d, want 56", s.HostPrefix)
 	}
 }
 
@@ -170,6 +186,7 @@ func TestDefaults(t *testing.T) {
 			BindPort:      7946,
 			GossipKeyFile: key,
 			GossipKey:     testKey(16),
+			GossipKeyring: "/var/lib/meshd/gossip.keyring",
 		},
 		WireGuard: WireGuard{
 			Interface:           "mesh0",
@@ -177,9 +194,10 @@ func TestDefaults(t *testing.T) {
 			Mode:                ModeAuto,
 			PersistentKeepalive: 25,
 		},
-		Routing: Routing{TableBase: 51800, RulePriority: 31000},
+		Routing:    Routing{TableBase: 51800, RulePriority: 31000},
+		CNIConfDir: "/etc/cni/net.d",
 		Segments: []Segment{
-			{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.1.0/24")},
+			{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.1.0/24"), HostPrefix: 24},
 		},
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -404,7 +422,9 @@ func TestInvalid(t *testing.T) {
 		{"cidr not canonical", []edit{{`cidr = "10.42.0.0/16"`, `cidr = "10.42.1.0/16"`}}, "segments[0].cidr", []string{"host bits", "did you mean 10.42.0.0/16?"}},
 		{"cidr without length", []edit{{`cidr = "10.42.0.0/16"`, `cidr = "10.42.0.0"`}}, "segments[0].cidr", []string{"no prefix length"}},
 		{"cidr garbage", []edit{{`cidr = "fd42::/48"`, `cidr = "fd42::/129"`}}, "segments[1].cidr", []string{"not a valid CIDR"}},
-		{"subnet missing", []edit{{`subnet = "10.42.1.0/24"`, ``}}, "segments[0].subnet", []string{"missing"}},
+		{"host_prefix wider than cidr", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = 8`}}, "segments[0].host_prefix", []string{"does not fit"}},
+		{"host_prefix past the address", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = 33`}}, "segments[0].host_prefix", []string{"does not fit"}},
+		{"host_prefix not a number", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = "24"`}}, "segments[0].host_prefix", []string{"whole number"}},
 		{"name missing", []edit{{`name = "blue"`, ``}}, "segments[0].name", []string{"missing"}},
 		{"name wrong type", []edit{{`name = "blue"`, `name = 5`}}, "segments[0].name", []string{"integer 5"}},
 		{"name uppercase", []edit{{`name = "blue"`, `name = "Blue"`}}, "segments[0].name", []string{"not a valid segment name"}},
@@ -415,7 +435,7 @@ func TestInvalid(t *testing.T) {
 		{"overlapping v6 cidrs", []edit{addSegment("red", "fd42::/32", "fd42:0:5::/64")}, "segments[2].cidr", []string{"overlaps fd42::/48"}},
 
 		// Gossip key.
-		{"key file missing", []edit{{`"KEYFILE"`, `"/nonexistent/meshd/gossip.key"`}}, "cluster.gossip_key_file", []string{"does not exist", "urandom"}},
+		{"key file missing", []edit{{`"KEYFILE"`, `"/nonexistent/meshd/gossip.key"`}}, "cluster.gossip_key_file", []string{"does not exist", "meshd keygen gossip"}},
 		{"key file empty path", []edit{{`"KEYFILE"`, `""`}}, "cluster.gossip_key_file", []string{"empty"}},
 		{"key file is a directory", []edit{{`"KEYFILE"`, `"/"`}}, "cluster.gossip_key_file", []string{"cannot read"}},
 

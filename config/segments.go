@@ -37,9 +37,14 @@ func (l *loader) segments(c *Config) *Error {
 
 // segmentTables unpacks [[segments]], which viper hands back untyped.
 func (l *loader) segmentTables() ([]map[string]any, *Error) {
-	const fix = "write each segment under its own [[segments]] header (double brackets)"
+	return l.arrayOfTables(keySegments, "write each segment under its own [[segments]] header (double brackets)")
+}
+
+// arrayOfTables unpacks a TOML array of tables ([[key]]), which viper
+// hands back untyped, naming the entry that is not a table.
+func (l *loader) arrayOfTables(key, fix string) ([]map[string]any, *Error) {
 	var items []any
-	switch x := l.v.Get(keySegments).(type) {
+	switch x := l.v.Get(key).(type) {
 	case nil:
 		return nil, nil
 	case []map[string]any:
@@ -47,25 +52,29 @@ func (l *loader) segmentTables() ([]map[string]any, *Error) {
 	case []any:
 		items = x
 	default:
-		return nil, l.fail(keySegments, "must be an array of tables, not "+describe(x), fix)
+		return nil, l.fail(key, "must be an array of tables, not "+describe(x), fix)
 	}
 	out := make([]map[string]any, 0, len(items))
 	for i, item := range items {
 		t, ok := item.(map[string]any)
 		if !ok {
-			return nil, fail(segKey(i, ""), "must be a table, not "+describe(item), fix)
+			return nil, fail(indexedKey(key, i, ""), "must be a table, not "+describe(item), fix)
 		}
 		out = append(out, t)
 	}
 	return out, nil
 }
 
-func segKey(i int, k string) string {
+// indexedKey names field k of entry i of an array of tables, as errors
+// show it: segments[1].subnet.
+func indexedKey(key string, i int, k string) string {
 	if k == "" {
-		return fmt.Sprintf("%s[%d]", keySegments, i)
+		return fmt.Sprintf("%s[%d]", key, i)
 	}
-	return fmt.Sprintf("%s[%d].%s", keySegments, i, k)
+	return fmt.Sprintf("%s[%d].%s", key, i, k)
 }
+
+func segKey(i int, k string) string { return indexedKey(keySegments, i, k) }
 
 func parseSegment(i int, t map[string]any) (Segment, *Error) {
 	if e := checkSegmentKeys(i, t); e != nil {
