@@ -40,6 +40,14 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
+// cluster is what the reconciler needs from membership; *mesh.Membership
+// implements it and tests substitute a fake.
+type cluster interface {
+	Members() []mesh.Member
+	SetTags(map[string]string) error
+	LamportTime() uint64
+}
+
 // Options carries what the daemon needs from its caller besides the
 // config.
 type Options struct {
@@ -68,7 +76,10 @@ type Daemon struct {
 	wg      *wgctrl.Client
 	peers   *wgdev.PeerSync
 	routes  *routes.Manager
-	members *mesh.Membership
+	members cluster
+	// membership is the serf agent behind members, for leave and the
+	// gossip keyring.
+	membership *mesh.Membership
 	ctrl    *control.Server
 	policy  *policy.Enforcer
 	kick    chan struct{}
@@ -192,7 +203,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.members, err = mesh.JoinCluster(mesh.MembershipConfig{
+	d.membership, err = mesh.JoinCluster(mesh.MembershipConfig{
 		NodeName: cfg.NodeName, BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort,
 		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
@@ -201,7 +212,8 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.defer_(d.members.Leave)
+	d.members = d.membership
+	d.defer_(d.membership.Leave)
 	d.registerTrustEndpoints()
 	return d.claimMissing(ctx)
 }

@@ -234,7 +234,7 @@ func (d *Daemon) registerTrustEndpoints() {
 func (d *Daemon) serveGossipKey(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(io.LimitReader(r.Body, 256))
 	key := string(body)
-	km := d.members.Serf().KeyManager()
+	km := d.membership.Serf().KeyManager()
 	var resp any
 	var err error
 	switch op := r.PathValue("op"); op {

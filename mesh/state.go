@@ -115,10 +115,10 @@ func Compute(local Local, members []Member, prev *State) State {
 	}
 	st.Lost = lostClaims(local, candidates)
 	claimedKeys := map[wgtypes.Key]string{local.PublicKey: local.Name}
-	var claimed []owned
+	claimed := &ownership{}
 	for _, seg := range local.Segments {
 		if seg.Subnet.IsValid() && !slices.Contains(st.Lost, seg.Name) {
-			claimed = append(claimed, owned{seg.Subnet, local.Name})
+			claimed.add(seg.Subnet, local.Name)
 		}
 	}
 	for _, c := range candidates {
@@ -132,7 +132,7 @@ func Compute(local Local, members []Member, prev *State) State {
 		}
 		claimedKeys[peer.PublicKey] = peer.Name
 		for _, s := range peer.Slices {
-			claimed = append(claimed, owned{s.Prefix, peer.Name})
+			claimed.add(s.Prefix, peer.Name)
 		}
 		st.Peers = append(st.Peers, peer)
 	}
@@ -140,11 +140,6 @@ func Compute(local Local, members []Member, prev *State) State {
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Member, b.Member) })
 	st.Routes = routesFor(local, st.Peers, st.Lost)
 	return st
-}
-
-type owned struct {
-	prefix netip.Prefix
-	owner  string
 }
 
 type candidate struct {
@@ -230,7 +225,7 @@ func lostClaims(local Local, candidates []candidate) []string {
 // everything already accepted. One bad claim rejects the whole member: a
 // host that announces someone else's subnet is misconfigured or hostile,
 // and half-trusting it would still route some traffic to it.
-func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed []owned) (Peer, error) {
+func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed *ownership) (Peer, error) {
 	if c.err != nil {
 		return Peer{}, c.err
 	}
@@ -247,10 +242,8 @@ func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed []owne
 		if !contains(seg.CIDR, s.Prefix) {
 			return Peer{}, fmt.Errorf("slice %s is outside segment %s (%s)", s, seg.Name, seg.CIDR)
 		}
-		for _, o := range claimed {
-			if o.prefix.Overlaps(s.Prefix) {
-				return Peer{}, fmt.Errorf("slice %s overlaps %s owned by %s", s, o.prefix, o.owner)
-			}
+		if o, taken := claimed.conflict(s.Prefix); taken {
+			return Peer{}, fmt.Errorf("slice %s overlaps %s owned by %s", s, o.prefix, o.owner)
 		}
 		for _, mine := range peer.Slices {
 			if mine.Prefix.Overlaps(s.Prefix) {

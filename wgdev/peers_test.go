@@ -12,51 +12,8 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/wgdev/wgdevtest"
 )
-
-// fakeClient is a device held in memory that applies PeerConfigs the way
-// wgctrl documents them, and counts the peer operations it received.
-type fakeClient struct {
-	peers map[wgtypes.Key]wgtypes.Peer
-	ops   int
-}
-
-func newFakeClient() *fakeClient { return &fakeClient{peers: map[wgtypes.Key]wgtypes.Peer{}} }
-
-func (f *fakeClient) Device(string) (*wgtypes.Device, error) {
-	d := &wgtypes.Device{}
-	for _, p := range f.peers {
-		d.Peers = append(d.Peers, p)
-	}
-	return d, nil
-}
-
-func (f *fakeClient) ConfigureDevice(_ string, cfg wgtypes.Config) error {
-	for _, pc := range cfg.Peers {
-		f.ops++
-		p, exists := f.peers[pc.PublicKey]
-		switch {
-		case pc.Remove:
-			delete(f.peers, pc.PublicKey)
-			continue
-		case pc.UpdateOnly && !exists:
-			continue
-		}
-		p.PublicKey = pc.PublicKey
-		if pc.Endpoint != nil {
-			p.Endpoint = pc.Endpoint
-		}
-		if pc.ReplaceAllowedIPs {
-			p.AllowedIPs = nil
-		}
-		p.AllowedIPs = append(p.AllowedIPs, pc.AllowedIPs...)
-		if pc.PersistentKeepaliveInterval != nil {
-			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
-		}
-		f.peers[pc.PublicKey] = p
-	}
-	return nil
-}
 
 func key(i int) wgtypes.Key {
 	var k wgtypes.Key
@@ -81,31 +38,31 @@ func peers(n int) []mesh.Peer {
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
-	f := newFakeClient()
+	f := wgdevtest.NewClient()
 	s := NewPeerSync(f, "mesh0", quietLog())
 	want := peers(3)
 	if err := s.Set(want); err != nil {
 		t.Fatal(err)
 	}
-	if f.ops != 3 || len(f.peers) != 3 {
-		t.Fatalf("initial apply: %d ops, %d peers; want 3 and 3", f.ops, len(f.peers))
+	if f.Ops() != 3 || f.Len() != 3 {
+		t.Fatalf("initial apply: %d ops, %d peers; want 3 and 3", f.Ops(), f.Len())
 	}
-	got := f.peers[key(1)]
+	got, _ := f.Peer(key(1))
 	if got.Endpoint.String() != "192.0.0.1:51820" || len(got.AllowedIPs) != 1 || got.AllowedIPs[0].String() != "10.0.1.0/24" || got.PersistentKeepaliveInterval != 25*time.Second {
 		t.Fatalf("peer h1 on the device: %+v", got)
 	}
 
-	if err := s.Set(want); err != nil || f.ops != 3 {
-		t.Fatalf("identical Set sent %d more ops (err %v); want none", f.ops-3, err)
+	if err := s.Set(want); err != nil || f.Ops() != 3 {
+		t.Fatalf("identical Set sent %d more ops (err %v); want none", f.Ops()-3, err)
 	}
 
 	// The peer roamed: WireGuard rewrote its endpoint. The announcement did
 	// not change, so meshd must not fight the roam.
-	roamed := f.peers[key(2)]
+	roamed, _ := f.Peer(key(2))
 	roamed.Endpoint = &net.UDPAddr{IP: net.IPv4(198, 51, 100, 9), Port: 40000}
-	f.peers[key(2)] = roamed
-	if err := s.Set(want); err != nil || f.ops != 3 {
-		t.Fatalf("a roamed endpoint caused %d ops; want none", f.ops-3)
+	f.SetPeer(roamed)
+	if err := s.Set(want); err != nil || f.Ops() != 3 {
+		t.Fatalf("a roamed endpoint caused %d ops; want none", f.Ops()-3)
 	}
 
 	want[0].AllowedIPs = append(want[0].AllowedIPs, netip.MustParsePrefix("10.99.0.0/24"))
@@ -113,25 +70,26 @@ func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
 	if err := s.Set(want); err != nil {
 		t.Fatal(err)
 	}
-	if f.ops != 5 {
-		t.Fatalf("one changed + one removed peer cost %d ops, want 2", f.ops-3)
+	if f.Ops() != 5 {
+		t.Fatalf("one changed + one removed peer cost %d ops, want 2", f.Ops()-3)
 	}
-	if _, ok := f.peers[key(2)]; ok {
+	if _, ok := f.Peer(key(2)); ok {
 		t.Fatal("removed peer still on the device")
 	}
-	if n := len(f.peers[key(0)].AllowedIPs); n != 2 {
+	if p, _ := f.Peer(key(0)); len(p.AllowedIPs) != 2 {
+		n := len(p.AllowedIPs)
 		t.Fatalf("h0 has %d allowed IPs, want 2 (replaced, not appended twice)", n)
 	}
 }
 
 func TestPeerSyncRemovesPeersItDoesNotKnow(t *testing.T) {
-	f := newFakeClient()
-	f.peers[key(99)] = wgtypes.Peer{PublicKey: key(99)} // added by hand with `wg set`
+	f := wgdevtest.NewClient()
+	f.SetPeer(wgtypes.Peer{PublicKey: key(99)}) // added by hand with `wg set`
 	s := NewPeerSync(f, "mesh0", quietLog())
 	if err := s.Set(peers(1)); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := f.peers[key(99)]; ok {
+	if _, ok := f.Peer(key(99)); ok {
 		t.Fatal("a peer meshd does not know survived; the device must match the membership")
 	}
 }
@@ -139,7 +97,7 @@ func TestPeerSyncRemovesPeersItDoesNotKnow(t *testing.T) {
 // One member changing in a 1,000-member cluster must cost O(1) device
 // operations, not a rewrite of every peer.
 func TestOneChangeAmongThousandCostsOneOp(t *testing.T) {
-	f := newFakeClient()
+	f := wgdevtest.NewClient()
 	s := NewPeerSync(f, "mesh0", quietLog())
 	all := peers(1000)
 	if err := s.Set(all); err != nil {
