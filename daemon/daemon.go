@@ -80,9 +80,9 @@ type Daemon struct {
 	// membership is the serf agent behind members, for leave and the
 	// gossip keyring.
 	membership *mesh.Membership
-	ctrl    *control.Server
-	policy  *policy.Enforcer
-	kick    chan struct{}
+	ctrl       *control.Server
+	policy     *policy.Enforcer
+	kick       chan struct{}
 	// requests run on the reconciler goroutine: everything that changes
 	// the data plane or this host's identity goes through it.
 	requests chan request
