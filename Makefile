@@ -5,7 +5,7 @@ PREFIX  ?= /usr/local
 BIN     := bin/meshd
 # Tools the tests drive; installed without recommends so apt does not pull
 # in a kernel and systemd.
-TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables
+TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables containernetworking-plugins
 
 .PHONY: build deps demo test test-unit fuzz install clean
 

@@ -25,6 +25,7 @@ import (
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/metrics"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/routes"
 	"github.com/meshd/meshd/wgdev"
@@ -82,6 +83,7 @@ type Daemon struct {
 	membership *mesh.Membership
 	ctrl       *control.Server
 	policy     *policy.Enforcer
+	metrics    *metrics.Metrics
 	kick       chan struct{}
 	// requests run on the reconciler goroutine: everything that changes
 	// the data plane or this host's identity goes through it.
@@ -188,6 +190,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err := d.routes.Set(&initial.Routes); err != nil {
 		return fmt.Errorf("install segment routes: %w", err)
 	}
+	d.defer_(d.removeCNI)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	d.defer_(func() error { stopWatch(); return nil })
 	go d.watchRoutes(watchCtx)
@@ -198,6 +201,9 @@ func (d *Daemon) start(ctx context.Context) error {
 	}
 	d.defer_(d.ctrl.Close)
 	d.ctrl.Handle("POST /v1/reload", d.serveReload)
+	if err := d.startMetrics(ctx); err != nil {
+		return err
+	}
 
 	tags, err := d.tags()
 	if err != nil {
@@ -290,7 +296,9 @@ func (d *Daemon) loop(ctx context.Context) {
 	}
 }
 
-func (d *Daemon) reconcile() error {
+func (d *Daemon) reconcile() (err error) {
+	began := time.Now()
+	defer func() { d.metrics.ObserveReconcile(time.Since(began), err) }()
 	members := d.members.Members()
 	d.mu.Lock()
 	prev := d.state
@@ -308,7 +316,7 @@ func (d *Daemon) reconcile() error {
 		local.Now = time.Now()
 		st = mesh.Compute(local, members, prev)
 	}
-	err := errors.Join(d.peers.Set(st.Peers), d.routes.Set(&st.Routes))
+	err = errors.Join(d.peers.Set(st.Peers), d.routes.Set(&st.Routes), d.syncCNI(local))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.state, d.lastSeen, d.lastErr = &st, members, err

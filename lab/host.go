@@ -102,6 +102,7 @@ func (h *Host) Config(extra string) string {
 	p("node_name = %s", tomlString(h.Name()))
 	p("data_dir = %s", tomlString(h.DataDir()))
 	p("control_socket = %s", tomlString(h.ControlSocket()))
+	p("cni_conf_dir = %s", tomlString(filepath.Join(h.Dir(), "cni")))
 	p("log_level = %s", tomlString("debug"))
 	p("")
 	p("[cluster]")

@@ -103,6 +103,7 @@ func TestConfigRendering(t *testing.T) {
 	want := `node_name = "h1"
 data_dir = "/srv/lab/h1/data"
 control_socket = "/srv/lab/h1/meshd.sock"
+cni_conf_dir = "/srv/lab/h1/cni"
 log_level = "debug"
 
 [cluster]
