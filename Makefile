@@ -45,6 +45,7 @@ test-unit:
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/meshd
 	install -D -m 0644 config.example.toml $(DESTDIR)/etc/meshd/meshd.toml.example
+	install -D -m 0644 packaging/meshd.service $(DESTDIR)/etc/systemd/system/meshd.service
 
 clean:
 	rm -rf bin
