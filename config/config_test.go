@@ -313,8 +313,8 @@ func TestNormalisation(t *testing.T) {
 			check: func(c *Config) any { return c.Routing.TableBase }, want: 2147483646,
 		},
 		{
-			name: "subnet may equal cidr", old: `subnet = "10.42.1.0/24"`, new: `subnet = "10.42.0.0/16"`,
-			check: func(c *Config) any { return c.Segments[0].Subnet }, want: netip.MustParsePrefix("10.42.0.0/16"),
+			name: "subnet may be the largest proper slice", old: `subnet = "10.42.1.0/24"`, new: `subnet = "10.42.128.0/17"`,
+			check: func(c *Config) any { return c.Segments[0].Subnet }, want: netip.MustParsePrefix("10.42.128.0/17"),
 		},
 		{
 			name: "mtu minimum", old: `mtu = 1420`, new: `mtu = 1280`,
@@ -424,6 +424,8 @@ func TestInvalid(t *testing.T) {
 		{"cidr garbage", []edit{{`cidr = "fd42::/48"`, `cidr = "fd42::/129"`}}, "segments[1].cidr", []string{"not a valid CIDR"}},
 		{"host_prefix wider than cidr", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = 8`}}, "segments[0].host_prefix", []string{"does not fit"}},
 		{"host_prefix past the address", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = 33`}}, "segments[0].host_prefix", []string{"does not fit"}},
+		{"host_prefix equal to cidr", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = 16`}}, "segments[0].host_prefix", []string{"smaller than its segment"}},
+		{"subnet is the whole segment", []edit{{`subnet = "10.42.1.0/24"`, `subnet = "10.42.0.0/16"`}}, "segments[0].subnet", []string{"whole segment"}},
 		{"host_prefix not a number", []edit{{`subnet = "10.42.1.0/24"`, `host_prefix = "24"`}}, "segments[0].host_prefix", []string{"whole number"}},
 		{"name missing", []edit{{`name = "blue"`, ``}}, "segments[0].name", []string{"missing"}},
 		{"name wrong type", []edit{{`name = "blue"`, `name = 5`}}, "segments[0].name", []string{"integer 5"}},
@@ -508,7 +510,8 @@ func TestInvalid(t *testing.T) {
 		{"table_base too big", []edit{{`table_base = 1000`, `table_base = 2147483648`}}, "routing.table_base", nil},
 		{"table range past 2^31", []edit{{`table_base = 1000`, `table_base = 2147483647`}}, "routing.table_base", []string{"2147483647..2147483648"}},
 		{"rule_priority zero", []edit{{`rule_priority = 20000`, `rule_priority = 0`}}, "routing.rule_priority", nil},
-		{"rule_priority too big", []edit{{`rule_priority = 20000`, `rule_priority = 32766`}}, "routing.rule_priority", []string{"32765"}},
+		{"rule_priority too big", []edit{{`rule_priority = 20000`, `rule_priority = 32766`}}, "routing.rule_priority", []string{"32764"}},
+		{"rule_priority reaching main", []edit{{`rule_priority = 20000`, `rule_priority = 32765`}}, "routing.rule_priority", []string{"32764", "32766"}},
 
 		// The file itself.
 		{"bad TOML", []edit{{`mtu = 1420`, `mtu = `}}, "", []string{"invalid TOML at line"}},

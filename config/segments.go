@@ -114,18 +114,16 @@ func segHostPrefix(i int, t map[string]any, cidr netip.Prefix) (int, *Error) {
 	}
 	raw, ok := t[segKeyHostPrefix]
 	if !ok {
-		if def < cidr.Bits() {
-			def = cidr.Bits()
-		}
-		return def, nil
+		// A small segment still splits: at least 16 slices.
+		return max(def, min(cidr.Bits()+4, cidr.Addr().BitLen())), nil
 	}
 	n, isInt := raw.(int64)
 	if !isInt {
 		return 0, fail(segKey(i, segKeyHostPrefix), "must be a whole number, not "+describe(raw), "write e.g. host_prefix = 24")
 	}
-	if int(n) < cidr.Bits() || int(n) > cidr.Addr().BitLen() {
+	if int(n) <= cidr.Bits() || int(n) > cidr.Addr().BitLen() {
 		return 0, fail(segKey(i, segKeyHostPrefix), fmt.Sprintf("/%d does not fit segment %s", n, cidr),
-			fmt.Sprintf("use a length from %d to %d", cidr.Bits(), cidr.Addr().BitLen()))
+			fmt.Sprintf("use a length from %d to %d: a slice must be smaller than its segment", cidr.Bits()+1, cidr.Addr().BitLen()))
 	}
 	return int(n), nil
 }
@@ -193,6 +191,12 @@ func checkSubnet(i int, seg Segment) *Error {
 	if seg.Subnet.Bits() < seg.CIDR.Bits() || !seg.CIDR.Contains(seg.Subnet.Addr()) {
 		return fail(key, fmt.Sprintf("%s is not inside segment %q's cidr %s", seg.Subnet, seg.Name, seg.CIDR),
 			"pick this host's slice from within "+seg.CIDR.String())
+	}
+	// The segment table holds the CIDR as unreachable and the slice as
+	// throw; one prefix cannot be both, and a segment is for several hosts.
+	if seg.Subnet == seg.CIDR {
+		return fail(key, fmt.Sprintf("%s is the whole segment", seg.Subnet),
+			"give this host a smaller slice of "+seg.CIDR.String()+", e.g. a /24")
 	}
 	return nil
 }

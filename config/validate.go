@@ -202,8 +202,11 @@ func (l *loader) routing(c *Config) *Error {
 	if c.Routing.TableBase, e = l.tableBase(len(c.Segments)); e != nil {
 		return e
 	}
-	c.Routing.RulePriority, e = l.intIn(keyRulePriority, 1, 32765,
-		"use a priority between 1 and 32765 (meshd also uses priority+1; 0, 32766 and 32767 hold the kernel's own rules)")
+	// meshd's second rule sits at priority+1 and must still come before
+	// the main table's rule at 32766, or host traffic to a segment would
+	// follow the default route out of the underlay unencrypted.
+	c.Routing.RulePriority, e = l.intIn(keyRulePriority, 1, 32764,
+		"use a priority between 1 and 32764 (meshd also uses priority+1, which must stay below the main table's 32766)")
 	return e
 }
 

@@ -161,7 +161,10 @@ type Client struct {
 // NewClient returns a client for the socket at path.
 func NewClient(path string) *Client {
 	return &Client{path: path, http: &http.Client{
-		Timeout: 10 * time.Second,
+		// Longer than the daemon's own 30 s wait for its reconciler and
+		// than a keyring change across a large cluster, so a slow answer
+		// is not mistaken for a missing daemon.
+		Timeout: 90 * time.Second,
 		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
@@ -189,6 +192,10 @@ func (c *Client) doBody(method, path, body string, out any) error {
 		return err
 	}
 	resp, err := c.http.Do(req)
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return fmt.Errorf("meshd did not answer on %s in time: %w", c.path, err)
+	}
 	if err != nil {
 		return fmt.Errorf("%w (control socket %s: %v); start it with `meshd run`, or pass the --config it runs with", ErrNoDaemon, c.path, errors.Unwrap(err))
 	}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -72,6 +73,16 @@ type Daemon struct {
 	endpointAddr netip.AddrPort
 	// counter orders this host's signed announcements; see tags.
 	counter uint64
+	// announceDirty is set when an announcement failed to go out; the
+	// reconciler retries it, so peers never stay on a stale key.
+	announceDirty bool
+	// provisional names segments claimed while this host saw no other
+	// member: their Lamport time says nothing about the cluster, so they
+	// are re-stamped once the host has joined.
+	provisional map[string]bool
+	// stopping is closed when the reconciler exits, so requests for it
+	// fail fast instead of waiting out their timeout.
+	stopping chan struct{}
 
 	dev     wgdev.Device
 	wg      *wgctrl.Client
@@ -103,7 +114,7 @@ type Daemon struct {
 // Run starts meshd and blocks until ctx is cancelled, then leaves the
 // cluster and removes everything it created.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
-	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), requests: make(chan request)}
+	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{})}
 	if err := d.start(ctx); err != nil {
 		if terr := d.shutdown(); terr != nil {
 			log.Error("cleanup after failed start", "err", terr)
@@ -113,12 +124,19 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 	log.Info("meshd running", "interface", d.dev.Name(), "mode", string(d.dev.Kind()),
 		"endpoint", d.endpoint, "key", crypto.Fingerprint(d.key.PublicKey()))
 	d.loop(ctx)
+	close(d.stopping)
 	log.Info("shutting down")
 	return d.shutdown()
 }
 
 func (d *Daemon) start(ctx context.Context) error {
 	cfg := d.cfg
+	lock, err := lockNamespace()
+	if err != nil {
+		return err
+	}
+	d.defer_(lock.Close)
+	warnReadable(d.log, cfg.Cluster.GossipKeyFile)
 	key, created, err := crypto.LoadOrCreatePrivateKey(filepath.Join(cfg.DataDir, crypto.KeyFileName))
 	if err != nil {
 		return err
@@ -238,6 +256,16 @@ func (d *Daemon) watchRoutes(ctx context.Context) {
 	}
 }
 
+// warnReadable flags a gossip key other users can read. It is a warning,
+// not a refusal: 'meshd keygen gossip > FILE' under the usual umask makes
+// such a file, and refusing it would break the documented first start.
+func warnReadable(log *slog.Logger, path string) {
+	if info, err := os.Stat(path); err == nil && info.Mode().Perm()&0o077 != 0 {
+		log.Warn("gossip key file is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
+			"path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
+	}
+}
+
 func (d *Daemon) defer_(undo func() error) { d.teardown = append(d.teardown, undo) }
 
 // shutdown undoes start in reverse: serf leave (peers drop us at once),
@@ -307,16 +335,25 @@ func (d *Daemon) reconcile() (err error) {
 	local.Now = time.Now()
 	st := mesh.Compute(local, members, prev)
 	d.logRejections(prev, &st)
-	if len(st.Lost) > 0 {
+	var claimErr error
+	if restamp := d.restampDue(members); restamp || len(st.Lost) > 0 {
+		if restamp {
+			claimErr = d.restamp(st.Lost)
+		}
 		// Yield first: routing a slice another host owns would split it.
-		if err := d.reclaim(st.Lost, members); err != nil {
-			return err
+		// A failed re-claim must not stop peers and routes from following
+		// the membership: the lost slice is simply not routed meanwhile.
+		if len(st.Lost) > 0 {
+			claimErr = errors.Join(claimErr, d.claim(st.Lost, &st))
 		}
 		local = d.localCopy()
 		local.Now = time.Now()
 		st = mesh.Compute(local, members, prev)
 	}
-	err = errors.Join(d.peers.Set(st.Peers), d.routes.Set(&st.Routes), d.syncCNI(local))
+	if d.announceDirty {
+		claimErr = errors.Join(claimErr, d.publish())
+	}
+	err = errors.Join(claimErr, d.peers.Set(st.Peers), d.routes.Set(&st.Routes), d.syncCNI(local))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.state, d.lastSeen, d.lastErr = &st, members, err

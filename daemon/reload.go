@@ -22,9 +22,13 @@ func (d *Daemon) reload() error {
 	if err != nil {
 		return err
 	}
-	ruleset, err := next.Policy()
+	// The data plane keeps the segments it started with until a restart,
+	// so the rules are compiled against those, not the file's.
+	running := *d.cfg
+	running.Allow = next.Allow
+	ruleset, err := running.Policy()
 	if err != nil {
-		return err
+		return fmt.Errorf("%w: the new allow rules do not fit the running segments (segment changes need a restart): %v", errBadRequest, err)
 	}
 	if err := d.policy.Apply(ruleset); err != nil {
 		return fmt.Errorf("apply allow-list: %w", err)
@@ -64,6 +68,8 @@ func (d *Daemon) onReconciler(r *http.Request, fn func() error) error {
 	req := request{fn: fn, answer: make(chan error, 1)}
 	select {
 	case d.requests <- req:
+	case <-d.stopping:
+		return errStopping
 	case <-r.Context().Done():
 		return r.Context().Err()
 	case <-time.After(30 * time.Second):
@@ -72,6 +78,8 @@ func (d *Daemon) onReconciler(r *http.Request, fn func() error) error {
 	return <-req.answer
 }
 
+var errStopping = errors.New("the daemon is shutting down")
+
 var errBusy = errors.New("the daemon is busy; try again")
 
 func writeError(w http.ResponseWriter, err error) {
@@ -79,7 +87,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case config.IsConfigError(err), errors.Is(err, errBadRequest):
 		status = http.StatusBadRequest
-	case errors.Is(err, errBusy):
+	case errors.Is(err, errBusy), errors.Is(err, errStopping):
 		status = http.StatusServiceUnavailable
 	}
 	http.Error(w, err.Error(), status)

@@ -19,9 +19,10 @@ import (
 func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
 	st, members, reconciles, lastErr := d.state, d.lastSeen, d.reconciles, d.lastErr
+	local := d.local // rotate-key and claims replace these under d.mu
 	d.mu.Unlock()
 
-	out := control.Status{Node: d.nodeStatus(), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{}}
+	out := control.Status{Node: d.nodeStatus(local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{}}
 	if lastErr != nil {
 		out.LastError = lastErr.Error()
 	}
@@ -33,7 +34,7 @@ func (d *Daemon) Status() control.Status {
 	}
 	now := time.Now()
 	for _, m := range members {
-		if m.Name == d.local.Name {
+		if m.Name == local.Name {
 			continue
 		}
 		ps := control.Peer{Name: m.Name, State: string(m.Status), HandshakeAgeSeconds: -1}
@@ -77,16 +78,16 @@ func fillPeer(ps *control.Peer, p mesh.Peer, live wgtypes.Peer, now time.Time) {
 	ps.RxBytes, ps.TxBytes = live.ReceiveBytes, live.TransmitBytes
 }
 
-func (d *Daemon) nodeStatus() control.Node {
-	pub := d.key.PublicKey()
+func (d *Daemon) nodeStatus(local mesh.Local) control.Node {
+	pub := local.PublicKey
 	n := control.Node{
-		Name: d.local.Name, PublicKey: pub.String(), Fingerprint: crypto.Fingerprint(pub),
+		Name: local.Name, PublicKey: pub.String(), Fingerprint: crypto.Fingerprint(pub),
 		Mode: string(d.dev.Kind()), Interface: d.dev.Name(), ListenPort: d.cfg.WireGuard.ListenPort,
 		MTU: d.mtu, Endpoint: d.endpoint,
 		Gossip: netip.AddrPortFrom(d.cfg.Cluster.BindAddr, uint16(d.cfg.Cluster.BindPort)).String(),
 	}
-	for i, s := range d.local.Segments {
-		n.Segments = append(n.Segments, control.Segment{Name: s.Name, CIDR: s.CIDR.String(), Subnet: s.Subnet.String(), Table: d.local.TableBase + i})
+	for i, s := range local.Segments {
+		n.Segments = append(n.Segments, control.Segment{Name: s.Name, CIDR: s.CIDR.String(), Subnet: s.Subnet.String(), Table: local.TableBase + i})
 	}
 	return n
 }

@@ -99,15 +99,29 @@ func (d *Daemon) claimMissing(ctx context.Context) error {
 	}
 	if len(d.cfg.Cluster.Join) > 0 {
 		deadline := time.Now().Add(3 * time.Second)
-		for time.Now().Before(deadline) && ctx.Err() == nil && !d.joined() {
+		for time.Now().Before(deadline) && ctx.Err() == nil && !d.joined(d.members.Members()) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	return d.reclaim(missing, d.members.Members())
+	members := d.members.Members()
+	local := d.localCopy()
+	local.Now = time.Now()
+	st := mesh.Compute(local, members, nil)
+	alone := !d.joined(members)
+	if err := d.claim(missing, &st); err != nil {
+		return err
+	}
+	if alone {
+		d.provisional = map[string]bool{}
+		for _, name := range missing {
+			d.provisional[name] = true
+		}
+	}
+	return nil
 }
 
-func (d *Daemon) joined() bool {
-	for _, m := range d.members.Members() {
+func (d *Daemon) joined(members []mesh.Member) bool {
+	for _, m := range members {
 		if m.Name != d.local.Name && m.Status == mesh.StatusAlive {
 			return true
 		}
@@ -115,19 +129,47 @@ func (d *Daemon) joined() bool {
 	return false
 }
 
-// reclaim picks a new slice for each named segment, clear of every slice
-// other live hosts announce (including the one just lost), records it and
-// announces it.
-func (d *Daemon) reclaim(segments []string, members []mesh.Member) error {
+// restampDue reports whether provisional claims can now be stamped with
+// the cluster's Lamport time: a host that claimed while cut off must not
+// evict a long-standing owner with its tiny pre-join clock.
+func (d *Daemon) restampDue(members []mesh.Member) bool {
+	return len(d.provisional) > 0 && d.joined(members)
+}
+
+// restamp gives claims made before joining the cluster's current Lamport
+// time, so they yield to any slice the cluster already held. Segments
+// about to be claimed anew (lost) are left to claim.
+func (d *Daemon) restamp(lost []string) error {
 	segs := slices.Clone(d.local.Segments)
+	for i, seg := range segs {
+		if d.provisional[seg.Name] && !slices.Contains(lost, seg.Name) && seg.Subnet.IsValid() {
+			segs[i].ClaimedAt = d.members.LamportTime() + 1
+			d.log.Info("re-stamped a claim made before joining", "segment", seg.Name, "slice", seg.Subnet, "claimed_at", segs[i].ClaimedAt)
+		}
+	}
+	d.provisional = nil
+	d.mu.Lock()
+	d.local.Segments = segs
+	d.mu.Unlock()
+	return errors.Join(d.saveClaims(), d.publish())
+}
+
+// claim picks a slice for each named segment, clear of every slice the
+// accepted peers hold (including the one just lost), records it and
+// announces it.
+func (d *Daemon) claim(segments []string, st *mesh.State) error {
+	segs := slices.Clone(d.local.Segments)
+	var errs []error
 	for i, seg := range segs {
 		if !slices.Contains(segments, seg.Name) {
 			continue
 		}
-		taken := mesh.ClaimedSlices(members, d.local.Name, seg.Name)
+		taken := st.Slices(seg.Name)
 		p, err := mesh.ChooseSlice(seg.CIDR, d.cfg.Segments[i].HostPrefix, d.local.Name, taken)
 		if err != nil {
-			return fmt.Errorf("claim a slice of segment %s: %w", seg.Name, err)
+			segs[i].Subnet, segs[i].ClaimedAt = netip.Prefix{}, 0
+			errs = append(errs, fmt.Errorf("claim a slice of segment %s: %w", seg.Name, err))
+			continue
 		}
 		old := seg.Subnet
 		segs[i].Subnet, segs[i].ClaimedAt = p, d.members.LamportTime()+1
@@ -140,10 +182,7 @@ func (d *Daemon) reclaim(segments []string, members []mesh.Member) error {
 	d.mu.Lock()
 	d.local.Segments = segs
 	d.mu.Unlock()
-	if err := d.saveClaims(); err != nil {
-		return err
-	}
-	return d.publish()
+	return errors.Join(append(errs, d.saveClaims(), d.publish())...)
 }
 
 // localCopy returns this host's current description; the reconciler and
@@ -182,8 +221,10 @@ func (d *Daemon) publish() error {
 		return err
 	}
 	if err := d.members.SetTags(tags); err != nil {
+		d.announceDirty = true
 		return fmt.Errorf("announce: %w", err)
 	}
+	d.announceDirty = false
 	d.Kick()
 	return nil
 }

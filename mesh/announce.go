@@ -124,7 +124,9 @@ func DecodeTags(tags map[string]string) (Announcement, error) {
 	if err != nil {
 		return a, fmt.Errorf("endpoint: %w", err)
 	}
-	if ep.Port() == 0 || !ep.Addr().IsValid() || ep.Addr().IsUnspecified() || ep.Addr().IsMulticast() {
+	// Loopback, link-local and broadcast endpoints would aim every host's
+	// handshakes at itself or a neighbour, never at the member.
+	if ep.Port() == 0 || !ep.Addr().Unmap().IsGlobalUnicast() || ep.Addr().Zone() != "" {
 		return a, fmt.Errorf("endpoint %s is not a usable unicast address and port", ep)
 	}
 	a.Endpoint = netip.AddrPortFrom(ep.Addr().Unmap(), ep.Port())

@@ -68,24 +68,3 @@ func overlapsAny(p netip.Prefix, set []netip.Prefix) bool {
 	}
 	return false
 }
-
-// ClaimedSlices lists every slice of segment that live members other than
-// self announce, valid or not: a new claim stays clear of all of them.
-func ClaimedSlices(members []Member, self, segment string) []netip.Prefix {
-	var out []netip.Prefix
-	for _, m := range members {
-		if m.Name == self || m.Status != StatusAlive {
-			continue
-		}
-		ann, err := DecodeTags(m.Tags)
-		if err != nil {
-			continue
-		}
-		for _, s := range ann.Slices {
-			if s.Segment == segment {
-				out = append(out, s.Prefix)
-			}
-		}
-	}
-	return out
-}

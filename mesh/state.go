@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"crypto/ed25519"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -89,6 +90,25 @@ type State struct {
 	// Lost names this host's claimed segments whose slice an earlier claim
 	// of another host now holds: the host must claim another.
 	Lost []string
+	// Counters is the highest verified announcement counter seen per
+	// member. It outlives acceptance: a replayed old announcement stays
+	// refused after its author leaves or fails, not just for one pass.
+	Counters map[string]uint64
+}
+
+// Slices returns the accepted peers' slices of segment: what a new claim
+// must stay clear of. Rejected announcements do not count, so a member
+// that announces junk cannot block every claim.
+func (s *State) Slices(segment string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range s.Peers {
+		for _, sl := range p.Slices {
+			if sl.Segment == segment {
+				out = append(out, sl.Prefix)
+			}
+		}
+	}
+	return out
 }
 
 // PeerByName returns the accepted peer with that name.
@@ -108,9 +128,13 @@ func (s *State) PeerByName(name string) (Peer, bool) {
 func Compute(local Local, members []Member, prev *State) State {
 	var st State
 	candidates := orderCandidates(local, members, prev)
+	st.Counters = map[string]uint64{}
+	if prev != nil {
+		maps.Copy(st.Counters, prev.Counters)
+	}
 	for i := range candidates {
 		if candidates[i].err == nil {
-			candidates[i].err = verifyIdentity(local, candidates[i], prev)
+			candidates[i].err = verifyIdentity(local, candidates[i], st.Counters)
 		}
 	}
 	st.Lost = lostClaims(local, candidates)
@@ -198,7 +222,9 @@ func claimBefore(a Slice, aOwner string, b Slice, bOwner string) bool {
 }
 
 // lostClaims finds this host's claimed slices that a valid announcement
-// of another live host claimed first.
+// of another live host claimed first. Only a claim on a proper slice of
+// the segment counts: announcing the whole segment must not evict every
+// host at once.
 func lostClaims(local Local, candidates []candidate) []string {
 	var lost []string
 	for _, seg := range local.Segments {
@@ -211,7 +237,8 @@ func lostClaims(local Local, candidates []candidate) []string {
 				continue
 			}
 			if i := slices.IndexFunc(c.ann.Slices, func(s Slice) bool {
-				return s.Segment == seg.Name && s.Prefix.Overlaps(seg.Subnet) && claimBefore(s, c.member.Name, mine, local.Name)
+				return s.Segment == seg.Name && contains(seg.CIDR, s.Prefix) && s.Prefix.Bits() > seg.CIDR.Bits() &&
+					s.Prefix.Overlaps(seg.Subnet) && claimBefore(s, c.member.Name, mine, local.Name)
 			}); i >= 0 {
 				lost = append(lost, seg.Name)
 				break

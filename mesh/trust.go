@@ -12,7 +12,9 @@ import (
 // with the certificate's key, not older than one already accepted, and
 // claiming only slices the certificate allows. Without a CA every member
 // holding the gossip key is trusted and this is a no-op.
-func verifyIdentity(local Local, c candidate, prev *State) error {
+// A verified announcement raises counters[name], the replay high-water
+// mark, even when it is refused later for its claims.
+func verifyIdentity(local Local, c candidate, counters map[string]uint64) error {
 	if local.CA == nil {
 		return nil
 	}
@@ -33,14 +35,13 @@ func verifyIdentity(local Local, c candidate, prev *State) error {
 	if !identity.VerifyPayload(cert.PublicKey, SignedPayload(c.member.Name, c.member.Tags), ann.Signature) {
 		return errors.New("bad announcement signature")
 	}
+	if seen := counters[c.member.Name]; ann.Counter < seen {
+		return fmt.Errorf("replayed announcement: counter %d is older than %d", ann.Counter, seen)
+	}
+	counters[c.member.Name] = ann.Counter
 	for _, s := range ann.Slices {
 		if err := cert.Allows(identity.Slice{Segment: s.Segment, Prefix: s.Prefix}); err != nil {
 			return fmt.Errorf("slice %s: %w", s, err)
-		}
-	}
-	if prev != nil {
-		if p, ok := prev.PeerByName(c.member.Name); ok && ann.Counter < p.Counter {
-			return fmt.Errorf("replayed announcement: counter %d is older than %d", ann.Counter, p.Counter)
 		}
 	}
 	return nil

@@ -106,6 +106,31 @@ func TestBadInputExitsTwoAndChangesNothing(t *testing.T) {
 		}
 	})
 
+	t.Run("a second meshd in the same namespace leaves the first alone", func(t *testing.T) {
+		start(t, h, "")
+		defer h.Stop()
+		waitFor(t, 20*time.Second, "first meshd up", func() error { _, err := status(t, h); return err })
+		second := strings.NewReplacer(h.ControlSocket(), h.Dir()+"/second.sock", h.DataDir(), h.Dir()+"/second-data",
+			`interface = "`+h.Interface()+`"`, `interface = "`+h.Interface()+`x"`).Replace(h.Config(""))
+		path := h.Dir() + "/second.toml"
+		if err := os.WriteFile(path, []byte(second), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, code := runMeshd(t, "ip", "netns", "exec", h.NS(), meshdBin, "run", "--config", path)
+		if code != 1 || !strings.Contains(out, "already running in this network namespace") {
+			t.Fatalf("second meshd: exit %d, %q", code, out)
+		}
+		if rules := run(t, h.NS(), "ip", "rule", "show"); !strings.Contains(rules, "proto 149") {
+			t.Errorf("the second meshd removed the first one's rules:\n%s", rules)
+		}
+		if tables := run(t, h.NS(), "nft", "list", "tables"); !strings.Contains(tables, "meshd") {
+			t.Errorf("the second meshd removed the first one's nftables table: %s", tables)
+		}
+		if _, err := status(t, h); err != nil {
+			t.Errorf("the first meshd stopped answering: %v", err)
+		}
+	})
+
 	t.Run("status without a daemon", func(t *testing.T) {
 		out, code := runMeshd(t, meshdBin, "status", "--socket", h.ControlSocket())
 		if code != 1 || !strings.Contains(out, "no meshd is running") {

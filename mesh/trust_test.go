@@ -1,0 +1,128 @@
+package mesh
+
+import (
+	"crypto/ed25519"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/meshd/meshd/identity"
+)
+
+type signer struct {
+	cert *identity.Cert
+	key  ed25519.PrivateKey
+}
+
+func newCA(t *testing.T) *identity.CA {
+	ca, err := identity.InitCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ca
+}
+
+func newSigner(t *testing.T, ca *identity.CA, name string) signer {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	now := time.Now().Truncate(time.Second)
+	cert, err := ca.Sign(identity.Cert{Name: name, Segments: []string{"blue"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), PublicKey: pub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signer{cert, priv}
+}
+
+func signedMember(t *testing.T, s signer, name string, seed byte, counter uint64, slices ...Slice) Member {
+	ann := Announcement{PublicKey: testKey(t, seed), Endpoint: netip.MustParseAddrPort("192.0.2.9:51820"), Slices: slices,
+		Cert: s.cert.Marshal(), Counter: counter}
+	tags, err := ann.SignedTags(name, func(p []byte) []byte { return identity.SignPayload(s.key, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Member{Name: name, Status: StatusAlive, Tags: tags}
+}
+
+func TestReplayStaysRefused(t *testing.T) {
+	ca := newCA(t)
+	h2 := newSigner(t, ca, "h2")
+	local := localH1(t)
+	local.CA, local.Now = ca.Public, time.Now()
+
+	current := signedMember(t, h2, "h2", 2, 100, sl("blue", "10.42.2.0/24"))
+	old := signedMember(t, h2, "h2", 3, 50, sl("blue", "10.42.2.0/24")) // an old key, recorded before a rotation
+
+	st := Compute(local, []Member{current}, nil)
+	if _, ok := st.PeerByName("h2"); !ok {
+		t.Fatalf("the current announcement was refused: %+v", st.Rejected)
+	}
+	for pass := range 3 {
+		st = Compute(local, []Member{old}, &st)
+		if _, ok := st.PeerByName("h2"); ok {
+			t.Fatalf("pass %d: a replayed older announcement was accepted", pass)
+		}
+		if len(st.Rejected) != 1 || !strings.Contains(st.Rejected[0].Reason, "replayed") {
+			t.Fatalf("pass %d: rejected = %+v", pass, st.Rejected)
+		}
+	}
+	// Even after h2 is gone for a while, the high-water mark holds.
+	st = Compute(local, nil, &st)
+	st = Compute(local, []Member{old}, &st)
+	if _, ok := st.PeerByName("h2"); ok {
+		t.Fatal("a replay was accepted after its author was briefly absent")
+	}
+}
+
+func TestUnsignedAnnouncementsAreRefusedUnderACA(t *testing.T) {
+	ca := newCA(t)
+	local := localH1(t)
+	local.CA, local.Now = ca.Public, time.Now()
+	st := Compute(local, []Member{member(t, "h2", 2, "192.0.2.2:51820", sl("blue", "10.42.2.0/24"))}, nil)
+	if len(st.Peers) != 0 || len(st.Rejected) != 1 || !strings.Contains(st.Rejected[0].Reason, "unsigned") {
+		t.Fatalf("peers %+v rejected %+v", st.Peers, st.Rejected)
+	}
+	// A correctly signed announcement whose tags were edited afterwards.
+	h2 := newSigner(t, ca, "h2")
+	m := signedMember(t, h2, "h2", 2, 1, sl("blue", "10.42.2.0/24"))
+	m.Tags["e"] = "198.51.100.7:51820"
+	st = Compute(local, []Member{m}, nil)
+	if len(st.Peers) != 0 || !strings.Contains(st.Rejected[0].Reason, "signature") {
+		t.Fatalf("an edited announcement was not refused: %+v", st.Rejected)
+	}
+}
+
+func TestWholeSegmentClaimDoesNotEvict(t *testing.T) {
+	local := localH1(t)
+	local.Segments[0].Subnet, local.Segments[0].ClaimedAt = pfx("10.42.9.0/24"), 50
+	grab := member(t, "h0", 8, "192.0.2.8:51820", Slice{Segment: "blue", Prefix: pfx("10.42.0.0/16"), ClaimedAt: 1})
+	st := Compute(local, []Member{grab}, nil)
+	if len(st.Lost) != 0 {
+		t.Fatal("announcing the whole segment evicted this host's claim")
+	}
+	if _, ok := st.PeerByName("h0"); ok {
+		t.Fatal("a member claiming the whole segment became a peer")
+	}
+}
+
+func TestRejectedClaimsDoNotBlockNewClaims(t *testing.T) {
+	local := localH1(t)
+	junk := Member{Name: "h0", Status: StatusAlive, Tags: map[string]string{"v": "1", "k": testKey(t, 7).String(), "e": "192.0.2.7:1", "s": "blue=0.0.0.0/0"}}
+	honest := member(t, "h2", 2, "192.0.2.2:51820", sl("blue", "10.42.2.0/24"))
+	st := Compute(local, []Member{junk, honest}, nil)
+	taken := st.Slices("blue")
+	if len(taken) != 1 || taken[0] != pfx("10.42.2.0/24") {
+		t.Fatalf("slices to avoid = %v; want only the accepted h2's", taken)
+	}
+	if _, err := ChooseSlice(pfx("10.42.0.0/16"), 24, "h1", taken); err != nil {
+		t.Fatalf("a junk announcement blocked claiming: %v", err)
+	}
+}
+
+func TestEndpointsMustBeGlobalUnicast(t *testing.T) {
+	for _, ep := range []string{"127.0.0.1:51820", "[::1]:51820", "169.254.1.1:51820", "[fe80::1%eth0]:51820", "255.255.255.255:51820", "224.0.0.1:1"} {
+		tags := map[string]string{"v": "1", "k": testKey(t, 7).String(), "e": ep, "s": ""}
+		if _, err := DecodeTags(tags); err == nil {
+			t.Errorf("endpoint %s was accepted", ep)
+		}
+	}
+}
