@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"sort"
 	"strings"
 
@@ -63,6 +64,9 @@ manager). Rotation without a partition:
   meshd gossip-key use NEW        # every host now writes with NEW
   meshd gossip-key remove OLD     # OLD is no longer accepted
 
+KEY "-" reads the key from standard input, keeping it out of ps and the
+shell history.
+
 Each host saves its keyring (cluster.gossip_keyring), so restarts keep the
 new key. Exits 1 when any member failed or did not answer.`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -82,6 +86,14 @@ new key. Exits 1 when any member failed or did not answer.`,
 			key := ""
 			if len(args) == 2 {
 				key = args[1]
+			}
+			if key == "-" {
+				// Keeps the key out of ps and shell history.
+				raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 256))
+				if err != nil {
+					return err
+				}
+				key = strings.TrimSpace(string(raw))
 			}
 			var ans keyringAnswer
 			if err := control.NewClient(sock).PostJSON("/v1/gossip-key/"+args[0], key, &ans); err != nil {
