@@ -19,6 +19,7 @@ import (
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -158,7 +159,10 @@ func (d *Daemon) start(ctx context.Context) error {
 
 	// A crashed run may have left routes and rules; they are found by
 	// their protocol mark, with no saved state.
-	nl, err := netlink.NewHandle()
+	// Route netlink only: a bare NewHandle also opens XFRM and netfilter
+	// sockets, loading modules meshd never uses and failing where they
+	// cannot be loaded.
+	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("open netlink: %w", err)
 	}
@@ -178,6 +182,12 @@ func (d *Daemon) start(ctx context.Context) error {
 		return fmt.Errorf("open nftables: %w", err)
 	}
 	d.defer_(nft.CloseLasting)
+	// A batch sent to a kernel without nf_tables is answered with one
+	// error ack that the library keeps waiting past; a plain dump fails
+	// at once, with the reason.
+	if _, err := nft.ListTables(); err != nil {
+		return fmt.Errorf("nf_tables is not usable on this kernel (allow-lists need it; load the nf_tables module): %w", err)
+	}
 	if err := policy.Cleanup(nft); err != nil {
 		return fmt.Errorf("remove the nftables table left by an earlier run: %w", err)
 	}
