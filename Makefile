@@ -7,7 +7,7 @@ BIN     := bin/meshd
 # in a kernel and systemd.
 TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables containernetworking-plugins
 
-.PHONY: build deps demo test test-unit fuzz install clean
+.PHONY: build deps demo test test-unit fuzz vm-test install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/meshd
@@ -30,6 +30,7 @@ test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 30m ./...
 	$(MAKE) fuzz
+	$(MAKE) vm-test
 
 # fuzz runs each fuzz target for a bounded time on top of the corpus kept
 # in testdata/fuzz (gossip comes from the network: the decoder must never
@@ -37,6 +38,14 @@ test: deps
 FUZZTIME ?= 20s
 fuzz:
 	$(GO) test ./mesh/ -run '^$$' -fuzz '^FuzzDecodeTags$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./identity/ -run '^$$' -fuzz '^FuzzParseCert$$' -fuzztime $(FUZZTIME)
+
+# vm-test boots Debian's kernel (which has WireGuard) under qemu and runs
+# the three-host scenario inside with mode auto (must pick kernel
+# WireGuard) and userspace: the kernel path cannot be tested on a host
+# kernel without the module.
+vm-test:
+	bash test/vm/run.sh
 
 # test-unit runs only what needs no root.
 test-unit:

@@ -161,7 +161,7 @@ sc_check_leftovers() {
 # succeeds or SECONDS pass; on timeout print CMD's last output and fail.
 # CMD returning 2 means waiting is pointless (say, meshd died): fail at once.
 sc_wait() {
-	_deadline=$(awk -v n="$(sc_now)" -v s="$1" 'BEGIN { print n + s }')
+	_deadline=$(awk -v n="$(sc_now)" -v s="$1" 'BEGIN { printf "%.2f", n + s }')
 	_what=$2
 	shift 2
 	while :; do
@@ -214,5 +214,5 @@ sc_iperf_gbps() {
 	sc_in "$1" "$5" -s -1 -D >/dev/null 2>&1 || return 1
 	sleep 1
 	sc_in "$3" "$5" -c "$2" -t "$4" -f m 2>&1 |
-		awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i+1) == "Mbits/sec") v = $i } END { if (v != "") printf "%.3f\n", v / 1000 }'
+		awk '/receiver/ { for (i = 1; i < NF; i++) if ($(i+1) == "Mbits/sec") v = $i } END { if (v != "") printf "%.4f\n", v / 1000 }'
 }

@@ -23,7 +23,8 @@
 #   SC_KEYS_DIR        holds h1.key..h3.key, WireGuard private keys to use
 #                      (default: meshd creates them; in an early-boot VM
 #                      pass them in, entropy may be slow there)
-#   SC_MESH_TIMEOUT    seconds allowed for the first full mesh (default 120)
+#   SC_MESH_TIMEOUT    seconds allowed for a full mesh, at start and after
+#                      the restart (default 120)
 #   SC_BENCH_SECONDS   if > 0, measure pod h1 -> pod h2 TCP throughput
 #                      with iperf3 for that long (default 0)
 #   SC_IPERF3          iperf3 binary (default: iperf3 from PATH)
@@ -97,14 +98,44 @@ teardown() {
 }
 
 FAILED=""
+# dump_procs: this run's processes with their state and kernel wait
+# channel, to tell a blocked meshd from a busy one.
+dump_procs() {
+	echo "----- processes (pid state wchan cmdline) -----"
+	for _d in /proc/[0-9]*; do
+		_c=$(tr '\0' ' ' <"$_d/cmdline" 2>/dev/null)
+		case $_c in *"$WORK"*) ;; *) continue ;; esac
+		echo "${_d#/proc/} $(sed -n 's/^State:[[:space:]]*//p' "$_d/status" 2>/dev/null) $(cat "$_d/wchan" 2>/dev/null) $_c"
+	done
+}
+
 fail() {
 	FAILED=$(echo "$*" | tr '\n' ' ')
+	dump_procs
+	# A meshd still running when things went wrong prints every
+	# goroutine's stack on SIGQUIT: that shows where it is stuck.
+	_quit=""
 	for i in $HOSTS; do
-		if [ -f "$(hdir "$i")/meshd.log" ]; then
-			echo "----- h$i meshd.log (last 40 lines) -----"
-			tail -n 40 "$(hdir "$i")/meshd.log"
+		_fp=$(pid_of "$i")
+		if [ -n "$_fp" ] && sc_alive "$_fp"; then
+			kill -QUIT "$_fp" 2>/dev/null && _quit="$_quit $i"
 		fi
 	done
+	[ -n "$_quit" ] && sleep 2
+	for i in $HOSTS; do
+		if [ -f "$(hdir "$i")/meshd.log" ]; then
+			case " $_quit " in
+			*" $i "*) _n=${SC_FAIL_LOG_LINES:-400} ;;
+			*) _n=40 ;;
+			esac
+			echo "----- h$i meshd.log (last $_n lines) -----"
+			tail -n "$_n" "$(hdir "$i")/meshd.log"
+		fi
+	done
+	if command -v dmesg >/dev/null 2>&1; then
+		echo "----- dmesg (last 20 lines) -----"
+		dmesg 2>/dev/null | tail -n 20
+	fi
 	for i in $HOSTS; do
 		echo "----- h$i routes / rules -----"
 		sc_in "$(host_ns "$i")" "$SC_IP" route show table all 2>&1 | grep -v "table local" | head -n 20
@@ -280,7 +311,7 @@ for i in $HOSTS; do
 		[ "$o" = "$i" ] || want="$want $(subnet "$o")"
 	done
 	want=$(echo $want | tr ' ' '\n' | sort | tr '\n' ' ' | sed 's/ $//')
-	msg=$(sc_wait 10 "h$i routes" routes_are "$i" "$want") || fail "$msg"
+	msg=$(sc_wait 30 "h$i routes" routes_are "$i" "$want") || fail "$msg"
 done
 sc_log "every host reports mode $EXPECT, a $EXPECT device and routes to both others"
 sc_in "$(host_ns 1)" "$SC_IP" -d link show "$(iface 1)" | sed 's/^/scenario:   /'
@@ -298,7 +329,7 @@ key3=$(sc_status_field "$(sock 3)" "$MESHD" public_key)
 t1=$(sc_now)
 stop_host 3 || fail "$STOP_MSG"
 for i in 1 2; do
-	msg=$(sc_wait 15 "h$i to drop h3" dropped "$i" 3) || fail "$msg"
+	msg=$(sc_wait 30 "h$i to drop h3" dropped "$i" 3) || fail "$msg"
 done
 sc_log "h3 stopped (SIGTERM) and dropped by h1 and h2 after $(sc_since "$t1")s"
 if sc_ping "$(pod_ns 1)" "$(pod_addr 3)"; then
@@ -308,7 +339,7 @@ msg=$(sc_check_leftovers "$(host_ns 3)" "$(iface 3)") || fail "h3 after stop: $m
 
 t1=$(sc_now)
 start_host 3
-msg=$(sc_wait 60 "full mesh after h3 restart" full_mesh $HOSTS) || fail "$msg"
+msg=$(sc_wait "$MESH_TIMEOUT" "full mesh after h3 restart" full_mesh $HOSTS) || fail "$msg"
 sc_log "h3 restarted, full mesh again after $(sc_since "$t1")s"
 k=$(sc_status_field "$(sock 3)" "$MESHD" public_key)
 [ -n "$k" ] && [ "$k" = "$key3" ] || fail "h3 came back with key '$k', was '$key3'"

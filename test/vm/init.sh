@@ -6,9 +6,9 @@
 # off. Everything it prints goes to the serial console, which run.sh
 # parses: lines start with VMTEST or SCENARIO.
 #
-# Only the lab's own modules are loaded here; the kernel loads the rest
-# (wireguard, tun, netlink families) on demand through /sbin/modprobe, as
-# on a stock Debian host. VMTEST MODULES-AFTER shows what meshd pulled in.
+# /modules.load names the modules loaded here (with their dependencies);
+# anything else the kernel loads on demand through /sbin/modprobe (busybox),
+# as on a Debian host. VMTEST MODULES-BEFORE/-AFTER show the difference.
 
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 mount -t proc proc /proc
@@ -27,8 +27,7 @@ while read -r m; do
 	modprobe "$m" || echo "VMTEST MODULE-FAILED $m"
 done </modules.load
 echo "VMTEST MODULES-BEFORE $(cut -d' ' -f1 /proc/modules | sort | tr '\n' ' ')"
-# Debian hosts have /dev/net/tun before tun is loaded (kmod static nodes);
-# opening it loads the module (alias char-major-10-200).
+# devtmpfs makes /dev/net/tun when tun registers; without it, make it here.
 [ -c /dev/net/tun ] || mknod /dev/net/tun c 10 200
 hostname vmtest
 /sbin/ip link set lo up
