@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/nftables"
@@ -84,6 +85,10 @@ type Daemon struct {
 	// stopping is closed when the reconciler exits, so requests for it
 	// fail fast instead of waiting out their timeout.
 	stopping chan struct{}
+	// fullDue asks the next pass to read the kernel and the device back
+	// instead of trusting the last state reached (someone else changed
+	// them).
+	fullDue atomic.Bool
 
 	dev     wgdev.Device
 	wg      *wgctrl.Client
@@ -256,7 +261,7 @@ func (d *Daemon) start(ctx context.Context) error {
 // the kernel drops the subscription (e.g. ENOBUFS after a burst).
 func (d *Daemon) watchRoutes(ctx context.Context) {
 	for ctx.Err() == nil {
-		if err := routes.Watch(ctx, netns.None(), d.Kick); err != nil && ctx.Err() == nil {
+		if err := routes.Watch(ctx, netns.None(), d.kickFull); err != nil && ctx.Err() == nil {
 			d.log.Warn("route watch interrupted; resubscribing", "err", err)
 			select {
 			case <-ctx.Done():
@@ -300,12 +305,20 @@ func (d *Daemon) Kick() {
 	}
 }
 
+// kickFull asks for a pass that reads the kernel back: a route meshd owns
+// was deleted by someone else.
+func (d *Daemon) kickFull() {
+	d.fullDue.Store(true)
+	d.Kick()
+}
+
 // loop is the only goroutine that changes peers and routes.
 func (d *Daemon) loop(ctx context.Context) {
 	resync := time.NewTicker(resyncInterval)
 	defer resync.Stop()
 	retry := time.NewTimer(0) // first pass at once
 	backoff := time.Second
+	d.fullDue.Store(true)
 	for {
 		select {
 		case <-ctx.Done():
@@ -314,6 +327,7 @@ func (d *Daemon) loop(ctx context.Context) {
 		case <-d.kick:
 			time.Sleep(coalesce)
 		case <-resync.C:
+			d.fullDue.Store(true)
 		case <-retry.C:
 		case <-d.opts.Hangup:
 			if err := d.reload(); err != nil {
@@ -325,6 +339,7 @@ func (d *Daemon) loop(ctx context.Context) {
 			continue
 		}
 		if err := d.reconcile(); err != nil {
+			d.fullDue.Store(true) // the state reached is unknown
 			d.log.Error("reconcile failed; retrying", "in", backoff, "err", err)
 			retry.Reset(backoff)
 			backoff = min(backoff*2, maxBackoff)
@@ -363,7 +378,15 @@ func (d *Daemon) reconcile() (err error) {
 	if d.announceDirty {
 		claimErr = errors.Join(claimErr, d.publish())
 	}
-	err = errors.Join(claimErr, d.peers.Set(st.Peers), d.routes.Set(&st.Routes), d.syncCNI(local))
+	// Membership events apply the difference from the last state reached;
+	// resyncs, repairs and retries read the device and the kernel back.
+	var peerErr, routeErr error
+	if full := d.fullDue.Swap(false) || prev == nil; full {
+		peerErr, routeErr = d.peers.Set(st.Peers), d.routes.Set(&st.Routes)
+	} else {
+		peerErr, routeErr = d.peers.SetFrom(prev.Peers, st.Peers), d.routes.SetFrom(&prev.Routes, &st.Routes)
+	}
+	err = errors.Join(claimErr, peerErr, routeErr, d.syncCNI(local))
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.state, d.lastSeen, d.lastErr = &st, members, err

@@ -90,6 +90,10 @@ type State struct {
 	// Lost names this host's claimed segments whose slice an earlier claim
 	// of another host now holds: the host must claim another.
 	Lost []string
+	// decoded caches each member's decoded announcement with the tags it
+	// came from: a membership event changes one member, and re-parsing a
+	// thousand unchanged announcements would dominate the pass.
+	decoded map[string]decodedTags
 	// Counters is the highest verified announcement counter seen per
 	// member. It outlives acceptance: a replayed old announcement stays
 	// refused after its author leaves or fails, not just for one pass.
@@ -127,10 +131,12 @@ func (s *State) PeerByName(name string) (Peer, bool) {
 // new, the lower name wins, which every host agrees on.
 func Compute(local Local, members []Member, prev *State) State {
 	var st State
-	candidates := orderCandidates(local, members, prev)
-	st.Counters = map[string]uint64{}
-	if prev != nil {
-		maps.Copy(st.Counters, prev.Counters)
+	candidates := orderCandidates(local, members, prev, &st)
+	if local.CA != nil {
+		st.Counters = make(map[string]uint64, len(members))
+		if prev != nil {
+			maps.Copy(st.Counters, prev.Counters)
+		}
 	}
 	for i := range candidates {
 		if candidates[i].err == nil {
@@ -166,6 +172,12 @@ func Compute(local Local, members []Member, prev *State) State {
 	return st
 }
 
+type decodedTags struct {
+	tags map[string]string
+	ann  Announcement
+	err  error
+}
+
 type candidate struct {
 	member Member
 	ann    Announcement
@@ -174,20 +186,28 @@ type candidate struct {
 
 // orderCandidates decodes every live remote member and orders them:
 // previously accepted peers first, then newcomers, each group by name.
-func orderCandidates(local Local, members []Member, prev *State) []candidate {
-	wasPeer := map[string]bool{}
+func orderCandidates(local Local, members []Member, prev, next *State) []candidate {
+	wasPeer := make(map[string]bool, len(members))
+	var cache map[string]decodedTags
 	if prev != nil {
 		for _, p := range prev.Peers {
 			wasPeer[p.Name] = true
 		}
+		cache = prev.decoded
 	}
+	next.decoded = make(map[string]decodedTags, len(members))
 	var out []candidate
 	for _, m := range members {
 		if m.Name == local.Name || m.Status != StatusAlive {
 			continue
 		}
-		ann, err := DecodeTags(m.Tags)
-		out = append(out, candidate{member: m, ann: ann, err: err})
+		d, hit := cache[m.Name]
+		if !hit || !maps.Equal(d.tags, m.Tags) {
+			d.tags = m.Tags
+			d.ann, d.err = DecodeTags(m.Tags)
+		}
+		next.decoded[m.Name] = d
+		out = append(out, candidate{member: m, ann: d.ann, err: d.err})
 	}
 	slices.SortFunc(out, func(a, b candidate) int {
 		if wa, wb := wasPeer[a.member.Name], wasPeer[b.member.Name]; wa != wb {

@@ -61,7 +61,22 @@ func (s *PeerSync) Set(desired []mesh.Peer) error {
 	if err != nil {
 		return fmt.Errorf("read peers of %s: %w", s.name, err)
 	}
-	deltas, names := Deltas(dev.Peers, desired, s.announced)
+	return s.apply(dev.Peers, desired)
+}
+
+// SetFrom applies desired trusting that the device holds prev, without
+// reading it: reading 1,000 peers back over UAPI costs more than the one
+// change a membership event brings. Resyncs use Set.
+func (s *PeerSync) SetFrom(prev, desired []mesh.Peer) error {
+	current := make([]wgtypes.Peer, len(prev))
+	for i, p := range prev {
+		current[i] = wgtypes.Peer{PublicKey: p.PublicKey, AllowedIPs: ipNets(p.AllowedIPs), PersistentKeepaliveInterval: p.Keepalive}
+	}
+	return s.apply(current, desired)
+}
+
+func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
+	deltas, names := Deltas(current, desired, s.announced)
 	if len(deltas) == 0 {
 		return nil
 	}
