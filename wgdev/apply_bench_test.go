@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 
 	"github.com/vishvananda/netns"
@@ -149,5 +150,33 @@ func BenchmarkDeviceRead1000(b *testing.B) {
 		if err != nil || len(d.Peers) != benchPeers {
 			b.Fatalf("%v, %d peers", err, len(d.Peers))
 		}
+	}
+}
+
+// The same change as a membership event applies it: SetFrom trusts the
+// last state reached, so only the one delta crosses UAPI.
+func BenchmarkApply1000OnePeerChangeIncremental(b *testing.B) {
+	const name = "mdbench-ap2"
+	c := benchDevice(b, name)
+	peers := benchPeerList(benchPeers)
+	s := NewPeerSync(c, name, quietLog())
+	if err := s.Set(peers); err != nil {
+		b.Fatal(err)
+	}
+	base := s.Ops()
+	eps := [2]netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:41000"), peers[500].Endpoint}
+	prev := slices.Clone(peers)
+	i := 0
+	for b.Loop() {
+		peers[500].Endpoint = eps[i%2]
+		if err := s.SetFrom(prev, peers); err != nil {
+			b.Fatal(err)
+		}
+		copy(prev, peers)
+		i++
+	}
+	b.StopTimer()
+	if got := s.Ops() - base; got != i {
+		b.Fatalf("%d peer ops for %d one-peer changes, want one each", got, i)
 	}
 }
