@@ -5,20 +5,21 @@
 # [[allow]] rules, and Nebula if it builds; plus the ChaCha20-Poly1305
 # ceiling of this machine. Prints one table; exits non-zero if a run failed.
 #
-#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-p pod|host] [-j OUT.json]
+#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
 #   -m  comma list of raw,wggo,meshd,meshd100,nebula (default: all)
+#   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
 #   -j  also write the results as JSON
 # Environment: NEBULA_VERSION (default latest) is the one version tried.
 set -euo pipefail
 
-T=10 R=3 MODES=raw,wggo,meshd,meshd100,nebula P=pod JSON=
-while getopts t:r:m:p:j:h o; do
+T=10 R=3 MODES=raw,wggo,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp
+while getopts t:r:m:p:j:T:h o; do
   case $o in
-    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;;
-    *) sed -n '2,15p' "$0"; exit 2 ;;
+    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "throughput.sh: needs root (network namespaces)" >&2; exit 2; }
@@ -67,13 +68,14 @@ if [[ ",$MODES," == *",nebula,"* ]]; then
   fi
 fi
 
-# Each mode: setup <= ~45 s, 3 runs of T+~35 s, teardown <= 20 s; plus crypto and lab.
+# Each mode and round: setup <= ~45 s, 3 tests of T+~35 s each run up to 3 times
+# (reruns when other processes load the machine), teardown <= 20 s; plus crypto and lab.
 NMODES=$(echo "$MODES" | tr ',' '\n' | grep -c .)
-BOUND=$(( 120 + R * NMODES * (65 + 3 * (T + 35)) ))
+BOUND=$(( 120 + R * NMODES * (65 + 9 * (T + 35)) ))
 JSON_ARGS=()
 [ -n "$JSON" ] && JSON_ARGS=(-json "$JSON")
 set +e
-timeout -k 30 "$BOUND" "$W/meshbench" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -path "$P" \
+timeout -k 30 "$BOUND" "$W/meshbench" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -tests "$TESTS" -path "$P" \
   -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}" &
 BENCH_PID=$!
 wait "$BENCH_PID"

@@ -7,6 +7,7 @@ package mesh_test
 //	go test -run '^$' -bench . -benchmem ./mesh/
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +21,7 @@ import (
 	"github.com/meshd/meshd/routes"
 	"github.com/meshd/meshd/routes/routestest"
 	"github.com/meshd/meshd/wgdev"
+	"github.com/meshd/meshd/wgdev/wgdevtest"
 )
 
 // A segment big enough for thousands of /24 slices: member i owns slice
@@ -91,48 +93,12 @@ func BenchmarkComputeSteady1000(b *testing.B) {
 	}
 }
 
-// fakeDevice is an in-memory WireGuard device for wgdev.PeerSync: Device
-// returns every peer (as wgctrl does after parsing UAPI), ConfigureDevice
-// applies the deltas.
-type fakeDevice struct{ peers map[wgtypes.Key]wgtypes.Peer }
-
-func (f *fakeDevice) Device(string) (*wgtypes.Device, error) {
-	d := &wgtypes.Device{Peers: make([]wgtypes.Peer, 0, len(f.peers))}
-	for _, p := range f.peers {
-		d.Peers = append(d.Peers, p)
-	}
-	return d, nil
-}
-
-func (f *fakeDevice) ConfigureDevice(_ string, cfg wgtypes.Config) error {
-	for _, pc := range cfg.Peers {
-		if pc.Remove {
-			delete(f.peers, pc.PublicKey)
-			continue
-		}
-		p := f.peers[pc.PublicKey]
-		p.PublicKey = pc.PublicKey
-		if pc.Endpoint != nil {
-			p.Endpoint = pc.Endpoint
-		}
-		if pc.ReplaceAllowedIPs {
-			p.AllowedIPs = nil
-		}
-		p.AllowedIPs = append(p.AllowedIPs, pc.AllowedIPs...)
-		if pc.PersistentKeepaliveInterval != nil {
-			p.PersistentKeepaliveInterval = *pc.PersistentKeepaliveInterval
-		}
-		f.peers[pc.PublicKey] = p
-	}
-	return nil
-}
-
 // reconciler is the daemon's reconcile pass without the OS: Compute, peer
 // deltas against a device, route diff against a (fake) kernel.
 type reconciler struct {
 	local  mesh.Local
 	prev   *mesh.State
-	dev    *fakeDevice
+	dev    *wgdevtest.Client
 	peers  *wgdev.PeerSync
 	nl     *routestest.Fake
 	routes *routes.Manager
@@ -140,28 +106,41 @@ type reconciler struct {
 
 func newReconciler(tb testing.TB, members []mesh.Member) *reconciler {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	r := &reconciler{local: benchLocal(), dev: &fakeDevice{peers: map[wgtypes.Key]wgtypes.Peer{}}, nl: routestest.NewFake()}
+	r := &reconciler{local: benchLocal(), dev: wgdevtest.NewClient(), nl: routestest.NewFake()}
 	r.nl.AddLink("mesh0")
 	r.peers = wgdev.NewPeerSync(r.dev, "mesh0", quiet)
 	r.routes = routes.New(r.nl, quiet)
-	r.pass(tb, members)
+	r.pass(tb, members, true)
 	return r
 }
 
-func (r *reconciler) pass(tb testing.TB, members []mesh.Member) {
+// pass is the daemon's reconcile: a membership event applies the
+// difference from the last state reached (SetFrom); the first pass and
+// resyncs (full) read the device and the kernel back (Set).
+func (r *reconciler) pass(tb testing.TB, members []mesh.Member, full bool) {
 	st := mesh.Compute(r.local, members, r.prev)
-	if err := r.peers.Set(st.Peers); err != nil {
-		tb.Fatal(err)
+	var perr, rerr error
+	if full || r.prev == nil {
+		perr, rerr = r.peers.Set(st.Peers), r.routes.Set(&st.Routes)
+	} else {
+		perr, rerr = r.peers.SetFrom(r.prev.Peers, st.Peers), r.routes.SetFrom(&r.prev.Routes, &st.Routes)
 	}
-	if err := r.routes.Set(&st.Routes); err != nil {
+	if err := errors.Join(perr, rerr); err != nil {
 		tb.Fatal(err)
 	}
 	r.prev = &st
 }
 
-// One member of 1,000 changes its endpoint: the whole reconcile pass, and
-// it must cost exactly one peer operation and no route write.
-func BenchmarkOneMemberChange1000(b *testing.B) {
+// One member of 1,000 changes its endpoint: the whole reconcile pass for
+// the membership event, and it must cost exactly one peer operation and
+// no route write.
+func BenchmarkOneMemberChange1000(b *testing.B) { benchOneMemberChange(b, false) }
+
+// The same change found by a resync pass, which reads the device and the
+// kernel's routes back first.
+func BenchmarkOneMemberChange1000Resync(b *testing.B) { benchOneMemberChange(b, true) }
+
+func benchOneMemberChange(b *testing.B, full bool) {
 	members := benchMembers(b, 1000)
 	r := newReconciler(b, members)
 	peerOps, routeOps := r.peers.Ops(), r.routes.Ops()
@@ -171,7 +150,7 @@ func BenchmarkOneMemberChange1000(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		members[changed] = benchMember(b, changed, ports[i%2])
-		r.pass(b, members)
+		r.pass(b, members, full)
 		i++
 	}
 	b.StopTimer()
@@ -180,8 +159,8 @@ func BenchmarkOneMemberChange1000(b *testing.B) {
 	}
 }
 
-// A 1,001st member joins, then leaves, alternately: each pass adds or
-// removes one peer and one route.
+// A 1,001st member joins, then leaves, alternately (membership events):
+// each pass adds or removes one peer and one route.
 func BenchmarkOneMemberJoinLeave1000(b *testing.B) {
 	members := benchMembers(b, 1000)
 	r := newReconciler(b, members)
@@ -191,9 +170,9 @@ func BenchmarkOneMemberJoinLeave1000(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if i%2 == 0 {
-			r.pass(b, withNew)
+			r.pass(b, withNew, false)
 		} else {
-			r.pass(b, members)
+			r.pass(b, members, false)
 		}
 		i++
 	}

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -35,22 +36,27 @@ const (
 )
 
 type convergeResult struct {
-	Hosts       int     `json:"hosts"`
-	PingPairs   int     `json:"ping_pairs"`
-	StartPing   float64 `json:"start_all_pairs_s"`
-	StartPeers  float64 `json:"start_all_peers_s"`
-	JoinPeer    float64 `json:"join_peer_and_route_s"`
-	JoinPing    float64 `json:"join_reachable_s"`
-	LeaveGone   float64 `json:"leave_gone_s"`
-	LeaveExit   float64 `json:"leave_process_exit_s"`
-	FailGone    float64 `json:"fail_gone_s"`
-	RSSMeanMiB  float64 `json:"idle_rss_mean_mib"`
-	RSSMaxMiB   float64 `json:"idle_rss_max_mib"`
-	CPUMean     float64 `json:"idle_cpu_mean_pct"`
-	CPUMax      float64 `json:"idle_cpu_max_pct"`
-	IdleSeconds float64 `json:"idle_window_s"`
-	OtherCPU    float64 `json:"other_cpu_pct"`
-	Err         string  `json:"error,omitempty"`
+	Hosts           int     `json:"hosts"`
+	PingPairs       int     `json:"ping_pairs"`
+	StartPing       float64 `json:"start_all_pairs_s"`
+	StartPeers      float64 `json:"start_all_peers_s"`
+	StartUp         float64 `json:"start_all_daemons_up_s"`
+	OtherCPURun     float64 `json:"other_cpu_whole_run_pct"`
+	StartPingMedian float64 `json:"start_pairs_median_s"`
+	JoinPeer        float64 `json:"join_peer_and_route_s"`
+	JoinPing        float64 `json:"join_reachable_s"`
+	JoinPingMedian  float64 `json:"join_reachable_median_s"`
+	JoinSelf        float64 `json:"join_newcomer_has_all_peers_s"`
+	LeaveGone       float64 `json:"leave_gone_s"`
+	LeaveExit       float64 `json:"leave_process_exit_s"`
+	FailGone        float64 `json:"fail_gone_s"`
+	RSSMeanMiB      float64 `json:"idle_rss_mean_mib"`
+	RSSMaxMiB       float64 `json:"idle_rss_max_mib"`
+	CPUMean         float64 `json:"idle_cpu_mean_pct"`
+	CPUMax          float64 `json:"idle_cpu_max_pct"`
+	IdleSeconds     float64 `json:"idle_window_s"`
+	OtherCPU        float64 `json:"other_cpu_pct"`
+	Err             string  `json:"error,omitempty"`
 }
 
 func cmdConverge(ctx context.Context, args []string) error {
@@ -59,6 +65,7 @@ func cmdConverge(ctx context.Context, args []string) error {
 	prefix := fs.String("prefix", "mbcv", "lab name prefix")
 	idle := fs.Duration("idle", 10*time.Second, "window over which idle CPU% is measured")
 	jsonOut := fs.String("json", "", "also write the results as JSON here")
+	keepLogs := fs.String("keep-logs", "", "copy every meshd log here (as <hosts>-<host>.log) before the lab is removed")
 	if err := fs.Parse(args); err != nil {
 		return errUsage
 	}
@@ -68,6 +75,7 @@ func cmdConverge(ctx context.Context, args []string) error {
 	if *meshdBin == "" {
 		return errors.New("-meshd is required")
 	}
+	keepLogsDir = *keepLogs
 	var sizes []int
 	for _, a := range fs.Args() {
 		n, err := strconv.Atoi(a)
@@ -107,6 +115,8 @@ func cmdConverge(ctx context.Context, args []string) error {
 	return errors.Join(errs...)
 }
 
+var keepLogsDir string
+
 // convergeSize runs every phase on n hosts plus one newcomer.
 func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Duration) (res convergeResult, err error) {
 	res.Hosts = n
@@ -116,6 +126,14 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		return res, err
 	}
 	defer func() {
+		if keepLogsDir != "" {
+			_ = os.MkdirAll(keepLogsDir, 0o755)
+			for _, h := range l.Hosts() {
+				if b, rerr := os.ReadFile(h.LogPath()); rerr == nil {
+					_ = os.WriteFile(fmt.Sprintf("%s/%d-%s.log", keepLogsDir, n, h.Name()), b, 0o644)
+				}
+			}
+		}
 		if cerr := l.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
@@ -145,6 +163,12 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 			return res, err
 		}
 	}
+	allNS, _ := lab.ListNetns(l.Prefix())
+	runLoad := startOtherLoad(netnsInodes(allNS), 500*time.Millisecond)
+	defer func() {
+		res.OtherCPURun = runLoad.read()
+		fmt.Printf("  other processes on this machine used %.0f%% CPU (100 = one core) during this size's run\n", res.OtherCPURun)
+	}()
 
 	// Phase 1: start n hosts at once.
 	var pairs [][2]*lab.Host
@@ -170,12 +194,20 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		}
 	}
 	var wg sync.WaitGroup
-	var pingT, peersT time.Duration
-	var pingErr, peersErr error
-	wg.Add(2)
+	var pingT, peersT, upT time.Duration
+	var pingErr, peersErr, upErr error
+	var eachStart []time.Duration
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		pingT, pingErr = waitAll(ctx, t0, 120*time.Second, len(pairs), func(c context.Context, i int) bool {
+		upT, upErr = waitAll(ctx, t0, 120*time.Second, n, func(c context.Context, i int) bool {
+			_, err := control.NewClient(hosts[i].ControlSocket()).Status()
+			return err == nil
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		pingT, eachStart, pingErr = waitEach(ctx, t0, 120*time.Second, len(pairs), func(c context.Context, i int) bool {
 			return ping(c, pairs[i][0].PodNS("blue"), pairs[i][1].PodAddr("blue"), 500*time.Millisecond) == nil
 		})
 	}()
@@ -196,12 +228,15 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		})
 	}()
 	wg.Wait()
-	if err := errors.Join(pingErr, peersErr, checkRunning(hosts)); err != nil {
+	if err := errors.Join(pingErr, peersErr, upErr, checkRunning(hosts)); err != nil {
 		return res, fmt.Errorf("start: %w", err)
 	}
+	res.StartUp = upT.Seconds()
 	res.StartPing, res.StartPeers = pingT.Seconds(), peersT.Seconds()
-	fmt.Printf("  start: %d sampled pod pairs answer after %.2fs; every host has all %d peers configured after %.2fs\n",
-		len(pairs), res.StartPing, n-1, res.StartPeers)
+	res.StartPingMedian = median(eachStart).Seconds()
+	fmt.Printf("  start: every meshd answers on its control socket after %.2fs; every host has all %d peers configured after %.2fs;\n"+
+		"         %d sampled pod pairs answer after %.2fs (median pair %.2fs)\n",
+		res.StartUp, n-1, res.StartPeers, len(pairs), res.StartPing, res.StartPingMedian)
 
 	// Idle footprint, with the mesh converged and no traffic.
 	time.Sleep(3 * time.Second)
@@ -241,7 +276,10 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 	if err := newcomer.Start(bin); err != nil {
 		return res, err
 	}
-	wg.Add(2)
+	var eachPing []time.Duration
+	var selfT time.Duration
+	var selfErr error
+	wg.Add(3)
 	go func() {
 		defer wg.Done()
 		peersT, peersErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
@@ -250,17 +288,35 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 	}()
 	go func() {
 		defer wg.Done()
-		pingT, pingErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
+		selfT, selfErr = waitAll(ctx, t1, 60*time.Second, 1, func(c context.Context, _ int) bool {
+			st, err := control.NewClient(newcomer.ControlSocket()).Status()
+			if err != nil {
+				return false
+			}
+			ok := 0
+			for _, p := range st.Peers {
+				if p.State == "alive" && p.Configured {
+					ok++
+				}
+			}
+			return ok == n
+		})
+	}()
+	go func() {
+		defer wg.Done()
+		pingT, eachPing, pingErr = waitEach(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
 			return ping(c, hosts[i].PodNS("blue"), newcomer.PodAddr("blue"), 500*time.Millisecond) == nil
 		})
 	}()
 	wg.Wait()
-	if err := errors.Join(pingErr, peersErr, checkRunning(append(hosts, newcomer))); err != nil {
+	if err := errors.Join(pingErr, peersErr, selfErr, checkRunning(append(hosts, newcomer))); err != nil {
 		return res, fmt.Errorf("join: %w", err)
 	}
-	res.JoinPeer, res.JoinPing = peersT.Seconds(), pingT.Seconds()
-	fmt.Printf("  join: every host has %s as a peer with a route after %.2fs; its pod answers every pod after %.2fs\n",
-		newcomer.Name(), res.JoinPeer, res.JoinPing)
+	res.JoinPeer, res.JoinPing, res.JoinSelf = peersT.Seconds(), pingT.Seconds(), selfT.Seconds()
+	res.JoinPingMedian = median(eachPing).Seconds()
+	fmt.Printf("  join: every host has %s as a peer with a route after %.2fs; %s has all %d peers after %.2fs;\n"+
+		"        its pod answers every pod after %.2fs (median host %.2fs, %d of %d hosts over %s)\n",
+		newcomer.Name(), res.JoinPeer, newcomer.Name(), n, res.JoinSelf, res.JoinPing, res.JoinPingMedian, countOver(eachPing, targetJoin), n, targetJoin)
 
 	// Phase 3: the newcomer leaves gracefully (SIGTERM).
 	time.Sleep(2 * time.Second)
@@ -399,20 +455,20 @@ func waitEach(ctx context.Context, t0 time.Time, timeout time.Duration, n int, c
 func printConverge(w io.Writer, rs []convergeResult) {
 	fmt.Fprintf(w, "\nmeshd convergence — %s, kernel %s, %d CPUs; all meshd in userspace mode, serf LAN defaults\n",
 		time.Now().UTC().Format(time.RFC3339), kernelRelease(), runtime.NumCPU())
-	fmt.Fprintln(w, "seconds from the event until every host agrees; idle = converged mesh, no traffic")
+	fmt.Fprintln(w, "seconds from the event until every host agrees; idle = converged mesh, no traffic; others = CPU used meanwhile by processes outside the benchmark")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| hosts | start: sampled pod pairs answer | start: all peers configured everywhere | join: peer + route everywhere | join: reachable from all | leave (SIGTERM): gone everywhere | failure (SIGKILL): gone everywhere | idle RSS MiB mean/max | idle CPU% mean/max |")
-	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+	fmt.Fprintln(w, "| hosts | start: all meshd up | start: all peers configured everywhere | start: sampled pod pairs answer | join: peer + route everywhere | join: reachable from all | leave (SIGTERM): gone everywhere | failure (SIGKILL): gone everywhere | idle RSS MiB mean/max | idle CPU% mean/max | others' CPU% |")
+	fmt.Fprintln(w, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rs {
 		if r.Err != "" && r.StartPeers == 0 {
-			fmt.Fprintf(w, "| %d | FAILED: %s | | | | | | | |\n", r.Hosts, r.Err)
+			fmt.Fprintf(w, "| %d | FAILED: %s | | | | | | | | | |\n", r.Hosts, r.Err)
 			continue
 		}
-		fmt.Fprintf(w, "| %d | %s (%d pairs) | %s | %s | %s | %s | %s | %.1f / %.1f | %.2f / %.2f |\n", r.Hosts,
-			secs(r.StartPing, 0), r.PingPairs, secs(r.StartPeers, 0), secs(r.JoinPeer, 0), secs(r.JoinPing, targetJoin),
-			secs(r.LeaveGone, targetLeave), secs(r.FailGone, targetFail), r.RSSMeanMiB, r.RSSMaxMiB, r.CPUMean, r.CPUMax)
+		fmt.Fprintf(w, "| %d | %s | %s | %s (%d pairs) | %s | %s | %s | %s | %.1f / %.1f | %.2f / %.2f | %.0f |\n", r.Hosts,
+			secs(r.StartUp, 0), secs(r.StartPeers, 0), secs(r.StartPing, 0), r.PingPairs, secs(r.JoinPeer, 0), secs(r.JoinPing, targetJoin),
+			secs(r.LeaveGone, targetLeave), secs(r.FailGone, targetFail), r.RSSMeanMiB, r.RSSMaxMiB, r.CPUMean, r.CPUMax, r.OtherCPURun)
 	}
-	fmt.Fprintf(w, "| target (25 hosts) | | | | <= %.0f s | <= %.0f s | <= %.0f s | | |\n", targetJoin.Seconds(), targetLeave.Seconds(), targetFail.Seconds())
+	fmt.Fprintf(w, "| target (25 hosts) | | | | | <= %.0f s | <= %.0f s | <= %.0f s | | | |\n", targetJoin.Seconds(), targetLeave.Seconds(), targetFail.Seconds())
 	for _, r := range rs {
 		if r.Err != "" {
 			fmt.Fprintf(w, "FAILED %d hosts: %s\n", r.Hosts, r.Err)
@@ -429,4 +485,23 @@ func secs(s float64, target time.Duration) string {
 		return fmt.Sprintf("%.2f (over)", s)
 	}
 	return fmt.Sprintf("%.2f", s)
+}
+
+func median(ds []time.Duration) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func countOver(ds []time.Duration, limit time.Duration) int {
+	n := 0
+	for _, d := range ds {
+		if d > limit {
+			n++
+		}
+	}
+	return n
 }

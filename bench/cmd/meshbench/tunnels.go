@@ -256,12 +256,15 @@ func (t *wggoTunnel) teardown() error {
 // ---- meshd, two daemons from the lab ----
 
 type meshdTunnel struct {
-	l      *lab.Lab
-	bin    string
-	path   string
-	extra  string // appended to every host's config, e.g. [[allow]] rules
-	wg     *wgctrl.Client
-	mtuVal int
+	l     *lab.Lab
+	bin   string
+	path  string
+	extra string // appended to every host's config, e.g. [[allow]] rules
+	// wantRules is how many [[allow]] rules extra holds; setup checks
+	// meshd reports them all loaded.
+	wantRules int
+	wg        *wgctrl.Client
+	mtuVal    int
 }
 
 func (t *meshdTunnel) setup(ctx context.Context) error {
@@ -306,7 +309,38 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 	if st.Node.Mode != "userspace" {
 		return fmt.Errorf("meshd runs in %s mode, want userspace", st.Node.Mode)
 	}
+	if t.wantRules > 0 {
+		if n := countAllowRules(st); n != t.wantRules {
+			return fmt.Errorf("meshd reports %d [[allow]] rules loaded (status policy counters), want %d", n, t.wantRules)
+		}
+	}
 	return nil
+}
+
+func countAllowRules(st *control.Status) int {
+	n := 0
+	for _, c := range st.Policy {
+		if strings.HasPrefix(c.Label, "allow[") {
+			n++
+		}
+	}
+	return n
+}
+
+// policyHits lists the policy rules that matched packets on host 2 (the
+// receiver), to show which rule the benchmark traffic took.
+func (t *meshdTunnel) policyHits() string {
+	st, err := control.NewClient(t.l.Host(2).ControlSocket()).Status()
+	if err != nil {
+		return err.Error()
+	}
+	var hits []string
+	for _, c := range st.Policy {
+		if c.Packets > 0 {
+			hits = append(hits, fmt.Sprintf("%s %s: %d packets", c.Label, c.Action, c.Packets))
+		}
+	}
+	return fmt.Sprintf("%d allow rules loaded; h2 policy hits: %s", countAllowRules(st), strings.Join(hits, ", "))
 }
 
 // pingFrom pings the iperf3 target from the client side, from the pinned
@@ -337,6 +371,9 @@ func (t *meshdTunnel) txBytes() (int64, bool) { return deviceTx(t.wg, t.l.Host(1
 func (t *meshdTunnel) mtu() int { return t.mtuVal }
 
 func (t *meshdTunnel) teardown() error {
+	if t.wantRules > 0 && t.l.Host(2).Running() {
+		fmt.Fprintf(os.Stderr, "  policy: %s\n", t.policyHits())
+	}
 	var mu sync.Mutex
 	var errs []error
 	var wg sync.WaitGroup
