@@ -89,6 +89,8 @@ type Daemon struct {
 	// instead of trusting the last state reached (someone else changed
 	// them).
 	fullDue atomic.Bool
+	// keepaliveTimer brings the reconciler back for deferred keepalives.
+	keepaliveTimer *time.Timer
 
 	dev     wgdev.Device
 	wg      *wgctrl.Client
@@ -391,7 +393,22 @@ func (d *Daemon) reconcile() (err error) {
 	defer d.mu.Unlock()
 	d.state, d.lastSeen, d.lastErr = &st, members, err
 	d.reconciles++
+	d.wakeForKeepalives()
 	return err
+}
+
+// wakeForKeepalives kicks the reconciler when a new peer's deferred
+// keepalive falls due (see wgdev.KeepaliveDelay).
+func (d *Daemon) wakeForKeepalives() {
+	next := d.peers.NextKeepalive()
+	if next.IsZero() {
+		return
+	}
+	if d.keepaliveTimer == nil {
+		d.keepaliveTimer = time.AfterFunc(time.Until(next), d.Kick)
+		return
+	}
+	d.keepaliveTimer.Reset(time.Until(next))
 }
 
 // logRejections logs each refused announcement once, not at every pass.

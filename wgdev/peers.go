@@ -43,12 +43,21 @@ type PeerSync struct {
 	// names remembers who is behind each key, so a removal is logged with
 	// the name of the host that went away.
 	names map[wgtypes.Key]string
-	ops   int
+	// keepaliveDue holds new peers whose persistent keepalive is not on
+	// yet, and when to turn it on. Turning it on makes WireGuard initiate
+	// a handshake at once; done the moment a peer is added, that
+	// handshake reaches hosts that have not learnt this one's key yet,
+	// is dropped, and WireGuard waits 5 s (REKEY_TIMEOUT) to retry. By
+	// the time it is due, gossip has told the other side.
+	keepaliveDue map[wgtypes.Key]time.Time
+	now          func() time.Time
+	ops          int
 }
 
 // NewPeerSync manages the peers of device name.
 func NewPeerSync(c Client, name string, log *slog.Logger) *PeerSync {
-	return &PeerSync{client: c, name: name, log: log, announced: map[wgtypes.Key]netip.AddrPort{}, names: map[wgtypes.Key]string{}}
+	return &PeerSync{client: c, name: name, log: log, announced: map[wgtypes.Key]netip.AddrPort{}, names: map[wgtypes.Key]string{},
+		keepaliveDue: map[wgtypes.Key]time.Time{}, now: time.Now}
 }
 
 // Ops is the number of peer changes sent so far, so tests can prove a
@@ -75,8 +84,26 @@ func (s *PeerSync) SetFrom(prev, desired []mesh.Peer) error {
 	return s.apply(current, desired)
 }
 
+// KeepaliveDelay is how long a new peer waits before its keepalive (and
+// so its first handshake) starts: longer than gossip takes to reach every
+// host in a LAN cluster of a few dozen.
+const KeepaliveDelay = 1500 * time.Millisecond
+
+// NextKeepalive is when a pending keepalive falls due (zero if none), so
+// the reconciler can come back then.
+func (s *PeerSync) NextKeepalive() time.Time {
+	var next time.Time
+	for _, due := range s.keepaliveDue {
+		if next.IsZero() || due.Before(next) {
+			next = due
+		}
+	}
+	return next
+}
+
 func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
 	deltas, names := Deltas(current, desired, s.announced)
+	deltas, names = s.deferKeepalives(deltas, names, desired)
 	if len(deltas) == 0 {
 		return nil
 	}
@@ -90,6 +117,8 @@ func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
 			s.log.Info("peer removed", "peer", s.names[d.PublicKey], "key", d.PublicKey.String()[:8])
 			delete(s.announced, d.PublicKey)
 			delete(s.names, d.PublicKey)
+		case d.UpdateOnly && d.Endpoint == nil && !d.ReplaceAllowedIPs:
+			s.log.Debug("peer keepalive on", "peer", s.names[d.PublicKey])
 		default:
 			if d.Endpoint != nil {
 				s.announced[d.PublicKey] = d.Endpoint.AddrPort()
@@ -103,6 +132,56 @@ func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
 		}
 	}
 	return nil
+}
+
+// deferKeepalives holds back the keepalive of peers being added and adds
+// the deltas that turn on those now due.
+func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, desired []mesh.Peer) ([]wgtypes.PeerConfig, []string) {
+	now := s.now()
+	want := make(map[wgtypes.Key]mesh.Peer, len(desired))
+	for _, p := range desired {
+		want[p.PublicKey] = p
+	}
+	inDeltas := map[wgtypes.Key]int{}
+	var outD []wgtypes.PeerConfig
+	var outN []string
+	for i, d := range deltas {
+		switch due, pending := s.keepaliveDue[d.PublicKey]; {
+		case d.Remove:
+			delete(s.keepaliveDue, d.PublicKey)
+		case !d.UpdateOnly && d.PersistentKeepaliveInterval != nil && *d.PersistentKeepaliveInterval > 0:
+			off := time.Duration(0)
+			d.PersistentKeepaliveInterval = &off
+			s.keepaliveDue[d.PublicKey] = now.Add(KeepaliveDelay)
+		case pending && now.Before(due) && d.PersistentKeepaliveInterval != nil:
+			// A full read sees the keepalive still off: not a change yet.
+			d.PersistentKeepaliveInterval = nil
+			if d.Endpoint == nil && !d.ReplaceAllowedIPs {
+				continue
+			}
+		}
+		inDeltas[d.PublicKey] = len(outD)
+		outD, outN = append(outD, d), append(outN, names[i])
+	}
+	for key, due := range s.keepaliveDue {
+		p, ok := want[key]
+		if !ok {
+			delete(s.keepaliveDue, key)
+			continue
+		}
+		if now.Before(due) {
+			continue
+		}
+		delete(s.keepaliveDue, key)
+		ka := p.Keepalive
+		if i, ok := inDeltas[key]; ok {
+			outD[i].PersistentKeepaliveInterval = &ka
+			continue
+		}
+		outD = append(outD, wgtypes.PeerConfig{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
+		outN = append(outN, p.Name)
+	}
+	return outD, outN
 }
 
 // Deltas computes the per-peer changes that turn current into desired.

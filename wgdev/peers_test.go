@@ -40,6 +40,8 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
 	f := wgdevtest.NewClient()
 	s := NewPeerSync(f, "mesh0", quietLog())
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
 	want := peers(3)
 	if err := s.Set(want); err != nil {
 		t.Fatal(err)
@@ -48,12 +50,28 @@ func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
 		t.Fatalf("initial apply: %d ops, %d peers; want 3 and 3", f.Ops(), f.Len())
 	}
 	got, _ := f.Peer(key(1))
-	if got.Endpoint.String() != "192.0.0.1:51820" || len(got.AllowedIPs) != 1 || got.AllowedIPs[0].String() != "10.0.1.0/24" || got.PersistentKeepaliveInterval != 25*time.Second {
-		t.Fatalf("peer h1 on the device: %+v", got)
+	if got.Endpoint.String() != "192.0.0.1:51820" || len(got.AllowedIPs) != 1 || got.AllowedIPs[0].String() != "10.0.1.0/24" || got.PersistentKeepaliveInterval != 0 {
+		t.Fatalf("peer h1 on the device: %+v; want its keepalive (and first handshake) deferred", got)
+	}
+	if due := s.NextKeepalive(); !due.Equal(clock.Add(KeepaliveDelay)) {
+		t.Fatalf("keepalive due at %v, want %v", due, clock.Add(KeepaliveDelay))
+	}
+	if err := s.Set(want); err != nil || f.Ops() != 3 {
+		t.Fatalf("a pass before the keepalive is due sent %d ops (err %v)", f.Ops()-3, err)
+	}
+	clock = clock.Add(KeepaliveDelay)
+	if err := s.Set(want); err != nil || f.Ops() != 6 {
+		t.Fatalf("the due keepalives cost %d ops, want 3 (err %v)", f.Ops()-3, err)
+	}
+	if got, _ := f.Peer(key(1)); got.PersistentKeepaliveInterval != 25*time.Second {
+		t.Fatalf("keepalive not on after the delay: %+v", got)
+	}
+	if !s.NextKeepalive().IsZero() {
+		t.Fatal("keepalives still pending")
 	}
 
-	if err := s.Set(want); err != nil || f.Ops() != 3 {
-		t.Fatalf("identical Set sent %d more ops (err %v); want none", f.Ops()-3, err)
+	if err := s.Set(want); err != nil || f.Ops() != 6 {
+		t.Fatalf("identical Set sent %d more ops (err %v); want none", f.Ops()-6, err)
 	}
 
 	// The peer roamed: WireGuard rewrote its endpoint. The announcement did
@@ -61,8 +79,8 @@ func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
 	roamed, _ := f.Peer(key(2))
 	roamed.Endpoint = &net.UDPAddr{IP: net.IPv4(198, 51, 100, 9), Port: 40000}
 	f.SetPeer(roamed)
-	if err := s.Set(want); err != nil || f.Ops() != 3 {
-		t.Fatalf("a roamed endpoint caused %d ops; want none", f.Ops()-3)
+	if err := s.Set(want); err != nil || f.Ops() != 6 {
+		t.Fatalf("a roamed endpoint caused %d ops; want none", f.Ops()-6)
 	}
 
 	want[0].AllowedIPs = append(want[0].AllowedIPs, netip.MustParsePrefix("10.99.0.0/24"))
@@ -70,8 +88,8 @@ func TestPeerSyncAppliesOnlyWhatChanged(t *testing.T) {
 	if err := s.Set(want); err != nil {
 		t.Fatal(err)
 	}
-	if f.Ops() != 5 {
-		t.Fatalf("one changed + one removed peer cost %d ops, want 2", f.Ops()-3)
+	if f.Ops() != 8 {
+		t.Fatalf("one changed + one removed peer cost %d ops, want 2", f.Ops()-6)
 	}
 	if _, ok := f.Peer(key(2)); ok {
 		t.Fatal("removed peer still on the device")
