@@ -19,24 +19,9 @@ if [ $# -eq 0 ]; then SIZES=(5 10 25); else SIZES=("$@"); fi
 for tool in ip ping go; do
   command -v $tool >/dev/null || { echo "converge.sh: $tool not found" >&2; exit 2; }
 done
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d /tmp/meshd-converge.XXXXXX)
-PREFIX=mbcv
-BENCH_PID=
-cleanup() {
-  local rc=$?
-  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
-    kill -INT "$BENCH_PID" 2>/dev/null || true
-    for _ in $(seq 1 80); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$BENCH_PID" 2>/dev/null || true
-  fi
-  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
-  rm -rf "$W"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-(cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench)
+source "$(dirname "$0")/lib.sh"
+bench_init converge mbcv 40
+bench_build
 # Per size: lab build ~0.5 s/host, phases bounded at 120+60+60+90 s, idle 10 s.
 BOUND=60
 for n in "${SIZES[@]}"; do BOUND=$((BOUND + 360 + n)); done

@@ -13,24 +13,9 @@ for tool in ip iperf3 ss ping go; do
   command -v $tool >/dev/null || { echo "mtu.sh: $tool not found (apt-get install --no-install-recommends iperf3 iproute2 iputils-ping)" >&2; exit 2; }
 done
 UNDERLAYS=$(IFS=,; echo "${*:-1500,1400}")
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d /tmp/meshd-mtu.XXXXXX)
-PREFIX=mbmtu
-BENCH_PID=
-cleanup() {
-  local rc=$?
-  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
-    kill -INT "$BENCH_PID" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$BENCH_PID" 2>/dev/null || true
-  fi
-  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
-  rm -rf "$W"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-(cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench)
+source "$(dirname "$0")/lib.sh"
+bench_init mtu mbmtu 20
+bench_build
 N=$(echo "$UNDERLAYS" | tr ',' '\n' | grep -c .)
 set +e
 timeout -k 30 $((60 + 150 * N)) "$W/meshbench" mtu -prefix "$PREFIX" -meshd "$W/meshd" -underlays "$UNDERLAYS" &

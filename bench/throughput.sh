@@ -27,25 +27,8 @@ for tool in ip iperf3 ss ping go; do
   command -v $tool >/dev/null || { echo "throughput.sh: $tool not found (apt-get install --no-install-recommends iperf3 iproute2 iputils-ping)" >&2; exit 2; }
 done
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-W=$(mktemp -d /tmp/meshd-throughput.XXXXXX)
-PREFIX=mbtp
-BENCH_PID=
-cleanup() {
-  local rc=$?
-  if [ -n "$BENCH_PID" ] && kill -0 "$BENCH_PID" 2>/dev/null; then
-    kill -INT "$BENCH_PID" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$BENCH_PID" 2>/dev/null || break; sleep 0.5; done
-    kill -KILL "$BENCH_PID" 2>/dev/null || true
-  fi
-  # Whatever a killed meshbench left: namespaces, processes in them, sockets.
-  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
-  rm -f /var/run/wireguard/${PREFIX}w[12].sock
-  rm -rf "$W"
-  exit $rc
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+source "$(dirname "$0")/lib.sh"
+bench_init throughput mbtp 20 "/var/run/wireguard/mbtpw[12].sock"
 
 echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2
 (cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench \
