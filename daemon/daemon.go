@@ -64,13 +64,12 @@ type Options struct {
 
 // Daemon is one running meshd.
 type Daemon struct {
-	opts     Options
-	cfg      *config.Config
-	log      *slog.Logger
-	key      wgtypes.Key
-	local    mesh.Local
-	endpoint string
-	mtu      int
+	opts  Options
+	cfg   *config.Config
+	log   *slog.Logger
+	key   wgtypes.Key
+	local mesh.Local
+	mtu   int
 	// endpointAddr is what this host announces as its WireGuard endpoint.
 	endpointAddr netip.AddrPort
 	// counter orders this host's signed announcements; see tags.
@@ -130,7 +129,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 		return err
 	}
 	log.Info("meshd running", "interface", d.dev.Name(), "mode", string(d.dev.Kind()),
-		"endpoint", d.endpoint, "key", crypto.Fingerprint(d.key.PublicKey()))
+		"endpoint", d.endpointAddr, "key", crypto.Fingerprint(d.key.PublicKey()))
 	d.loop(ctx)
 	close(d.stopping)
 	log.Info("shutting down")
@@ -157,7 +156,7 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.endpoint, d.mtu = under.endpoint.String(), under.mtu
+	d.mtu = under.mtu
 	d.local = localNode(cfg, key.PublicKey())
 	d.endpointAddr = under.endpoint
 	if err := d.loadClaims(); err != nil {

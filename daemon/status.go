@@ -83,7 +83,7 @@ func (d *Daemon) nodeStatus(local mesh.Local) control.Node {
 	n := control.Node{
 		Name: local.Name, PublicKey: pub.String(), Fingerprint: crypto.Fingerprint(pub),
 		Mode: string(d.dev.Kind()), Interface: d.dev.Name(), ListenPort: d.cfg.WireGuard.ListenPort,
-		MTU: d.mtu, Endpoint: d.endpoint,
+		MTU: d.mtu, Endpoint: d.endpointAddr.String(),
 		Gossip: netip.AddrPortFrom(d.cfg.Cluster.BindAddr, uint16(d.cfg.Cluster.BindPort)).String(),
 	}
 	for i, s := range local.Segments {

@@ -70,9 +70,6 @@ type Peer struct {
 	Slices     []Slice
 	AllowedIPs []netip.Prefix // exactly the accepted slices
 	Keepalive  time.Duration
-	// Counter of the accepted signed announcement; a lower one later is a
-	// replay.
-	Counter uint64
 }
 
 // Rejection records a member whose announcement was refused, and why.
@@ -280,7 +277,7 @@ func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed *owner
 	if owner, taken := keys[ann.PublicKey]; taken {
 		return Peer{}, fmt.Errorf("public key %s is already used by %s", ann.PublicKey.String()[:8], owner)
 	}
-	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive, Counter: ann.Counter}
+	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive}
 	for _, s := range ann.Slices {
 		seg, ok := findSegment(local.Segments, s.Segment)
 		if !ok {

@@ -113,6 +113,13 @@ func addConfigFlag(cmd *cobra.Command, path *string) {
 	cmd.Flags().StringVarP(path, "config", "c", defaultConfig, "path to meshd.toml")
 }
 
+// addClientFlags is for commands that talk to a running daemon: they find
+// its control socket through --config, or directly with --socket.
+func addClientFlags(cmd *cobra.Command, path, socket *string) {
+	addConfigFlag(cmd, path)
+	cmd.Flags().StringVar(socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+}
+
 // noArgs rejects stray positional arguments as a usage error.
 func noArgs(cmd *cobra.Command, args []string) error {
 	if len(args) > 0 {

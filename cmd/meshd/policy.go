@@ -33,8 +33,7 @@ with errors is refused (exit 2) and the running rules stay in place.`,
 			return nil
 		},
 	}
-	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	addClientFlags(cmd, &path, &socket)
 	return cmd
 }
 

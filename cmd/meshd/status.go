@@ -62,8 +62,7 @@ the last 3 minutes (usable as a health probe), 1 otherwise.`,
 			return nil
 		},
 	}
-	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	addClientFlags(cmd, &path, &socket)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print machine-readable JSON")
 	cmd.Flags().BoolVar(&check, "check", false, "exit 1 unless every alive peer has a handshake younger than 3 minutes")
 	return cmd

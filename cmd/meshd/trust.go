@@ -34,8 +34,7 @@ and established connections continue.`,
 			return nil
 		},
 	}
-	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	addClientFlags(cmd, &path, &socket)
 	return cmd
 }
 
@@ -102,8 +101,7 @@ new key. Exits 1 when any member failed or did not answer.`,
 			return printKeyring(cmd, args[0], ans)
 		},
 	}
-	addConfigFlag(cmd, &path)
-	cmd.Flags().StringVar(&socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	addClientFlags(cmd, &path, &socket)
 	return cmd
 }
 
