@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -89,8 +90,9 @@ type State struct {
 	Lost []string
 	// decoded caches each member's decoded announcement with the tags it
 	// came from: a membership event changes one member, and re-parsing a
-	// thousand unchanged announcements would dominate the pass.
-	decoded map[string]decodedTags
+	// thousand unchanged announcements would dominate the pass. Entries
+	// are shared with the next state and never modified.
+	decoded map[string]*decodedTags
 	// Counters is the highest verified announcement counter seen per
 	// member. It outlives acceptance: a replayed old announcement stays
 	// refused after its author leaves or fails, not just for one pass.
@@ -113,9 +115,11 @@ func (s *State) Slices(segment string) []netip.Prefix {
 }
 
 // PeerByName returns the accepted peer with that name.
+// Peers are sorted by name, so status, which asks once per member, stays
+// O(n log n) at a thousand peers.
 func (s *State) PeerByName(name string) (Peer, bool) {
-	i := slices.IndexFunc(s.Peers, func(p Peer) bool { return p.Name == name })
-	if i < 0 {
+	i, found := slices.BinarySearchFunc(s.Peers, name, func(p Peer, name string) int { return strings.Compare(p.Name, name) })
+	if !found {
 		return Peer{}, false
 	}
 	return s.Peers[i], true
@@ -141,15 +145,15 @@ func Compute(local Local, members []Member, prev *State) State {
 		}
 	}
 	st.Lost = lostClaims(local, candidates)
-	claimedKeys := map[wgtypes.Key]string{local.PublicKey: local.Name}
-	claimed := &ownership{}
+	a := newAdmission(local, candidates)
 	for _, seg := range local.Segments {
 		if seg.Subnet.IsValid() && !slices.Contains(st.Lost, seg.Name) {
-			claimed.add(seg.Subnet, local.Name)
+			a.claimed.add(seg.Subnet, local.Name)
 		}
 	}
+	st.Peers = make([]Peer, 0, len(candidates))
 	for _, c := range candidates {
-		peer, err := admit(local, c, claimedKeys, claimed)
+		peer, err := a.admit(c)
 		if err != nil {
 			st.Rejected = append(st.Rejected, Rejection{Member: c.member.Name, Reason: err.Error()})
 			continue
@@ -157,9 +161,9 @@ func Compute(local Local, members []Member, prev *State) State {
 		if len(peer.Slices) == 0 {
 			continue // shares no segment with us: nothing to route
 		}
-		claimedKeys[peer.PublicKey] = peer.Name
+		a.keys[peer.PublicKey] = peer.Name
 		for _, s := range peer.Slices {
-			claimed.add(s.Prefix, peer.Name)
+			a.claimed.add(s.Prefix, peer.Name)
 		}
 		st.Peers = append(st.Peers, peer)
 	}
@@ -175,53 +179,68 @@ type decodedTags struct {
 	err  error
 }
 
+// candidate points into the members and the decoded cache rather than
+// copying them: it is sorted, and an announcement is large.
 type candidate struct {
-	member Member
-	ann    Announcement
+	member *Member
+	ann    *Announcement
 	err    error
+	// The sort keys, worked out once rather than at every comparison.
+	wasPeer bool
+	latest  uint64
 }
 
 // orderCandidates decodes every live remote member and orders them:
 // previously accepted peers first, then newcomers, each group by name.
 func orderCandidates(local Local, members []Member, prev, next *State) []candidate {
-	wasPeer := make(map[string]bool, len(members))
-	var cache map[string]decodedTags
+	var wasPeer map[string]bool
+	var cache map[string]*decodedTags
 	if prev != nil {
+		wasPeer = make(map[string]bool, len(prev.Peers))
 		for _, p := range prev.Peers {
 			wasPeer[p.Name] = true
 		}
 		cache = prev.decoded
 	}
-	next.decoded = make(map[string]decodedTags, len(members))
-	var out []candidate
-	for _, m := range members {
+	next.decoded = make(map[string]*decodedTags, len(members))
+	out := make([]candidate, 0, len(members))
+	for i := range members {
+		m := &members[i]
 		if m.Name == local.Name || m.Status != StatusAlive {
 			continue
 		}
-		d, hit := cache[m.Name]
-		if !hit || !maps.Equal(d.tags, m.Tags) {
-			d.tags = m.Tags
+		d := cache[m.Name]
+		if d == nil || !sameTags(d.tags, m.Tags) {
+			d = &decodedTags{tags: m.Tags}
 			d.ann, d.err = DecodeTags(m.Tags)
 		}
 		next.decoded[m.Name] = d
-		out = append(out, candidate{member: m, ann: d.ann, err: d.err})
+		out = append(out, candidate{member: m, ann: &d.ann, err: d.err, wasPeer: wasPeer[m.Name], latest: latestClaim(&d.ann)})
 	}
 	slices.SortFunc(out, func(a, b candidate) int {
-		if wa, wb := wasPeer[a.member.Name], wasPeer[b.member.Name]; wa != wb {
-			if wa {
+		if a.wasPeer != b.wasPeer {
+			if a.wasPeer {
 				return -1
 			}
 			return 1
 		}
-		if ca, cb := latestClaim(a.ann), latestClaim(b.ann); ca != cb {
-			return cmp.Compare(ca, cb)
+		if a.latest != b.latest {
+			return cmp.Compare(a.latest, b.latest)
 		}
 		return strings.Compare(a.member.Name, b.member.Name)
 	})
 	return out
 }
 
-func latestClaim(a Announcement) uint64 {
+// sameTags reports whether two tag sets are equal. Serf hands out the same
+// map until a member's tags change, and the cache keeps the map it
+// decoded, so comparing the maps themselves first skips comparing the
+// entries of nearly every member.
+func sameTags(a, b map[string]string) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer() || maps.Equal(a, b)
+}
+
+func latestClaim(a *Announcement) uint64 {
 	var latest uint64
 	for _, s := range a.Slices {
 		latest = max(latest, s.ClaimedAt)
@@ -265,40 +284,88 @@ func lostClaims(local Local, candidates []candidate) []string {
 	return lost
 }
 
+// admission is what admit checks a member against: the keys and slices
+// accepted so far. It also holds the arrays every accepted peer's Slices
+// and AllowedIPs are cut from, two allocations per pass instead of two
+// per peer.
+type admission struct {
+	local    Local
+	keys     map[wgtypes.Key]string
+	claimed  ownership
+	slices   []Slice
+	prefixes []netip.Prefix
+}
+
+func newAdmission(local Local, candidates []candidate) *admission {
+	n := 0
+	for _, c := range candidates {
+		if c.err == nil {
+			n += len(c.ann.Slices)
+		}
+	}
+	a := &admission{
+		local:    local,
+		keys:     make(map[wgtypes.Key]string, len(candidates)+1),
+		slices:   make([]Slice, 0, n),
+		prefixes: make([]netip.Prefix, 0, n),
+	}
+	a.keys[local.PublicKey] = local.Name
+	a.claimed.spans = make([]owned, 0, n+len(local.Segments))
+	return a
+}
+
 // admit checks one member's claims against the local configuration and
 // everything already accepted. One bad claim rejects the whole member: a
 // host that announces someone else's subnet is misconfigured or hostile,
 // and half-trusting it would still route some traffic to it.
-func admit(local Local, c candidate, keys map[wgtypes.Key]string, claimed *ownership) (Peer, error) {
+func (a *admission) admit(c candidate) (Peer, error) {
+	start := len(a.slices)
+	peer, err := a.check(c)
+	if err != nil {
+		a.slices, a.prefixes = a.slices[:start], a.prefixes[:start]
+		return Peer{}, err
+	}
+	if end := len(a.slices); end > start {
+		// Capped, so that appending to one peer's slices cannot
+		// overwrite the next peer's.
+		peer.Slices = a.slices[start:end:end]
+		peer.AllowedIPs = a.prefixes[start:end:end]
+		slices.SortFunc(peer.AllowedIPs, comparePrefix)
+	}
+	return peer, nil
+}
+
+// check appends the member's slices in segments this host takes part in
+// to a.slices and a.prefixes, and returns the peer without them.
+func (a *admission) check(c candidate) (Peer, error) {
 	if c.err != nil {
 		return Peer{}, c.err
 	}
 	m, ann := c.member, c.ann
-	if owner, taken := keys[ann.PublicKey]; taken {
+	if owner, taken := a.keys[ann.PublicKey]; taken {
 		return Peer{}, fmt.Errorf("public key %s is already used by %s", ann.PublicKey.String()[:8], owner)
 	}
-	peer := Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: local.Keepalive}
+	start := len(a.slices)
 	for _, s := range ann.Slices {
-		seg, ok := findSegment(local.Segments, s.Segment)
+		seg, ok := findSegment(a.local.Segments, s.Segment)
 		if !ok {
 			continue // a segment this host does not take part in
 		}
 		if !contains(seg.CIDR, s.Prefix) {
 			return Peer{}, fmt.Errorf("slice %s is outside segment %s (%s)", s, seg.Name, seg.CIDR)
 		}
-		if o, taken := claimed.conflict(s.Prefix); taken {
+		if o, taken := a.claimed.conflict(s.Prefix); taken {
 			return Peer{}, fmt.Errorf("slice %s overlaps %s owned by %s", s, o.prefix, o.owner)
 		}
-		for _, mine := range peer.Slices {
+		for _, mine := range a.slices[start:] {
 			if mine.Prefix.Overlaps(s.Prefix) {
 				return Peer{}, fmt.Errorf("slice %s overlaps its own slice %s", s, mine)
 			}
 		}
-		peer.Slices = append(peer.Slices, s)
-		peer.AllowedIPs = append(peer.AllowedIPs, s.Prefix)
+		a.slices = append(a.slices, s)
+		a.prefixes = append(a.prefixes, s.Prefix)
 	}
-	slices.SortFunc(peer.AllowedIPs, comparePrefix)
-	return peer, nil
+	return Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: a.local.Keepalive}, nil
 }
 
 // contains reports whether inner lies entirely within outer.
@@ -322,7 +389,24 @@ func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
 // Rules select the table by source (pods of the segment) and by
 // destination (anything on this host talking to the segment).
 func routesFor(local Local, peers []Peer, lost []string) routes.Config {
-	cfg := routes.Config{Link: local.Link}
+	// Counted first: a thousand routes appended one by one would regrow
+	// the slice a dozen times.
+	n := 0
+	for _, seg := range local.Segments {
+		n += 2
+		for _, p := range peers {
+			for _, s := range p.Slices {
+				if s.Segment == seg.Name {
+					n++
+				}
+			}
+		}
+	}
+	cfg := routes.Config{
+		Link:   local.Link,
+		Routes: make([]routes.Route, 0, n),
+		Rules:  make([]routes.Rule, 0, 2*len(local.Segments)),
+	}
 	for i, seg := range local.Segments {
 		table := local.TableBase + i
 		cfg.Rules = append(cfg.Rules,

@@ -3,6 +3,8 @@ package mesh
 import (
 	"fmt"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -235,5 +237,37 @@ func TestComputeWithoutMembersStillFencesSegments(t *testing.T) {
 	}
 	if unreachable != 2 {
 		t.Fatalf("want an unreachable route per segment so nothing leaks to the underlay, got %d", unreachable)
+	}
+}
+
+// Compute must leave prev as it found it: callers keep it (the daemon
+// after a failed pass) and may pass it again. And each peer's slices are
+// its own, even though Compute cuts them from shared arrays.
+func TestComputeLeavesPrevAlone(t *testing.T) {
+	local := localH1(t)
+	var members []Member
+	for i := 2; i < 40; i++ {
+		members = append(members, member(t, fmt.Sprintf("h%02d", i), byte(i), fmt.Sprintf("192.0.2.%d:51820", i),
+			sl("blue", fmt.Sprintf("10.42.%d.0/24", i)), sl("v6", fmt.Sprintf("fd42:0:0:%x::/64", i))))
+	}
+	// A newcomer claiming h05's slice is refused.
+	members = append(members, member(t, "a-intruder", 99, "192.0.2.99:51820", sl("blue", "10.42.5.0/24")))
+	prev := Compute(local, members, nil)
+	snapshot := Compute(local, members, nil)
+	next := slices.Clone(members)
+	next[7] = member(t, "h09", 9, "192.0.2.9:51821", sl("blue", "10.42.9.0/24"))
+	next = slices.Delete(next, 3, 4)
+	first := Compute(local, next, &prev)
+	second := Compute(local, next, &prev)
+	if !reflect.DeepEqual(prev, snapshot) {
+		t.Fatal("Compute changed prev")
+	}
+	if !reflect.DeepEqual(first, second) {
+		t.Fatal("Compute from the same prev gave different states")
+	}
+	first.Peers[0].Slices = append(first.Peers[0].Slices, sl("blue", "10.42.200.0/24"))
+	first.Peers[0].AllowedIPs = append(first.Peers[0].AllowedIPs, pfx("10.42.200.0/24"))
+	if !reflect.DeepEqual(first.Peers[1:], second.Peers[1:]) {
+		t.Fatal("growing one peer's slices changed another's")
 	}
 }

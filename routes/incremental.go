@@ -33,24 +33,118 @@ func (m *Manager) SetFrom(prev, cfg *Config) error {
 	if had.Link != want.Link {
 		return fmt.Errorf("routes: link changed from %q to %q; a full Set is needed", had.Link, want.Link)
 	}
-	haveRoutes, haveRules := kernelView(had, linkIndex)
-	err = m.apply(diff(want, haveRoutes, haveRules, linkIndex), want.Link, linkIndex)
-	m.rememberPeers(want)
+	err = m.apply(diffFrom(had, want, linkIndex), want.Link, linkIndex)
+	m.updatePeers(had, want)
 	return err
 }
 
-// kernelView is how the kernel reports cfg once installed: what a dump
-// would return after Set(cfg).
-func kernelView(cfg *Config, linkIndex int) ([]netlink.Route, []netlink.Rule) {
-	routes := make([]netlink.Route, len(cfg.Routes))
-	for i, r := range cfg.Routes {
-		nr := r.toNetlink(linkIndex)
-		nr.Priority = defaultMetric(nr.Family)
-		routes[i] = *nr
+// diffFrom is diff(want, kernel) for a kernel holding exactly had, as Set
+// left it. Both configs are normalized, so sorted by the same keys: one
+// walk over the two finds what differs, in the order diff reports it,
+// without building the kernel's form of every entry or indexing it: only
+// entries that are deleted or replaced need it, for the write and the log.
+func diffFrom(had, want *Config, linkIndex int) plan {
+	var p plan
+	hr, wr := had.Routes, want.Routes
+	for i, j := 0, 0; i < len(hr) || j < len(wr); {
+		switch c := walkOrder(hr, i, wr, j, compareRoutes); {
+		case c < 0:
+			p.delRoutes = append(p.delRoutes, installed(hr[i], linkIndex))
+			i++
+		case c > 0:
+			p.writeRoutes = append(p.writeRoutes, routeWrite{want: wr[j]})
+			j++
+		default:
+			// Installed with the same link, the kernel's route matches
+			// exactly when the kind does.
+			if hr[i].Kind != wr[j].Kind {
+				old := installed(hr[i], linkIndex)
+				p.writeRoutes = append(p.writeRoutes, routeWrite{want: wr[j], old: &old})
+			}
+			i++
+			j++
+		}
 	}
-	rules := make([]netlink.Rule, len(cfg.Rules))
-	for i, r := range cfg.Rules {
-		rules[i] = *r.toNetlink()
+	hu, wu := had.Rules, want.Rules
+	for i, j := 0, 0; i < len(hu) || j < len(wu); {
+		switch c := walkOrder(hu, i, wu, j, compareRules); {
+		case c < 0:
+			p.delRules = append(p.delRules, *hu[i].toNetlink())
+			i++
+		case c > 0:
+			p.addRules = append(p.addRules, wu[j])
+			j++
+		default:
+			i++
+			j++
+		}
 	}
-	return routes, rules
+	return p
+}
+
+// walkOrder compares the next entries of a merge walk over sorted lists a
+// and b, at positions i and j: negative when only a's entry is due,
+// positive when only b's, 0 when they are the same.
+func walkOrder[T any](a []T, i int, b []T, j int, compare func(T, T) int) int {
+	switch {
+	case i == len(a):
+		return 1
+	case j == len(b):
+		return -1
+	}
+	return compare(a[i], b[j])
+}
+
+// installed is r as a dump reports it after Set wrote it.
+func installed(r Route, linkIndex int) netlink.Route {
+	nr := r.toNetlink(linkIndex)
+	nr.Priority = defaultMetric(nr.Family)
+	return *nr
+}
+
+// updatePeers brings the route owners remembered for logging from had to
+// want. The map normally describes had, installed by the last Set or
+// SetFrom, and then only the routes that differ are touched rather than
+// all of them rebuilt; otherwise it is rebuilt from want.
+func (m *Manager) updatePeers(had, want *Config) {
+	if !m.peersDescribe(had) {
+		m.rememberPeers(want)
+		return
+	}
+	hr, wr := had.Routes, want.Routes
+	for i, j := 0, 0; i < len(hr) || j < len(wr); {
+		switch c := walkOrder(hr, i, wr, j, compareRoutes); {
+		case c < 0:
+			delete(m.peers, hr[i].key())
+			i++
+		case c > 0:
+			m.rememberPeer(wr[j])
+			j++
+		default:
+			if hr[i].Peer != wr[j].Peer {
+				m.rememberPeer(wr[j])
+			}
+			i++
+			j++
+		}
+	}
+}
+
+// peersDescribe reports whether m.peers is exactly what rememberPeers(had)
+// would make it.
+func (m *Manager) peersDescribe(had *Config) bool {
+	if m.peers == nil {
+		return false
+	}
+	n := 0
+	for _, r := range had.Routes {
+		if r.Peer == "" {
+			continue
+		}
+		if m.peers[r.key()] != r.Peer {
+			return false
+		}
+		n++
+	}
+	return n == len(m.peers)
 }

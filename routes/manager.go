@@ -95,11 +95,19 @@ func (m *Manager) linkIndex(want *Config) (int, error) {
 }
 
 func (m *Manager) rememberPeers(want *Config) {
-	m.peers = make(map[routeKey]string)
+	m.peers = make(map[routeKey]string, len(want.Routes))
 	for _, r := range want.Routes {
-		if r.Peer != "" {
-			m.peers[r.key()] = r.Peer
-		}
+		m.rememberPeer(r)
+	}
+}
+
+// rememberPeer records who is behind r, forgetting whoever was behind its
+// slot before when r has no peer.
+func (m *Manager) rememberPeer(r Route) {
+	if r.Peer != "" {
+		m.peers[r.key()] = r.Peer
+	} else {
+		delete(m.peers, r.key())
 	}
 }
 

@@ -90,24 +90,31 @@ func (r Route) key() routeKey { return routeKey{r.Table, r.Dst} }
 
 // Sort orders routes and rules so configs compare and print stably.
 func (c *Config) Sort() {
-	slices.SortFunc(c.Routes, func(a, b Route) int {
-		if a.Table != b.Table {
-			return a.Table - b.Table
-		}
-		return comparePrefix(a.Dst, b.Dst)
-	})
-	slices.SortFunc(c.Rules, func(a, b Rule) int {
-		if a.Priority != b.Priority {
-			return a.Priority - b.Priority
-		}
-		if a.Table != b.Table {
-			return a.Table - b.Table
-		}
-		if c := comparePrefix(a.From, b.From); c != 0 {
-			return c
-		}
-		return comparePrefix(a.To, b.To)
-	})
+	slices.SortFunc(c.Routes, compareRoutes)
+	slices.SortFunc(c.Rules, compareRules)
+}
+
+// compareRoutes orders routes by key, table then destination: 0 means
+// the same kernel slot, whatever the kind.
+func compareRoutes(a, b Route) int {
+	if a.Table != b.Table {
+		return a.Table - b.Table
+	}
+	return comparePrefix(a.Dst, b.Dst)
+}
+
+// compareRules orders rules by every field, so 0 means equal rules.
+func compareRules(a, b Rule) int {
+	if a.Priority != b.Priority {
+		return a.Priority - b.Priority
+	}
+	if a.Table != b.Table {
+		return a.Table - b.Table
+	}
+	if c := comparePrefix(a.From, b.From); c != 0 {
+		return c
+	}
+	return comparePrefix(a.To, b.To)
 }
 
 func comparePrefix(a, b netip.Prefix) int {

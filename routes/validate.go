@@ -4,49 +4,76 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 )
 
-// normalize returns a sorted copy of cfg (nil becomes empty) so Set never
-// reorders the caller's slices, or an error when cfg cannot be programmed.
-// A malformed config is rejected whole: applying the well-formed part of a
+// normalize returns cfg sorted and without duplicates (nil becomes
+// empty), copying it first if that takes any change so Set never reorders
+// the caller's slices, or an error when cfg cannot be programmed. A
+// malformed config is rejected whole: applying the well-formed part of a
 // buggy config leaves a state nobody asked for.
 func normalize(cfg *Config) (*Config, error) {
 	if cfg == nil {
 		return &Config{}, nil
 	}
-	c := &Config{
-		Link:   cfg.Link,
-		Routes: append([]Route(nil), cfg.Routes...),
-		Rules:  append([]Rule(nil), cfg.Rules...),
+	// Configs from Compute are sorted already, and then the caller's
+	// slices serve as they are: nothing downstream writes to them.
+	c := &Config{Link: cfg.Link, Routes: cfg.Routes, Rules: cfg.Rules}
+	copyRoutes := !strictlySorted(c.Routes, compareRoutes)
+	if copyRoutes {
+		c.Routes = slices.Clone(c.Routes)
+		slices.SortFunc(c.Routes, compareRoutes)
 	}
-	c.Sort()
+	copyRules := !strictlySorted(c.Rules, compareRules)
+	if copyRules {
+		c.Rules = slices.Clone(c.Rules)
+		slices.SortFunc(c.Rules, compareRules)
+	}
 	var errs []error
-	seen := make(map[routeKey]Route, len(c.Routes))
-	for _, r := range c.Routes {
+	// Sorting puts routes with the same key next to each other, so a
+	// conflict is with the last valid route before.
+	var last *Route
+	for i, r := range c.Routes {
 		if err := validRoute(r); err != nil {
 			errs = append(errs, fmt.Errorf("route %s: %w", r, err))
 			continue
 		}
-		if prev, dup := seen[r.key()]; dup && prev.Kind != r.Kind {
-			errs = append(errs, fmt.Errorf("route %s: conflicts with %s", r, prev))
+		if last != nil && last.key() == r.key() && last.Kind != r.Kind {
+			errs = append(errs, fmt.Errorf("route %s: conflicts with %s", r, *last))
 		}
-		seen[r.key()] = r
+		last = &c.Routes[i]
 	}
-	c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.key() == b.key() })
 	for _, r := range c.Rules {
 		if err := validRule(r); err != nil {
 			errs = append(errs, fmt.Errorf("rule %s: %w", r, err))
 		}
 	}
-	c.Rules = dedupe(c.Rules, func(a, b Rule) bool { return a == b })
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("routes: invalid config: %w", err)
+	}
+	// Strictly sorted slices hold no duplicates.
+	if copyRoutes {
+		c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.key() == b.key() })
+	}
+	if copyRules {
+		c.Rules = dedupe(c.Rules, func(a, b Rule) bool { return a == b })
 	}
 	return c, nil
 }
 
-// dedupe drops adjacent duplicates of a sorted slice; a repeated entry
-// would otherwise be written twice and fail the second time.
+// strictlySorted reports whether s is sorted with no two entries equal
+// under cmp: sorted and free of duplicates already.
+func strictlySorted[T any](s []T, cmp func(a, b T) int) bool {
+	for i := 1; i < len(s); i++ {
+		if cmp(s[i-1], s[i]) >= 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// dedupe drops adjacent duplicates of a sorted slice, in place; a repeated
+// entry would otherwise be written twice and fail the second time.
 func dedupe[T any](s []T, eq func(a, b T) bool) []T {
 	out := s[:0]
 	for i, v := range s {

@@ -70,18 +70,14 @@ func (s *PeerSync) Set(desired []mesh.Peer) error {
 	if err != nil {
 		return fmt.Errorf("read peers of %s: %w", s.name, err)
 	}
-	return s.apply(dev.Peers, desired)
+	return s.apply(devicePeers(dev.Peers), desired)
 }
 
 // SetFrom applies desired trusting that the device holds prev, without
 // reading it: reading 1,000 peers back over UAPI costs more than the one
 // change a membership event brings. Resyncs use Set.
 func (s *PeerSync) SetFrom(prev, desired []mesh.Peer) error {
-	current := make([]wgtypes.Peer, len(prev))
-	for i, p := range prev {
-		current[i] = wgtypes.Peer{PublicKey: p.PublicKey, AllowedIPs: ipNets(p.AllowedIPs), PersistentKeepaliveInterval: p.Keepalive}
-	}
-	return s.apply(current, desired)
+	return s.apply(installedPeers(prev), desired)
 }
 
 // KeepaliveDelay is how long a new peer waits before its keepalive (and
@@ -101,8 +97,8 @@ func (s *PeerSync) NextKeepalive() time.Time {
 	return next
 }
 
-func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
-	deltas, names := Deltas(current, desired, s.announced)
+func (s *PeerSync) apply(current peerList, desired []mesh.Peer) error {
+	deltas, names := deltasOf(current, desired, s.announced)
 	deltas, names = s.deferKeepalives(deltas, names, desired)
 	if len(deltas) == 0 {
 		return nil
@@ -138,10 +134,6 @@ func (s *PeerSync) apply(current []wgtypes.Peer, desired []mesh.Peer) error {
 // the deltas that turn on those now due.
 func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, desired []mesh.Peer) ([]wgtypes.PeerConfig, []string) {
 	now := s.now()
-	want := make(map[wgtypes.Key]mesh.Peer, len(desired))
-	for _, p := range desired {
-		want[p.PublicKey] = p
-	}
 	inDeltas := map[wgtypes.Key]int{}
 	var outD []wgtypes.PeerConfig
 	var outN []string
@@ -163,8 +155,20 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 		inDeltas[d.PublicKey] = len(outD)
 		outD, outN = append(outD, d), append(outN, names[i])
 	}
+	if len(s.keepaliveDue) == 0 {
+		return outD, outN
+	}
+	// Where each pending peer is in desired (the last one holding the
+	// key, as a map of all desired peers would): indexing only those
+	// spares a map of every peer at each pass.
+	want := make(map[wgtypes.Key]int, len(s.keepaliveDue))
+	for i, p := range desired {
+		if _, pending := s.keepaliveDue[p.PublicKey]; pending {
+			want[p.PublicKey] = i
+		}
+	}
 	for key, due := range s.keepaliveDue {
-		p, ok := want[key]
+		at, ok := want[key]
 		if !ok {
 			delete(s.keepaliveDue, key)
 			continue
@@ -173,6 +177,7 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 			continue
 		}
 		delete(s.keepaliveDue, key)
+		p := desired[at]
 		ka := p.Keepalive
 		if i, ok := inDeltas[key]; ok {
 			outD[i].PersistentKeepaliveInterval = &ka
@@ -188,26 +193,76 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 // names[i] is the member name behind deltas[i] ("" for a peer meshd does
 // not know, which it removes). Output is sorted by public key.
 func Deltas(current []wgtypes.Peer, desired []mesh.Peer, announced map[wgtypes.Key]netip.AddrPort) (deltas []wgtypes.PeerConfig, names []string) {
-	have := make(map[wgtypes.Key]wgtypes.Peer, len(current))
-	for _, p := range current {
-		have[p.PublicKey] = p
+	return deltasOf(devicePeers(current), desired, announced)
+}
+
+// peerList is what a delta depends on of the peers a device holds.
+type peerList interface {
+	Len() int
+	Key(i int) wgtypes.Key
+	SameAllowedIPs(i int, want []netip.Prefix) bool
+	Keepalive(i int) time.Duration
+}
+
+// devicePeers are peers as read from the device.
+type devicePeers []wgtypes.Peer
+
+func (ps devicePeers) Len() int                      { return len(ps) }
+func (ps devicePeers) Key(i int) wgtypes.Key         { return ps[i].PublicKey }
+func (ps devicePeers) Keepalive(i int) time.Duration { return ps[i].PersistentKeepaliveInterval }
+func (ps devicePeers) SameAllowedIPs(i int, want []netip.Prefix) bool {
+	return samePrefixes(ps[i].AllowedIPs, want)
+}
+
+// installedPeers are the peers of a state that SetFrom trusts the device
+// holds: what a read would return after they were configured, without
+// building it.
+type installedPeers []mesh.Peer
+
+func (ps installedPeers) Len() int                      { return len(ps) }
+func (ps installedPeers) Key(i int) wgtypes.Key         { return ps[i].PublicKey }
+func (ps installedPeers) Keepalive(i int) time.Duration { return ps[i].Keepalive }
+
+// SameAllowedIPs answers as the device would, whose copy of the prefixes
+// went through net.IPNet and comes back sorted. Sorted, valid, unmapped
+// prefixes make that trip unchanged, which is the common case and needs
+// no conversion.
+func (ps installedPeers) SameAllowedIPs(i int, want []netip.Prefix) bool {
+	have := ps[i].AllowedIPs
+	if slices.Equal(have, want) && slices.IsSortedFunc(have, comparePrefix) &&
+		!slices.ContainsFunc(have, func(p netip.Prefix) bool { return !p.IsValid() || p.Addr().Is4In6() }) {
+		return true
 	}
-	want := make(map[wgtypes.Key]bool, len(desired))
+	return samePrefixes(ipNets(have), want)
+}
+
+// deltasOf is Deltas for any view of the device's peers.
+func deltasOf(current peerList, desired []mesh.Peer, announced map[wgtypes.Key]netip.AddrPort) (deltas []wgtypes.PeerConfig, names []string) {
+	n := current.Len()
+	// have holds the last peer with each key, as a map of the peers would.
+	have := make(map[wgtypes.Key]int, n)
+	for i := range n {
+		have[current.Key(i)] = i
+	}
+	// kept marks, by have's index, the keys still desired.
+	kept := make([]bool, n)
 	for _, p := range desired {
-		want[p.PublicKey] = true
-		cur, exists := have[p.PublicKey]
+		i, exists := have[p.PublicKey]
+		if exists {
+			kept[i] = true
+		}
 		cfg := wgtypes.PeerConfig{PublicKey: p.PublicKey}
 		changed := !exists
 		if !exists || announced[p.PublicKey] != p.Endpoint {
 			cfg.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
 			changed = true
 		}
-		if !exists || !samePrefixes(cur.AllowedIPs, p.AllowedIPs) {
+		if !exists || !current.SameAllowedIPs(i, p.AllowedIPs) {
 			cfg.ReplaceAllowedIPs = true
 			cfg.AllowedIPs = ipNets(p.AllowedIPs)
 			changed = true
 		}
-		if !exists || cur.PersistentKeepaliveInterval != p.Keepalive {
+		if !exists || current.Keepalive(i) != p.Keepalive {
 			ka := p.Keepalive
 			cfg.PersistentKeepaliveInterval = &ka
 			changed = true
@@ -220,9 +275,14 @@ func Deltas(current []wgtypes.Peer, desired []mesh.Peer, announced map[wgtypes.K
 		deltas = append(deltas, cfg)
 		names = append(names, p.Name)
 	}
-	for _, p := range current {
-		if !want[p.PublicKey] {
-			deltas = append(deltas, wgtypes.PeerConfig{PublicKey: p.PublicKey, Remove: true})
+	for i := range n {
+		key := current.Key(i)
+		j := i
+		if len(have) < n {
+			j = have[key] // a key held twice is kept or removed as one
+		}
+		if !kept[j] {
+			deltas = append(deltas, wgtypes.PeerConfig{PublicKey: key, Remove: true})
 			names = append(names, "")
 		}
 	}
@@ -249,17 +309,20 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix) bool {
 	if len(have) != len(want) {
 		return false
 	}
-	got := make([]netip.Prefix, 0, len(have))
+	var buf [4]netip.Prefix // a peer has a slice or two; spares an allocation
+	got := buf[:0]
 	for _, n := range have {
 		got = append(got, prefixOf(n))
 	}
-	slices.SortFunc(got, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+	slices.SortFunc(got, comparePrefix)
 	return slices.Equal(got, want)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
 }
 
 func prefixOf(n net.IPNet) netip.Prefix {
