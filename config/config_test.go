@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 )
 
 // fullTOML sets every key to a non-default value, so a key that is read
@@ -27,6 +28,8 @@ bind_port = 7947
 advertise_addr = "198.51.100.1"
 join = ["192.0.2.2:7946", "192.0.2.3"]
 gossip_key_file = "KEYFILE"
+profile = "local"
+probe_interval = "500ms"
 
 [wireguard]
 interface = "wg-mesh"
@@ -125,6 +128,8 @@ func TestLoadFull(t *testing.T) {
 			GossipKeyFile: cfg.Cluster.GossipKeyFile, // a temp path, checked below
 			GossipKey:     testKey(32),
 			GossipKeyring: "/srv/meshd/gossip.keyring",
+			Profile:       ProfileLocal,
+			ProbeInterval: 500 * time.Millisecond,
 		},
 		WireGuard: WireGuard{
 			Interface:           "wg-mesh",
@@ -187,6 +192,7 @@ func TestDefaults(t *testing.T) {
 			GossipKeyFile: key,
 			GossipKey:     testKey(16),
 			GossipKeyring: "/var/lib/meshd/gossip.keyring",
+			Profile:       ProfileLAN,
 		},
 		WireGuard: WireGuard{
 			Interface:           "mesh0",

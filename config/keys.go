@@ -62,6 +62,8 @@ var defaults = []struct {
 	{keyAdvertiseAddr, ""},
 	{keyJoin, []string{}},
 	{keyGossipKeyFile, "/etc/meshd/gossip.key"},
+	{keyProfile, string(ProfileLAN)},
+	{keyProbeInterval, ""},
 
 	{keyInterface, "mesh0"},
 	{keyListenPort, 51820},

@@ -5,6 +5,7 @@ package config
 
 import (
 	"net/netip"
+	"time"
 
 	"github.com/meshd/meshd/policy"
 )
@@ -43,6 +44,11 @@ type Cluster struct {
 	// GossipKeyring is where serf persists the keyring once keys are
 	// rotated; it takes precedence over GossipKey at start.
 	GossipKeyring string
+	// Profile picks serf's timer set; ProbeInterval, when non-zero,
+	// overrides its probe interval (and so how soon a dead host is
+	// dropped).
+	Profile       Profile
+	ProbeInterval time.Duration
 }
 
 // Mode picks the WireGuard implementation.

@@ -119,6 +119,9 @@ func (l *loader) cluster(c *Config) *Error {
 	if cl.Join, e = l.join(); e != nil {
 		return e
 	}
+	if e = l.failureDetection(cl); e != nil {
+		return e
+	}
 	if cl.GossipKeyFile, e = l.str(keyGossipKeyFile); e != nil {
 		return e
 	}

@@ -247,6 +247,7 @@ func (d *Daemon) start(ctx context.Context) error {
 		NodeName: cfg.NodeName, BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort,
 		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
+		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
 		Log: d.log,
 	}, d.Kick)
 	if err != nil {

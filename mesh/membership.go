@@ -38,6 +38,10 @@ type MembershipConfig struct {
 	SnapshotPath string
 	Join         []string
 	Log          *slog.Logger
+	// Profile is memberlist's timer set: "lan" (default), "wan" or
+	// "local". ProbeInterval, when non-zero, overrides its probe interval.
+	Profile       string
+	ProbeInterval time.Duration
 	// Tune lets tests and benchmarks shorten serf's timers; nil keeps the
 	// LAN defaults.
 	Tune func(*serf.Config)
@@ -67,7 +71,7 @@ func JoinCluster(cfg MembershipConfig, kick func()) (*Membership, error) {
 	conf.Tags = cfg.Tags
 	conf.SnapshotPath = cfg.SnapshotPath
 	conf.RejoinAfterLeave = true
-	conf.MemberlistConfig = memberlist.DefaultLANConfig()
+	conf.MemberlistConfig = memberlistProfile(cfg.Profile, cfg.ProbeInterval)
 	ml := conf.MemberlistConfig
 	ml.Name = cfg.NodeName
 	ml.BindAddr = cfg.BindAddr.String()
@@ -100,10 +104,63 @@ func JoinCluster(cfg MembershipConfig, kick func()) (*Membership, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	m := &Membership{serf: s, events: events, log: cfg.Log, join: cfg.Join, stop: cancel}
-	m.wg.Add(2)
+	m.wg.Add(3)
 	go m.drain(ctx, kick)
 	go m.joinLoop(ctx)
+	go func() {
+		defer m.wg.Done()
+		kickOnClockChange(ctx, m.LamportTime, intentPoll, kick)
+	}()
 	return m, nil
+}
+
+// memberlistProfile returns the named timer set. A shorter probe interval
+// shortens the suspicion timeout with it (memberlist scales one by the
+// other); the probe timeout must stay below the interval.
+func memberlistProfile(profile string, probeInterval time.Duration) *memberlist.Config {
+	var ml *memberlist.Config
+	switch profile {
+	case "wan":
+		ml = memberlist.DefaultWANConfig()
+	case "local":
+		ml = memberlist.DefaultLocalConfig()
+	default:
+		ml = memberlist.DefaultLANConfig()
+	}
+	if probeInterval > 0 {
+		ml.ProbeInterval = probeInterval
+		ml.ProbeTimeout = min(ml.ProbeTimeout, probeInterval/2)
+	}
+	return ml
+}
+
+// intentPoll is how often leave intents are looked for; see
+// kickOnClockChange.
+const intentPoll = 200 * time.Millisecond
+
+// kickOnClockChange covers what serf emits no event for. A leave intent
+// marks the member "leaving" (which Compute drops), and EventMemberLeave
+// only follows once memberlist's own leave broadcast arrives: on a loaded
+// network that can be many seconds later, or never, leaving failure
+// detection to catch it. Every intent advances serf's Lamport clock, so a
+// clock change kicks the reconciler, and so does the poll after it,
+// because the clock moves just before the member's status does.
+func kickOnClockChange(ctx context.Context, clock func() uint64, every time.Duration, kick func()) {
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	last, settling := clock(), false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			now := clock()
+			if now != last || settling {
+				kick()
+			}
+			settling, last = now != last, now
+		}
+	}
 }
 
 func (m *Membership) drain(ctx context.Context, kick func()) {
