@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"golang.org/x/sys/unix"
 )
 
@@ -134,6 +135,15 @@ func linkUp(name string, mtu int) error {
 		if err := netlink.LinkSetMTU(link, mtu); err != nil {
 			return fmt.Errorf("set MTU %d on %s: %w", mtu, name, err)
 		}
+	}
+	// A TUN link gets an IPv6 link-local address when it comes up, and
+	// with it router solicitations and MLD reports sent into the tunnel,
+	// where the allow-list drops them as cross-segment traffic: noise in
+	// the default-deny counters from an address nothing uses. Kernel
+	// WireGuard links already come up without one. A kernel without
+	// IPv6 has nothing to turn off.
+	if err := netlink.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+		return fmt.Errorf("turn off IPv6 address autoconfiguration on %s: %w", name, err)
 	}
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up: %w", name, err)

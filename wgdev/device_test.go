@@ -55,6 +55,10 @@ func TestUserspaceDeviceLifecycle(t *testing.T) {
 	if link.Attrs().MTU != 1400 || link.Attrs().Flags&(1<<0) == 0 {
 		t.Fatalf("interface mtu %d flags %v; want mtu 1400 and up", link.Attrs().MTU, link.Attrs().Flags)
 	}
+	// No link-local address, so no router solicitations into the tunnel.
+	if addrs, err := netlink.AddrList(link, netlink.FAMILY_V6); err != nil || len(addrs) != 0 {
+		t.Fatalf("IPv6 addresses on the tunnel: %v (err %v), want none", addrs, err)
+	}
 
 	// wgctrl (what `wg show` uses) reaches the embedded device over UAPI.
 	c, err := wgctrl.New()
