@@ -7,14 +7,14 @@
 # SIGTERM and one killed with SIGKILL are gone everywhere; and the idle
 # RSS and CPU% of meshd per host. Exits non-zero if a phase never finished.
 #
-#   sudo bench/converge.sh [-j OUT.json] [-l LOGDIR] [N...]     (default: 5 10 25)
+#   sudo bench/converge.sh [-j OUT.json] [-l LOGDIR] [N...]     (default: 5 10 25 50)
 set -euo pipefail
 JSON= LOGS=
 while getopts j:l:h o; do
   case $o in j) JSON=$OPTARG ;; l) LOGS=$OPTARG ;; *) sed -n '2,11p' "$0"; exit 2 ;; esac
 done
 shift $((OPTIND-1))
-if [ $# -eq 0 ]; then SIZES=(5 10 25); else SIZES=("$@"); fi
+if [ $# -eq 0 ]; then SIZES=(5 10 25 50); else SIZES=("$@"); fi
 [ "$(id -u)" = 0 ] || { echo "converge.sh: needs root (network namespaces)" >&2; exit 2; }
 for tool in ip ping go; do
   command -v $tool >/dev/null || { echo "converge.sh: $tool not found" >&2; exit 2; }

@@ -12,14 +12,16 @@
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
 #   -j  also write the results as JSON
-# Environment: NEBULA_VERSION (default latest) is the one version tried.
+# Environment: NEBULA_VERSIONS (default "latest v1.11.2 v1.10.3"): tried in order,
+# the first that builds is measured; NEBULA_GOTOOLCHAIN (default go1.27.3) for
+# versions that need a newer Go.
 set -euo pipefail
 
 T=10 R=3 MODES=raw,wggo,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp
 while getopts t:r:m:p:j:T:h o; do
   case $o in
     t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;;
-    *) sed -n '2,16p' "$0"; exit 2 ;;
+    *) sed -n '2,18p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "throughput.sh: needs root (network namespaces)" >&2; exit 2; }
@@ -36,18 +38,39 @@ echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2
 
 NEB_ARGS=()
 if [[ ",$MODES," == *",nebula,"* ]]; then
-  # One attempt, bounded: a temporary module, the module proxy, no toolchain download.
-  NV=${NEBULA_VERSION:-latest}
-  mkdir -p "$W/nebula-mod"
-  if out=$(cd "$W/nebula-mod" && export GOTOOLCHAIN=local GOFLAGS=-mod=mod && go mod init nebulabench >/dev/null 2>&1 \
-        && timeout 300 go get "github.com/slackhq/nebula/cmd/nebula@$NV" 2>&1 \
-        && timeout 300 go build -o "$W/nebula" github.com/slackhq/nebula/cmd/nebula 2>&1 \
-        && timeout 300 go build -o "$W/nebula-cert" github.com/slackhq/nebula/cmd/nebula-cert 2>&1); then
-    NEB_ARGS=(-nebula "$W/nebula" -nebula-cert "$W/nebula-cert")
-  else
-    why=$(printf '%s\n' "$out" | grep -v '^go: downloading' | grep -m1 . | cut -c1-160)
-    echo "nebula: unavailable (${why:-build failed})" >&2
-    NEB_ARGS=(-nebula-unavailable "go build of nebula@$NV failed: ${why:-unknown}")
+  # Newest first; a version whose build fails (a dependency the module proxy
+  # no longer serves, say) falls back to the next. A version that needs a
+  # newer Go than this machine's is retried with GOTOOLCHAIN=$NEBULA_GOTOOLCHAIN,
+  # which the go command fetches from the module proxy.
+  NEBULA_VERSIONS=${NEBULA_VERSIONS:-${NEBULA_VERSION:-latest v1.11.2 v1.10.3}}
+  NEBULA_GOTOOLCHAIN=${NEBULA_GOTOOLCHAIN:-go1.27.3}
+  build_nebula() { # VERSION TOOLCHAIN
+    rm -rf "$W/nebula-mod" && mkdir -p "$W/nebula-mod"
+    (cd "$W/nebula-mod" && export GOTOOLCHAIN=$2 GOFLAGS=-mod=mod && go mod init nebulabench >/dev/null 2>&1 \
+      && timeout 300 go get "github.com/slackhq/nebula/cmd/nebula@$1" 2>&1 \
+      && timeout 300 go build -o "$W/nebula" github.com/slackhq/nebula/cmd/nebula 2>&1 \
+      && timeout 300 go build -o "$W/nebula-cert" github.com/slackhq/nebula/cmd/nebula-cert 2>&1 \
+      && go list -m -f '{{.Version}}' github.com/slackhq/nebula > "$W/nebula-version")
+  }
+  first_error() { # the telling line of a failed build, not the import chain above it
+    local l; l=$(printf '%s\n' "$1" | grep -m1 -i -e 'requires go' -e '403' -e 'not available' -e 'cannot find' -e 'undefined')
+    [ -n "$l" ] || l=$(printf '%s\n' "$1" | grep -v -e '^go: downloading' -e '^go: added' -e '^go: finding' | grep -m1 .)
+    printf '%s' "$l" | sed 's/^[[:space:]]*//' | cut -c1-200
+  }
+  skipped=()
+  for nv in $NEBULA_VERSIONS; do
+    if out=$(build_nebula "$nv" local) \
+      || { [[ $out == *"requires go >="* ]] && out=$(build_nebula "$nv" "$NEBULA_GOTOOLCHAIN"); }; then
+      NEB_ARGS=(-nebula "$W/nebula" -nebula-cert "$W/nebula-cert" -nebula-version "$(cat "$W/nebula-version")")
+      break
+    fi
+    skipped+=("nebula@$nv: $(first_error "$out")")
+    echo "nebula@$nv: build failed: $(first_error "$out")" >&2
+  done
+  if [ ${#NEB_ARGS[@]} = 0 ]; then
+    NEB_ARGS=(-nebula-unavailable "no nebula version in '$NEBULA_VERSIONS' built: ${skipped[*]}")
+  elif [ ${#skipped[@]} -gt 0 ]; then
+    NEB_ARGS+=(-nebula-skipped "$(IFS='; '; echo "${skipped[*]}")")
   fi
 fi
 

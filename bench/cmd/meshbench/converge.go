@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -18,8 +19,11 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/wgctrl"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -163,6 +167,11 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 			return res, err
 		}
 	}
+	devs, err := newWGDevices()
+	if err != nil {
+		return res, err
+	}
+	defer devs.Close()
 	allNS, _ := lab.ListNetns(l.Prefix())
 	runLoad := startOtherLoad(netnsInodes(allNS), 500*time.Millisecond)
 	defer func() {
@@ -187,6 +196,18 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		}
 	}
 	res.PingPairs = len(pairs)
+	var from []string
+	var to []netip.Addr
+	for _, p := range pairs {
+		from, to = append(from, p[0].PodNS("blue")), append(to, p[1].PodAddr("blue"))
+	}
+	// In-process pingers, one raw socket per pair: a ping(8) process per
+	// probe, dozens a second, loaded the machine under test.
+	startPingers, err := openPingers(from, to)
+	if err != nil {
+		return res, err
+	}
+	defer startPingers.Close() // also closed once the phase is over
 	t0 := time.Now()
 	for _, h := range hosts {
 		if err := h.Start(bin); err != nil {
@@ -208,26 +229,17 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 	go func() {
 		defer wg.Done()
 		pingT, eachStart, pingErr = waitEach(ctx, t0, 120*time.Second, len(pairs), func(c context.Context, i int) bool {
-			return ping(c, pairs[i][0].PodNS("blue"), pairs[i][1].PodAddr("blue"), 500*time.Millisecond) == nil
+			return startPingers[i].ping(c, 500*time.Millisecond) == nil
 		})
 	}()
 	go func() {
 		defer wg.Done()
 		peersT, peersErr = waitAll(ctx, t0, 120*time.Second, n, func(c context.Context, i int) bool {
-			st, err := control.NewClient(hosts[i].ControlSocket()).Status()
-			if err != nil {
-				return false
-			}
-			ok := 0
-			for _, p := range st.Peers {
-				if p.State == "alive" && p.Configured {
-					ok++
-				}
-			}
-			return ok == n-1
+			return devs.hasExactly(hosts[i], slices.Delete(slices.Clone(hosts), i, i+1))
 		})
 	}()
 	wg.Wait()
+	startPingers.Close()
 	if err := errors.Join(pingErr, peersErr, upErr, checkRunning(hosts)); err != nil {
 		return res, fmt.Errorf("start: %w", err)
 	}
@@ -272,6 +284,15 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 
 	// Phase 2: a newcomer joins.
 	slice := newcomer.Subnet("blue")
+	from, to = nil, nil
+	for _, h := range hosts {
+		from, to = append(from, h.PodNS("blue")), append(to, newcomer.PodAddr("blue"))
+	}
+	joinPingers, err := openPingers(from, to)
+	if err != nil {
+		return res, err
+	}
+	defer joinPingers.Close()
 	t1 := time.Now()
 	if err := newcomer.Start(bin); err != nil {
 		return res, err
@@ -283,32 +304,23 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 	go func() {
 		defer wg.Done()
 		peersT, peersErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
-			return peerState(hosts[i], newcomer.Name()) == "configured" && hasRoute(nl[hosts[i].Name()], slice)
+			return devs.peerState(hosts[i], newcomer) == "configured" && hasRoute(nl[hosts[i].Name()], slice)
 		})
 	}()
 	go func() {
 		defer wg.Done()
 		selfT, selfErr = waitAll(ctx, t1, 60*time.Second, 1, func(c context.Context, _ int) bool {
-			st, err := control.NewClient(newcomer.ControlSocket()).Status()
-			if err != nil {
-				return false
-			}
-			ok := 0
-			for _, p := range st.Peers {
-				if p.State == "alive" && p.Configured {
-					ok++
-				}
-			}
-			return ok == n
+			return devs.hasExactly(newcomer, hosts)
 		})
 	}()
 	go func() {
 		defer wg.Done()
 		pingT, eachPing, pingErr = waitEach(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
-			return ping(c, hosts[i].PodNS("blue"), newcomer.PodAddr("blue"), 500*time.Millisecond) == nil
+			return joinPingers[i].ping(c, 500*time.Millisecond) == nil
 		})
 	}()
 	wg.Wait()
+	joinPingers.Close()
 	if err := errors.Join(pingErr, peersErr, selfErr, checkRunning(append(hosts, newcomer))); err != nil {
 		return res, fmt.Errorf("join: %w", err)
 	}
@@ -330,7 +342,7 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		exitT = time.Since(t2)
 	}()
 	goneT, goneErr := waitAll(ctx, t2, 60*time.Second, n, func(c context.Context, i int) bool {
-		return peerState(hosts[i], newcomer.Name()) == "gone" && !hasRoute(nl[hosts[i].Name()], slice)
+		return devs.peerState(hosts[i], newcomer) == "gone" && !hasRoute(nl[hosts[i].Name()], slice)
 	})
 	wg.Wait()
 	if err := errors.Join(goneErr, stopErr); err != nil {
@@ -348,7 +360,7 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		return res, err
 	}
 	failT, failErr := waitAll(ctx, t3, 90*time.Second, len(rest), func(c context.Context, i int) bool {
-		return peerState(rest[i], victim.Name()) == "gone" && !hasRoute(nl[rest[i].Name()], vslice)
+		return devs.peerState(rest[i], victim) == "gone" && !hasRoute(nl[rest[i].Name()], vslice)
 	})
 	if failErr != nil {
 		return res, fmt.Errorf("failure: %w", failErr)
@@ -367,24 +379,87 @@ func checkRunning(hosts []*lab.Host) error {
 	return nil
 }
 
-// peerState is how host sees name: "configured" (alive, on the device),
-// "gone" (absent or not alive, and not on the device), or "other".
-func peerState(host *lab.Host, name string) string {
-	st, err := control.NewClient(host.ControlSocket()).Status()
+// wgDevices reads the hosts' WireGuard devices straight from their UAPI
+// sockets in /var/run/wireguard, reachable from the root namespace (every
+// converge host runs meshd in userspace mode). A peer check thus costs
+// meshd one device read instead of a full status (device, nftables
+// counters, JSON), which at 25 hosts polled every 50 ms took enough CPU
+// to distort the times measured.
+type wgDevices struct {
+	c *wgctrl.Client
+
+	mu   sync.Mutex
+	keys map[*lab.Host]wgtypes.Key
+}
+
+func newWGDevices() (*wgDevices, error) {
+	c, err := wgctrl.New()
+	if err != nil {
+		return nil, fmt.Errorf("wgctrl: %w", err)
+	}
+	return &wgDevices{c: c, keys: map[*lab.Host]wgtypes.Key{}}, nil
+}
+
+func (d *wgDevices) Close() error { return d.c.Close() }
+
+// key returns h's WireGuard public key, derived from the private key meshd
+// creates in its data_dir on first start; ok is false until it exists.
+func (d *wgDevices) key(h *lab.Host) (k wgtypes.Key, ok bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if k, ok := d.keys[h]; ok {
+		return k, true
+	}
+	priv, err := crypto.LoadPrivateKey(filepath.Join(h.DataDir(), crypto.KeyFileName))
+	if err != nil {
+		return wgtypes.Key{}, false
+	}
+	k = priv.PublicKey()
+	d.keys[h] = k
+	return k, true
+}
+
+// peers returns the public keys configured on h's device.
+func (d *wgDevices) peers(h *lab.Host) (map[wgtypes.Key]bool, error) {
+	dev, err := d.c.Device(h.Interface())
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[wgtypes.Key]bool, len(dev.Peers))
+	for _, p := range dev.Peers {
+		m[p.PublicKey] = true
+	}
+	return m, nil
+}
+
+// hasExactly reports whether h's device has others, and no one else, as
+// its peers.
+func (d *wgDevices) hasExactly(h *lab.Host, others []*lab.Host) bool {
+	ps, err := d.peers(h)
+	if err != nil || len(ps) != len(others) {
+		return false
+	}
+	for _, o := range others {
+		if k, ok := d.key(o); !ok || !ps[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// peerState is how host's device sees peer: "configured" (a peer with
+// its key), "gone" (none), or "other" (device or key unreadable).
+func (d *wgDevices) peerState(host, peer *lab.Host) string {
+	k, ok := d.key(peer)
+	if !ok {
+		return "other"
+	}
+	ps, err := d.peers(host)
 	if err != nil {
 		return "other"
 	}
-	for _, p := range st.Peers {
-		if p.Name != name {
-			continue
-		}
-		switch {
-		case p.State == "alive" && p.Configured:
-			return "configured"
-		case p.State != "alive" && !p.Configured:
-			return "gone"
-		}
-		return "other"
+	if ps[k] {
+		return "configured"
 	}
 	return "gone"
 }

@@ -100,6 +100,8 @@ func cmdThroughput(ctx context.Context, args []string) error {
 	nebulaBin := fs.String("nebula", "", "nebula binary (empty: unavailable)")
 	nebulaCert := fs.String("nebula-cert", "", "nebula-cert binary")
 	nebulaWhy := fs.String("nebula-unavailable", "not built", "reason printed when -nebula is empty")
+	nebulaVersion := fs.String("nebula-version", "", "nebula module version, printed in the notes")
+	nebulaSkipped := fs.String("nebula-skipped", "", "newer nebula versions that did not build, and why (printed in the notes)")
 	udpRate := fs.String("udp-rate", "0", "iperf3 -b for the UDP test (0 = as fast as possible)")
 	testsFlag := fs.String("tests", "tcp1,tcp4,udp", "comma-separated: tcp1 (one stream), tcp4 (-P 4), udp")
 	underlay := fs.Int("underlay-mtu", 0, "underlay MTU (0 = veth default 1500)")
@@ -220,7 +222,10 @@ func cmdThroughput(ctx context.Context, args []string) error {
 				continue
 			}
 			tunnels[m.key] = &nebulaTunnel{l: l, bin: *nebulaBin, certBin: *nebulaCert, mtuVal: tunMTU}
-			rep.Notes = append(rep.Notes, "nebula is measured host to host (its overlay addresses), not pod to pod")
+			rep.Notes = append(rep.Notes, "nebula "+*nebulaVersion+" is measured host to host (its overlay addresses), not pod to pod")
+			if *nebulaSkipped != "" {
+				rep.Notes = append(rep.Notes, "newer nebula not built: "+*nebulaSkipped)
+			}
 		}
 	}
 
