@@ -43,6 +43,7 @@ type Lab struct {
 	mu         sync.Mutex
 	namespaces []string // in creation order
 	captures   []*Capture
+	neigh      []neighLimit
 	closed     bool
 }
 
@@ -62,6 +63,10 @@ func New(ctx context.Context, spec Spec) (_ *Lab, err error) {
 		}
 	}()
 	if err := l.makeDirs(); err != nil {
+		return nil, err
+	}
+	l.neigh, err = raiseNeighLimits(neighEntries(len(l.hosts), len(l.spec.Segments)))
+	if err != nil {
 		return nil, err
 	}
 	if err := l.build(ctx); err != nil {
@@ -362,6 +367,8 @@ func (l *Lab) Close() error {
 			errs = append(errs, fmt.Errorf("lab: remove %s: %w", l.dir, err))
 		}
 	}
+	// After the namespaces are gone, so their entries no longer count.
+	errs = append(errs, restoreNeighLimits(l.neigh))
 	return errors.Join(errs...)
 }
 
