@@ -36,7 +36,7 @@ type Status struct {
 // reload.
 type PolicyCounter struct {
 	Label   string `json:"label"`
-	Action  string `json:"action"` // accept | drop
+	Action  string `json:"action"` // accept | drop | clamp (the TCP MSS clamp, see policy.LabelMSSClamp)
 	Reason  string `json:"reason"`
 	Packets uint64 `json:"packets"`
 	Bytes   uint64 `json:"bytes"`

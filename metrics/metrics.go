@@ -102,8 +102,8 @@ func NewCollector(status func() control.Status) prometheus.Collector {
 		handshakeAge:  d("peer_handshake_age_seconds", "Seconds since the last WireGuard handshake with a configured peer.", "peer"),
 		rxBytes:       d("peer_receive_bytes_total", "Bytes received from a configured WireGuard peer.", "peer"),
 		txBytes:       d("peer_transmit_bytes_total", "Bytes sent to a configured WireGuard peer.", "peer"),
-		policyPackets: d("policy_packets_total", "Packets matched by an allow-list rule since the last reload.", rule...),
-		policyBytes:   d("policy_bytes_total", "Bytes matched by an allow-list rule since the last reload.", rule...),
+		policyPackets: d("policy_packets_total", "Packets matched by an allow-list rule (or clamped by the mss-clamp rule) since the last reload.", rule...),
+		policyBytes:   d("policy_bytes_total", "Bytes matched by an allow-list rule (or clamped by the mss-clamp rule) since the last reload.", rule...),
 	}
 }
 

@@ -109,7 +109,7 @@ func checkSegments(segs []Segment) error {
 // Reason classifies a label for counters and explanations.
 func Reason(label string) string {
 	switch {
-	case label == LabelEstablished, label == LabelInvalid, label == LabelDefaultDeny:
+	case label == LabelEstablished, label == LabelInvalid, label == LabelDefaultDeny, label == LabelMSSClamp:
 		return label
 	case strings.HasPrefix(label, labelRulePrefix):
 		return "rule"

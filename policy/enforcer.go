@@ -28,7 +28,7 @@ type Conn interface {
 // Apply (Apply recreates the rules, which resets them).
 type Counter struct {
 	Label   string
-	Action  string // "accept" or "drop"
+	Action  string // "accept" or "drop"; ActionClamp for LabelMSSClamp
 	Reason  string // see Reason
 	Packets uint64
 	Bytes   uint64
@@ -121,7 +121,7 @@ func queueDelete(c Conn, t *nftables.Table) {
 }
 
 // Counters reads the policy chain's counters back from the kernel and
-// sums them per label, in chain order.
+// sums them per label, in chain order, followed by the MSS clamp's.
 func (e *Enforcer) Counters() ([]Counter, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -136,7 +136,13 @@ func (e *Enforcer) Counters() ([]Counter, error) {
 	if len(rules) == 0 {
 		return nil, ErrNotApplied
 	}
-	return countersOf(rules)
+	// A missing chain dumps as nothing too, so a table gone in between
+	// just shows no clamp counter.
+	clamp, err := e.conn.GetRules(t, &nftables.Chain{Name: MSSChain, Table: t})
+	if err != nil {
+		return nil, fmt.Errorf("read MSS clamp counter from table inet %s: %w", TableName, err)
+	}
+	return countersOf(append(rules, clamp...))
 }
 
 func countersOf(rules []*nftables.Rule) ([]Counter, error) {
@@ -163,6 +169,8 @@ func countersOf(rules []*nftables.Rule) ([]Counter, error) {
 	return out, nil
 }
 
+// counterAndAction names the rule's action after its verdict or, for the
+// MSS clamp, which has none, after what it does to the packet.
 func counterAndAction(exprs []expr.Any) (*expr.Counter, string) {
 	var cnt *expr.Counter
 	action := ""
@@ -172,6 +180,10 @@ func counterAndAction(exprs []expr.Any) (*expr.Counter, string) {
 			cnt = v
 		case *expr.Verdict:
 			action = verdictName(v)
+		case *expr.Exthdr:
+			if clampsMSS(v) {
+				action = ActionClamp
+			}
 		}
 	}
 	return cnt, action

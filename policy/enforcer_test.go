@@ -17,7 +17,8 @@ type recorder struct {
 	queue    []string
 	batches  [][]string
 	flushErr error
-	rules    []*nftables.Rule
+	rules    []*nftables.Rule // the policy chain
+	clamp    []*nftables.Rule // the MSS chain
 	getErr   error
 }
 
@@ -34,7 +35,10 @@ func (r *recorder) AddRule(x *nftables.Rule) *nftables.Rule {
 	r.queue = append(r.queue, "add rule "+x.Chain.Name+" "+labelOf(x.UserData))
 	return x
 }
-func (r *recorder) GetRules(*nftables.Table, *nftables.Chain) ([]*nftables.Rule, error) {
+func (r *recorder) GetRules(_ *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error) {
+	if c.Name == MSSChain {
+		return r.clamp, r.getErr
+	}
 	return r.rules, r.getErr
 }
 
@@ -63,11 +67,12 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	}
 	want := []string{
 		"add table meshd", "del table meshd", "add table meshd",
-		"add chain policy", "add chain forward", "add chain input", "add chain output",
+		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss",
 		"add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
 		"add rule policy established", "add rule policy invalid",
 		"add rule policy allow[0]", "add rule policy allow[0]",
 		"add rule policy segment:blue", "add rule policy segment:green", "add rule policy default-deny",
+		"add rule mss mss-clamp",
 	}
 	// Idempotent: the second Apply sends exactly the same replacement.
 	if len(rec.batches) != 2 || !reflect.DeepEqual(rec.batches[0], want) || !reflect.DeepEqual(rec.batches[1], want) {
@@ -141,7 +146,37 @@ func TestCounters(t *testing.T) {
 		{"default-deny", "drop", "default-deny", 4, 400},
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Errorf("got  %+v\nwant %+v", got, want)
+		t.Errorf("without a clamp chain:\n got  %+v\nwant %+v", got, want)
+	}
+
+	// The clamp has no verdict. Read back, it lacks the rt and byteorder
+	// expressions the library cannot decode, as here.
+	plan, err := Render(&Ruleset{}, "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	clamp := plan.Rules[len(plan.Rules)-1]
+	if clamp.Chain.Name != MSSChain {
+		t.Fatalf("last rule is in chain %s, want %s", clamp.Chain.Name, MSSChain)
+	}
+	var readBack []expr.Any
+	for _, x := range clamp.Exprs {
+		switch x.(type) {
+		case *expr.Rt, *expr.Byteorder:
+		case *expr.Counter:
+			readBack = append(readBack, &expr.Counter{Packets: 2, Bytes: 120})
+		default:
+			readBack = append(readBack, x)
+		}
+	}
+	rec.clamp = []*nftables.Rule{{UserData: clamp.UserData, Exprs: readBack}}
+	got, err = NewEnforcer(rec, "mesh0", nil).Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, Counter{"mss-clamp", "clamp", "mss-clamp", 2, 120})
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("with the clamp:\n got  %+v\nwant %+v", got, want)
 	}
 
 	rec.rules = nil

@@ -89,6 +89,18 @@ func FormatExpr(e expr.Any) string {
 	case *expr.Bitwise:
 		return fmt.Sprintf("bitwise reg %d = (reg %d & 0x%s) ^ 0x%s",
 			x.DestRegister, x.SourceRegister, hex.EncodeToString(x.Mask), hex.EncodeToString(x.Xor))
+	case *expr.Rt:
+		return fmt.Sprintf("rt load %s => reg %d", rtKeyName(x.Key), x.Register)
+	case *expr.Byteorder:
+		return fmt.Sprintf("byteorder reg %d = %s(reg %d, %d, %d)",
+			x.DestRegister, byteorderOpName(x.Op), x.SourceRegister, x.Size, x.Len)
+	case *expr.Exthdr:
+		if x.SourceRegister != 0 {
+			return fmt.Sprintf("exthdr write %s reg %d => %db @ %d + %d",
+				exthdrOpName(x.Op), x.SourceRegister, x.Len, x.Type, x.Offset)
+		}
+		return fmt.Sprintf("exthdr load %s %db @ %d + %d => reg %d",
+			exthdrOpName(x.Op), x.Len, x.Type, x.Offset, x.DestRegister)
 	case *expr.Counter:
 		return "counter"
 	case *expr.Verdict:
@@ -116,6 +128,33 @@ func ctKeyName(k expr.CtKey) string {
 		return "state"
 	}
 	return fmt.Sprintf("key(%d)", k)
+}
+
+func rtKeyName(k expr.RtKey) string {
+	if k == expr.RtTCPMSS {
+		return "tcpmss"
+	}
+	return fmt.Sprintf("key(%d)", k)
+}
+
+func byteorderOpName(op expr.ByteorderOp) string {
+	switch op {
+	case expr.ByteorderHton:
+		return "hton"
+	case expr.ByteorderNtoh:
+		return "ntoh"
+	}
+	return fmt.Sprintf("op(%d)", op)
+}
+
+func exthdrOpName(op expr.ExthdrOp) string {
+	switch op {
+	case expr.ExthdrOpTcpopt:
+		return "tcpopt"
+	case expr.ExthdrOpIpv6:
+		return "ipv6"
+	}
+	return fmt.Sprintf("op(%d)", op)
 }
 
 func cmpOpName(op expr.CmpOp) string {

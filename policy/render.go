@@ -29,6 +29,8 @@ const (
 
 // Plan is the complete content of meshd's table, in the order it must be
 // sent: the policy chain precedes the base chains whose rules jump to it.
+// Besides the policy it holds the MSS clamp (see MSSChain), so one
+// transaction installs, replaces or removes both.
 type Plan struct {
 	Table  *nftables.Table
 	Chains []*nftables.Chain
@@ -47,10 +49,11 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	}
 	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 	pol := &nftables.Chain{Name: PolicyChain, Table: t}
-	fwd := baseChain(t, "forward", nftables.ChainHookForward)
-	in := baseChain(t, "input", nftables.ChainHookInput)
-	out := baseChain(t, "output", nftables.ChainHookOutput)
-	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out}}
+	fwd := baseChain(t, "forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
+	in := baseChain(t, "input", nftables.ChainHookInput, nftables.ChainPriorityFilter)
+	out := baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter)
+	mss := mssChain(t)
+	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out, mss}}
 
 	// A packet both entering and leaving the tunnel (a host relaying
 	// between peers) is judged once: the policy chain always ends in a
@@ -71,16 +74,17 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 			p.add(pol, rs.Entries[i].Label, exprs...)
 		}
 	}
+	p.add(mss, LabelMSSClamp, mssClampExprs(iface)...)
 	return p, nil
 }
 
-func baseChain(t *nftables.Table, name string, hook *nftables.ChainHook) *nftables.Chain {
+func baseChain(t *nftables.Table, name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
 	// Accept, not drop: meshd must not affect traffic that never touches
 	// the tunnel.
 	accept := nftables.ChainPolicyAccept
 	return &nftables.Chain{
 		Name: name, Table: t, Hooknum: hook,
-		Priority: nftables.ChainPriorityFilter,
+		Priority: prio,
 		Type:     nftables.ChainTypeFilter,
 		Policy:   &accept,
 	}
@@ -101,6 +105,10 @@ func checkIface(name string) error {
 }
 
 func jumpIfName(key expr.MetaKey, iface string) []expr.Any {
+	return append(ifNameExprs(key, iface), &expr.Verdict{Kind: expr.VerdictJump, Chain: PolicyChain})
+}
+
+func ifNameExprs(key expr.MetaKey, iface string) []expr.Any {
 	// IFNAMSIZ bytes with NUL padding make an exact match, as nft does;
 	// a shorter compare would be a prefix (wildcard) match.
 	name := make([]byte, unix.IFNAMSIZ)
@@ -108,7 +116,6 @@ func jumpIfName(key expr.MetaKey, iface string) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: key, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
-		&expr.Verdict{Kind: expr.VerdictJump, Chain: PolicyChain},
 	}
 }
 

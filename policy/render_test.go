@@ -17,7 +17,11 @@ func ctMask(bits uint32) string { return hex.EncodeToString(binaryutil.NativeEnd
 // rules as: iifname "mesh0" jump policy; ct state established,related
 // accept; ip saddr 10.42.0.0/16 ip daddr 10.43.0.0/16 tcp dport 8080
 // accept; ... udp dport 53-60; meta l4proto icmp; ip6 ... meta l4proto
-// ipv6-icmp; ip6 saddr ... ip6 daddr fd43::7/128 meta l4proto tcp.
+// ipv6-icmp; ip6 saddr ... ip6 daddr fd43::7/128 meta l4proto tcp. The
+// mss rule is expression for expression what `nft --debug=netlink add
+// rule inet meshd mss oifname "mesh0" tcp flags & (syn | rst) == syn
+// counter tcp option maxseg size set rt mtu` prints (nft 1.0.6), which
+// TestClampNetns also checks against the kernel.
 func TestRenderGolden(t *testing.T) {
 	rs, err := Compile([]Segment{testSegs[0], testSegs[1], testSegs[2], testSegs[3]}, []Rule{
 		{From: "blue", To: "green", Ports: []string{"tcp/8080", "udp/53-60", "icmp"}},
@@ -53,6 +57,7 @@ func TestRenderGolden(t *testing.T) {
 		"chain forward {type filter hook forward priority 0 policy accept}",
 		"chain input {type filter hook input priority 0 policy accept}",
 		"chain output {type filter hook output priority 0 policy accept}",
+		"chain mss {type filter hook forward priority -150 policy accept}",
 		"forward tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"forward tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"input tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
@@ -69,6 +74,9 @@ func TestRenderGolden(t *testing.T) {
 		"policy segment:blue6: " + v6 + b6S + b6D + accept,
 		"policy segment:green6: " + v6 + g6S + g6D + accept,
 		"policy default-deny: counter; drop",
+		"mss mss-clamp: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; meta load l4proto => reg 1; cmp eq reg 1 0x06; " +
+			"payload load 1b @ transport header + 13 => reg 1; bitwise reg 1 = (reg 1 & 0x06) ^ 0x00; cmp eq reg 1 0x02; counter; " +
+			"rt load tcpmss => reg 1; byteorder reg 1 = hton(reg 1, 2, 2); exthdr write tcpopt reg 1 => 2b @ 2 + 2",
 	}, "\n") + "\n"
 	if got := plan.String(); got != want {
 		t.Errorf("plan differs.\n got:\n%s\nwant:\n%s", got, want)

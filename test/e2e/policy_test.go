@@ -120,6 +120,13 @@ func TestAllowListsOnRealTraffic(t *testing.T) {
 		if err := tcpOK(h1, h2, "blue", "blue", 8081); err != nil {
 			t.Errorf("tcp blue->blue: %v", err)
 		}
+		// The pods' 1500-byte links would overshoot the tunnel: h1 clamps
+		// the SYN, h2 the SYN-ACK, and status shows both.
+		for _, h := range []*lab.Host{h1, h2} {
+			if c := counters(t, h)["mss-clamp"]; c.Packets == 0 || c.Action != "clamp" {
+				t.Errorf("%s mss-clamp counter %+v; want the handshake counted", h.Name(), c)
+			}
+		}
 		if err := udpOK(h1, h2, "green", "green", 5353); err != nil {
 			t.Errorf("udp green->green: %v", err)
 		}
