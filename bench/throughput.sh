@@ -8,7 +8,7 @@
 #   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
-#   -m  comma list of raw,wggo,meshd,meshd100,nebula (default: all)
+#   -m  comma list of raw,wggo,wggonft,meshd,meshd100,nebula (default: all)
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
 #   -j  also write the results as JSON
@@ -17,7 +17,7 @@
 # versions that need a newer Go.
 set -euo pipefail
 
-T=10 R=3 MODES=raw,wggo,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp
+T=10 R=3 MODES=raw,wggo,wggonft,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp
 while getopts t:r:m:p:j:T:h o; do
   case $o in
     t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;;

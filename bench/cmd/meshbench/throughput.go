@@ -47,6 +47,7 @@ type modeInfo struct {
 var allModes = []modeInfo{
 	{"raw", "raw veth"},
 	{"wggo", "wireguard-go"},
+	{"wggonft", "wireguard-go + meshd's nftables"},
 	{"meshd", "meshd"},
 	{"meshd100", "meshd +100 rules"},
 	{"nebula", "nebula"},
@@ -93,7 +94,7 @@ func cmdThroughput(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("throughput", flag.ContinueOnError)
 	secs := fs.Int("t", 10, "seconds per iperf3 run")
 	rounds := fs.Int("r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,meshd,meshd100,nebula", "comma-separated: raw, wggo, meshd, meshd100, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, meshd, meshd100, nebula")
 	path := fs.String("path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	meshdBin := fs.String("meshd", "", "meshd binary")
 	wggoBin := fs.String("wireguard-go", "", "standalone wireguard-go binary")
@@ -206,6 +207,12 @@ func cmdThroughput(ctx context.Context, args []string) error {
 				continue
 			}
 			tunnels[m.key] = &wggoTunnel{l: l, bin: *wggoBin, path: *path, mtuVal: tunMTU, wg: wg}
+		case "wggonft":
+			if *wggoBin == "" {
+				unavail[m.key] = "no -wireguard-go binary"
+				continue
+			}
+			tunnels[m.key] = &wggoTunnel{l: l, bin: *wggoBin, path: *path, mtuVal: tunMTU, wg: wg, withPolicy: true}
 		case "meshd", "meshd100":
 			if *meshdBin == "" {
 				unavail[m.key] = "no -meshd binary"

@@ -13,11 +13,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/lab"
+	"github.com/meshd/meshd/policy"
 )
 
 // Benchmark traffic runs on segment "blue"; "green" exists so that the
@@ -129,6 +132,11 @@ type wggoTunnel struct {
 	wg      *wgctrl.Client
 	procs   [2]*bg
 	ifnames [2]string
+	// withPolicy installs meshd's own nftables table (the allow-list with
+	// no rules: segments, default deny, conntrack, MSS clamp) on both
+	// hosts, so the table's cost can be told apart from meshd's engine.
+	withPolicy bool
+	policies   [2]*policy.Enforcer
 }
 
 func wggoOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
@@ -180,8 +188,46 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 			}
 		}
 	}
+	if t.withPolicy {
+		if err := t.installPolicy(); err != nil {
+			return err
+		}
+	}
 	e := t.endpoints()
 	return waitPing(ctx, e.clientNS, e.target, 10*time.Second)
+}
+
+// installPolicy applies the table meshd would install for the lab's
+// segments with no [[allow]] rules, through the same policy package.
+func (t *wggoTunnel) installPolicy() error {
+	var segs []policy.Segment
+	for _, s := range t.l.Spec().Segments {
+		cidr, err := netip.ParsePrefix(s.CIDR)
+		if err != nil {
+			return err
+		}
+		segs = append(segs, policy.Segment{Name: s.Name, CIDR: cidr})
+	}
+	rs, err := policy.Compile(segs, nil)
+	if err != nil {
+		return err
+	}
+	for i := range 2 {
+		nsh, err := netns.GetFromName(t.l.Host(i + 1).NS())
+		if err != nil {
+			return err
+		}
+		conn, err := nftables.New(nftables.WithNetNSFd(int(nsh)))
+		nsh.Close()
+		if err != nil {
+			return fmt.Errorf("nftables in %s: %w", t.l.Host(i+1).NS(), err)
+		}
+		t.policies[i] = policy.NewEnforcer(conn, t.ifnames[i], nil)
+		if err := t.policies[i].Apply(rs); err != nil {
+			return fmt.Errorf("meshd's table on %s: %w", t.l.Host(i+1).NS(), err)
+		}
+	}
+	return nil
 }
 
 func prefixNet(p netip.Prefix) net.IPNet {
@@ -238,6 +284,13 @@ func deviceTx(c *wgctrl.Client, name string) int64 {
 func (t *wggoTunnel) mtu() int { return t.mtuVal }
 
 func (t *wggoTunnel) teardown() error {
+	var errs []error
+	for i, p := range t.policies {
+		if p != nil {
+			errs = append(errs, p.Flush())
+			t.policies[i] = nil
+		}
+	}
 	var wg sync.WaitGroup
 	for _, p := range t.procs {
 		wg.Add(1)
@@ -250,7 +303,7 @@ func (t *wggoTunnel) teardown() error {
 		}
 		t.procs[i] = nil
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // ---- meshd, two daemons from the lab ----
