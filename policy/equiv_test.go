@@ -43,11 +43,7 @@ func evalRule(t *testing.T, exprs []expr.Any, p packet) (expr.VerdictKind, bool)
 		case *expr.Payload:
 			reg = p.payload(t, x)
 		case *expr.Bitwise:
-			out := make([]byte, x.Len)
-			for i := range out {
-				out[i] = reg[i]&x.Mask[i] ^ x.Xor[i]
-			}
-			reg = out
+			reg = evalBitwise(reg, x)
 		case *expr.Cmp:
 			if !cmpHolds(x.Op, bytes.Compare(reg, x.Data)) {
 				return 0, false
@@ -169,4 +165,13 @@ func TestExplainMatchesRender(t *testing.T) {
 	if testing.Verbose() {
 		fmt.Printf("compared %d packets\n", checked)
 	}
+}
+
+// evalBitwise is nftables' bitwise expression: (reg & mask) ^ xor.
+func evalBitwise(reg []byte, x *expr.Bitwise) []byte {
+	out := make([]byte, x.Len)
+	for i := range out {
+		out[i] = reg[i]&x.Mask[i] ^ x.Xor[i]
+	}
+	return out
 }

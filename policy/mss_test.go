@@ -44,11 +44,7 @@ func evalClamp(t *testing.T, exprs []expr.Any, p segment) (mss uint16, counted b
 			}
 			reg = []byte{p.flags}
 		case *expr.Bitwise:
-			out := make([]byte, x.Len)
-			for i := range out {
-				out[i] = reg[i]&x.Mask[i] ^ x.Xor[i]
-			}
-			reg = out
+			reg = evalBitwise(reg, x)
 		case *expr.Cmp:
 			if !cmpHolds(x.Op, bytes.Compare(reg, x.Data)) {
 				return p.mss, counted
