@@ -28,7 +28,8 @@ type Status struct {
 	Reconciles int    `json:"reconciles"`
 	LastError  string `json:"last_error,omitempty"`
 	// Policy holds the allow-list counters: one entry per rule label
-	// (allow[i], segment:NAME, default-deny, invalid, established).
+	// (allow[i], segment:NAME, default-deny, invalid, established,
+	// link-local, mss-clamp).
 	Policy []PolicyCounter `json:"policy"`
 }
 

@@ -21,6 +21,10 @@ const (
 const (
 	LabelEstablished = "established"
 	LabelInvalid     = "invalid"
+	// LabelLinkLocal counts the kernel's own IPv6 link-scope multicast
+	// (MLD reports on a forwarding host) that would otherwise show up as
+	// default-deny drops although no workload sent anything.
+	LabelLinkLocal   = "link-local"
 	LabelDefaultDeny = "default-deny"
 	labelRulePrefix  = "allow["
 	labelSegPrefix   = "segment:"
@@ -109,7 +113,7 @@ func checkSegments(segs []Segment) error {
 // Reason classifies a label for counters and explanations.
 func Reason(label string) string {
 	switch {
-	case label == LabelEstablished, label == LabelInvalid, label == LabelDefaultDeny, label == LabelMSSClamp:
+	case label == LabelEstablished, label == LabelInvalid, label == LabelLinkLocal, label == LabelDefaultDeny, label == LabelMSSClamp:
 		return label
 	case strings.HasPrefix(label, labelRulePrefix):
 		return "rule"

@@ -69,7 +69,7 @@ func TestApplyIsOneTransaction(t *testing.T) {
 		"add table meshd", "del table meshd", "add table meshd",
 		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss",
 		"add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
-		"add rule policy established", "add rule policy invalid",
+		"add rule policy established", "add rule policy invalid", "add rule policy link-local",
 		"add rule policy allow[0]", "add rule policy allow[0]",
 		"add rule policy segment:blue", "add rule policy segment:green", "add rule policy default-deny",
 		"add rule mss mss-clamp",

@@ -65,6 +65,7 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 
 	p.add(pol, LabelEstablished, ctStateExprs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, Accept)...)
 	p.add(pol, LabelInvalid, ctStateExprs(expr.CtStateBitINVALID, Drop)...)
+	p.add(pol, LabelLinkLocal, linkLocalMulticastExprs()...)
 	for i := range rs.Entries {
 		rules, err := entryExprs(&rs.Entries[i])
 		if err != nil {
@@ -128,6 +129,20 @@ func ctStateExprs(bits uint32, a Action) []expr.Any {
 		&expr.Counter{},
 		verdict(a),
 	}
+}
+
+// linkLocalMulticastExprs matches IPv6 link-scope multicast (ff02::/16):
+// the kernel's MLD reports for groups a forwarding host joins on every
+// link, sent from :: even on a tunnel without addresses. WireGuard has no
+// peer for such a destination, so nothing is lost by dropping it; it
+// only gets its own counter instead of inflating default-deny.
+func linkLocalMulticastExprs() []expr.Any {
+	exprs := []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV6}},
+	}
+	exprs = append(exprs, addrExprs(netip.MustParsePrefix("ff02::/16"), false)...)
+	return append(exprs, &expr.Counter{}, verdict(Drop))
 }
 
 func verdict(a Action) *expr.Verdict {

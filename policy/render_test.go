@@ -64,6 +64,8 @@ func TestRenderGolden(t *testing.T) {
 		"output tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"policy established: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(6) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; " + accept,
 		"policy invalid: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(1) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; counter; drop",
+		"policy link-local: " + v6 + "payload load 16b @ network header + 24 => reg 1; bitwise reg 1 = (reg 1 & 0xffff" + strings.Repeat("0", 28) + ") ^ 0x" + strings.Repeat("0", 32) +
+			"; cmp eq reg 1 0xff02" + strings.Repeat("0", 28) + "; counter; drop",
 		"policy allow[0]: " + v4 + blueS + greenD + "meta load l4proto => reg 1; cmp eq reg 1 0x06; " + dport + "cmp eq reg 1 0x1f90; " + accept,
 		"policy allow[0]: " + v4 + blueS + greenD + "meta load l4proto => reg 1; cmp eq reg 1 0x11; " + dport + "cmp gte reg 1 0x0035; cmp lte reg 1 0x003c; " + accept,
 		"policy allow[0]: " + v4 + blueS + greenD + "meta load l4proto => reg 1; cmp eq reg 1 0x01; " + accept,
