@@ -142,10 +142,11 @@ func TestGossipAtScale(t *testing.T) {
 	// Generous: the memberlists share this machine's cores with whatever
 	// else the test run does, and slow probes make serf suspect members.
 	// The last missed broadcasts wait for serf's push/pull, which at 200
-	// members runs about every 100 s per member (it scales with the
-	// cluster's size): all pairs took 60-230 s here.
+	// members runs every 120 s per member (it scales with the cluster's
+	// size): all pairs took 60-250 s here, the slow end in CI next to
+	// the e2e tests. Five rounds of it is the bound.
 	wait := func(what, name string, mostly *time.Duration) time.Duration {
-		began, deadline := time.Now(), time.Now().Add(420*time.Second)
+		began, deadline := time.Now(), time.Now().Add(600*time.Second)
 		total := len(members) * len(members)
 		for {
 			gaps := missing(name)
