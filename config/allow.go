@@ -3,8 +3,6 @@ package config
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
 	"strings"
 
 	"github.com/meshd/meshd/policy"
@@ -60,7 +58,7 @@ func (l *loader) allowTables() ([]map[string]any, *Error) {
 func allowKey(i int, k string) string { return indexedKey(keyAllow, i, k) }
 
 func parseAllow(i int, t map[string]any) (policy.Rule, *Error) {
-	if e := checkAllowKeys(i, t); e != nil {
+	if e := checkTableKeys(t, allowKeys, "a rule", func(k string) string { return allowKey(i, k) }); e != nil {
 		return policy.Rule{}, e
 	}
 	var r policy.Rule
@@ -73,25 +71,6 @@ func parseAllow(i int, t map[string]any) (policy.Rule, *Error) {
 	}
 	r.Ports, e = allowPorts(i, t)
 	return r, e
-}
-
-func checkAllowKeys(i int, t map[string]any) *Error {
-	keys := make([]string, 0, len(t))
-	for k := range t {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if slices.Contains(allowKeys, k) {
-			continue
-		}
-		fix := "remove it; a rule has only: " + strings.Join(allowKeys, ", ")
-		if s := suggest(k, allowKeys); s != "" {
-			fix = fmt.Sprintf("did you mean %q?", s)
-		}
-		return fail(allowKey(i, k), "unknown key", fix)
-	}
-	return nil
 }
 
 // allowString leaves a missing value as "": policy reports it with a

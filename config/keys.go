@@ -226,3 +226,26 @@ func editDistance(a, b string) int {
 	}
 	return d[len(a)][len(b)]
 }
+
+// checkTableKeys rejects keys of one array-of-tables entry ([[segments]],
+// [[allow]]) that are not in known, in a stable order. what names the
+// entry in the fix ("a segment"); key renders a key's full name for the
+// error, e.g. "segments[2].cidr".
+func checkTableKeys(t map[string]any, known []string, what string, key func(string) string) *Error {
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if slices.Contains(known, k) {
+			continue
+		}
+		fix := "remove it; " + what + " has only: " + strings.Join(known, ", ")
+		if s := suggest(k, known); s != "" {
+			fix = fmt.Sprintf("did you mean %q?", s)
+		}
+		return fail(key(k), "unknown key", fix)
+	}
+	return nil
+}

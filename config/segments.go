@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
-	"slices"
-	"sort"
 	"strings"
 )
 
@@ -77,7 +75,7 @@ func indexedKey(key string, i int, k string) string {
 func segKey(i int, k string) string { return indexedKey(keySegments, i, k) }
 
 func parseSegment(i int, t map[string]any) (Segment, *Error) {
-	if e := checkSegmentKeys(i, t); e != nil {
+	if e := checkTableKeys(t, segmentKeys, "a segment", func(k string) string { return segKey(i, k) }); e != nil {
 		return Segment{}, e
 	}
 	var seg Segment
@@ -126,25 +124,6 @@ func segHostPrefix(i int, t map[string]any, cidr netip.Prefix) (int, *Error) {
 			fmt.Sprintf("use a length from %d to %d: a slice must be smaller than its segment", cidr.Bits()+1, cidr.Addr().BitLen()))
 	}
 	return int(n), nil
-}
-
-func checkSegmentKeys(i int, t map[string]any) *Error {
-	keys := make([]string, 0, len(t))
-	for k := range t {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		if slices.Contains(segmentKeys, k) {
-			continue
-		}
-		fix := "remove it; a segment has only: " + strings.Join(segmentKeys, ", ")
-		if s := suggest(k, segmentKeys); s != "" {
-			fix = fmt.Sprintf("did you mean %q?", s)
-		}
-		return fail(segKey(i, k), "unknown key", fix)
-	}
-	return nil
 }
 
 func segString(i int, t map[string]any, k string) (string, *Error) {
