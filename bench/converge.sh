@@ -28,12 +28,4 @@ for n in "${SIZES[@]}"; do BOUND=$((BOUND + 360 + n)); done
 ARGS=()
 [ -n "$JSON" ] && ARGS+=(-json "$JSON")
 [ -n "$LOGS" ] && ARGS+=(-keep-logs "$LOGS")
-set +e
-timeout -k 30 "$BOUND" "$W/meshbench" converge -prefix "$PREFIX" -meshd "$W/meshd" "${ARGS[@]}" "${SIZES[@]}" &
-BENCH_PID=$!
-wait "$BENCH_PID"
-rc=$?
-set -e
-BENCH_PID=
-[ $rc = 124 ] && echo "converge.sh: gave up after ${BOUND}s" >&2
-exit $rc
+bench_run "$BOUND" converge -prefix "$PREFIX" -meshd "$W/meshd" "${ARGS[@]}" "${SIZES[@]}"

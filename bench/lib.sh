@@ -32,3 +32,20 @@ bench_cleanup() {
 bench_build() {
   (cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench)
 }
+
+# bench_run BOUND ARGS... runs "$W/meshbench ARGS..." for at most BOUND
+# seconds, as BENCH_PID so that Ctrl-C reaches it through bench_cleanup,
+# and exits with its status.
+bench_run() {
+  local bound=$1 rc
+  shift
+  set +e
+  timeout -k 30 "$bound" "$W/meshbench" "$@" &
+  BENCH_PID=$!
+  wait "$BENCH_PID"
+  rc=$?
+  set -e
+  BENCH_PID=
+  [ $rc = 124 ] && echo "$BENCH_NAME.sh: gave up after ${bound}s" >&2
+  exit $rc
+}

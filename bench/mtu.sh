@@ -17,11 +17,4 @@ source "$(dirname "$0")/lib.sh"
 bench_init mtu mbmtu 20
 bench_build
 N=$(echo "$UNDERLAYS" | tr ',' '\n' | grep -c .)
-set +e
-timeout -k 30 $((60 + 150 * N)) "$W/meshbench" mtu -prefix "$PREFIX" -meshd "$W/meshd" -underlays "$UNDERLAYS" &
-BENCH_PID=$!
-wait "$BENCH_PID"
-rc=$?
-set -e
-BENCH_PID=
-exit $rc
+bench_run $((60 + 150 * N)) mtu -prefix "$PREFIX" -meshd "$W/meshd" -underlays "$UNDERLAYS"

@@ -80,13 +80,5 @@ NMODES=$(echo "$MODES" | tr ',' '\n' | grep -c .)
 BOUND=$(( 120 + R * NMODES * (65 + 9 * (T + 35)) ))
 JSON_ARGS=()
 [ -n "$JSON" ] && JSON_ARGS=(-json "$JSON")
-set +e
-timeout -k 30 "$BOUND" "$W/meshbench" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -tests "$TESTS" -path "$P" \
-  -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}" &
-BENCH_PID=$!
-wait "$BENCH_PID"
-rc=$?
-set -e
-BENCH_PID=
-[ $rc = 124 ] && echo "throughput.sh: gave up after ${BOUND}s" >&2
-exit $rc
+bench_run "$BOUND" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -tests "$TESTS" -path "$P" \
+  -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}"
