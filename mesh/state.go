@@ -330,7 +330,7 @@ func (a *admission) admit(c candidate) (Peer, error) {
 		// overwrite the next peer's.
 		peer.Slices = a.slices[start:end:end]
 		peer.AllowedIPs = a.prefixes[start:end:end]
-		slices.SortFunc(peer.AllowedIPs, comparePrefix)
+		slices.SortFunc(peer.AllowedIPs, netip.Prefix.Compare)
 	}
 	return peer, nil
 }
@@ -426,11 +426,4 @@ func routesFor(local Local, peers []Peer, lost []string) routes.Config {
 	}
 	cfg.Sort()
 	return cfg
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }

@@ -176,7 +176,7 @@ func compareKernelRoutes(a, b netlink.Route) int {
 	ka, kb := kernelRouteKey(&a), kernelRouteKey(&b)
 	return cmp.Or(
 		cmp.Compare(ka.table, kb.table),
-		comparePrefix(ka.dst, kb.dst),
+		ka.dst.Compare(kb.dst),
 		cmp.Compare(a.Priority, b.Priority),
 		cmp.Compare(a.Tos, b.Tos),
 	)
@@ -208,8 +208,8 @@ func diffRules(want []Rule, have []netlink.Rule) ([]Rule, []netlink.Rule) {
 		return cmp.Or(
 			cmp.Compare(ra.Priority, rb.Priority),
 			cmp.Compare(ra.Table, rb.Table),
-			comparePrefix(ra.From, rb.From),
-			comparePrefix(ra.To, rb.To),
+			ra.From.Compare(rb.From),
+			ra.To.Compare(rb.To),
 		)
 	})
 	return adds, dels

@@ -100,7 +100,7 @@ func compareRoutes(a, b Route) int {
 	if a.Table != b.Table {
 		return a.Table - b.Table
 	}
-	return comparePrefix(a.Dst, b.Dst)
+	return a.Dst.Compare(b.Dst)
 }
 
 // compareRules orders rules by every field, so 0 means equal rules.
@@ -111,15 +111,8 @@ func compareRules(a, b Rule) int {
 	if a.Table != b.Table {
 		return a.Table - b.Table
 	}
-	if c := comparePrefix(a.From, b.From); c != 0 {
+	if c := a.From.Compare(b.From); c != 0 {
 		return c
 	}
-	return comparePrefix(a.To, b.To)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
+	return a.To.Compare(b.To)
 }

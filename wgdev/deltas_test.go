@@ -95,7 +95,7 @@ func randomPeers(rng *rand.Rand) []mesh.Peer {
 			}
 		}
 		if rng.IntN(2) == 0 {
-			slices.SortFunc(p.AllowedIPs, comparePrefix)
+			slices.SortFunc(p.AllowedIPs, netip.Prefix.Compare)
 		}
 		out = append(out, p)
 	}

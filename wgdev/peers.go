@@ -229,7 +229,7 @@ func (ps installedPeers) Keepalive(i int) time.Duration { return ps[i].Keepalive
 // no conversion.
 func (ps installedPeers) SameAllowedIPs(i int, want []netip.Prefix) bool {
 	have := ps[i].AllowedIPs
-	if slices.Equal(have, want) && slices.IsSortedFunc(have, comparePrefix) &&
+	if slices.Equal(have, want) && slices.IsSortedFunc(have, netip.Prefix.Compare) &&
 		!slices.ContainsFunc(have, func(p netip.Prefix) bool { return !p.IsValid() || p.Addr().Is4In6() }) {
 		return true
 	}
@@ -314,15 +314,8 @@ func samePrefixes(have []net.IPNet, want []netip.Prefix) bool {
 	for _, n := range have {
 		got = append(got, prefixOf(n))
 	}
-	slices.SortFunc(got, comparePrefix)
+	slices.SortFunc(got, netip.Prefix.Compare)
 	return slices.Equal(got, want)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
 }
 
 func prefixOf(n net.IPNet) netip.Prefix {
