@@ -593,9 +593,9 @@ func fmtMTUs(m map[string]int) string {
 		return "-"
 	}
 	var parts []string
-	for _, k := range []string{"raw veth", "wireguard-go", "meshd", "meshd +100 rules", "nebula"} {
-		if v, ok := m[k]; ok {
-			parts = append(parts, fmt.Sprintf("%s %d", k, v))
+	for _, mode := range allModes {
+		if v, ok := m[mode.label]; ok {
+			parts = append(parts, fmt.Sprintf("%s %d", mode.label, v))
 		}
 	}
 	return strings.Join(parts, ", ")
