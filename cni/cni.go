@@ -10,7 +10,8 @@ import (
 	"hash/fnv"
 	"math/big"
 	"net/netip"
-	"regexp"
+
+	"github.com/meshd/meshd/segment"
 )
 
 const (
@@ -105,10 +106,6 @@ func BridgeName(segment string) string {
 	return bridgePrefix + head + "-" + sum
 }
 
-// segmentName matches config's rule; checked again because the name ends
-// up in a file name and an interface name.
-var segmentName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
-
 // Render returns the conflist for seg with pods at the given MTU, which
 // should be the WireGuard interface's: a pod sending larger packets would
 // rely on fragmentation or PMTU discovery through the tunnel.
@@ -165,7 +162,9 @@ func addressPlan(seg Segment, mtu int) (ipRange, error) {
 }
 
 func validate(seg Segment, mtu int) error {
-	if !segmentName.MatchString(seg.Name) {
+	// Checked again because the name ends up in a file name and an
+	// interface name.
+	if !segment.ValidName(seg.Name) {
 		return fmt.Errorf("invalid segment name")
 	}
 	if !seg.CIDR.IsValid() || !seg.Subnet.IsValid() {

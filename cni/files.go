@@ -9,6 +9,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+
+	"github.com/meshd/meshd/internal/fileio"
 )
 
 // Write puts one conflist per segment into dir and returns their paths.
@@ -91,42 +94,10 @@ func writeFile(path string, doc []byte) error {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("cni: %w", err)
 	}
-	// The temporary name does not end in .conflist, so runtimes skip it.
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	// 0644: runtimes may read as another user. The temporary name does
+	// not end in .conflist, so runtimes skip it.
+	if err := fileio.WriteAtomic(path, doc, 0o644, fileio.Overwrite); err != nil {
 		return fmt.Errorf("cni: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	if err := writeSynced(tmp, doc); err != nil {
-		return fmt.Errorf("cni: write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("cni: %w", err)
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeSynced sets 0644 explicitly (CreateTemp makes 0600, and runtimes
-// may read as another user) and syncs before the rename makes it visible.
-func writeSynced(f *os.File, doc []byte) error {
-	_, err := f.Write(doc)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("cni: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("cni: sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -170,4 +141,43 @@ func isOwn(doc []byte) bool {
 	}
 	return json.Unmarshal(doc, &d) == nil && d.Meshd != nil && d.Meshd.Managed &&
 		strings.TrimSpace(d.Meshd.Segment) != ""
+}
+
+// Writer keeps one directory's conflists for one daemon and remembers
+// which files it wrote, so that Remove deletes those and nothing else: a
+// second meshd whose start failed must not take the running daemon's
+// configs with it. Safe for concurrent use.
+type Writer struct {
+	dir string
+
+	mu      sync.Mutex
+	written map[string]bool
+}
+
+// NewWriter returns a writer for dir; an empty dir disables it.
+func NewWriter(dir string) *Writer { return &Writer{dir: dir, written: map[string]bool{}} }
+
+// Write is the package-level Write, remembering the files.
+func (w *Writer) Write(segs []Segment, mtu int) error {
+	paths, err := Write(w.dir, segs, mtu)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range paths {
+		w.written[p] = true
+	}
+	return err
+}
+
+// Remove deletes the conflists this writer wrote.
+func (w *Writer) Remove() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var errs []error
+	for p := range w.written {
+		if err := removeOwn(p); err != nil {
+			errs = append(errs, err)
+		}
+		delete(w.written, p)
+	}
+	return errors.Join(errs...)
 }
