@@ -224,7 +224,6 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err := d.routes.Set(&initial.Routes); err != nil {
 		return fmt.Errorf("install segment routes: %w", err)
 	}
-	d.defer_(d.removeCNI)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	d.defer_(func() error { stopWatch(); return nil })
 	go d.watchRoutes(watchCtx)

@@ -26,22 +26,13 @@ func (d *Daemon) startMetrics(ctx context.Context) error {
 }
 
 // syncCNI runs every reconcile: claimed slices appear after the join and
-// move when lost, and the CNI configs must follow the slice held now.
+// move when lost, and the CNI configs must follow the slice held now. The
+// files stay when meshd stops (see cni.Write).
 func (d *Daemon) syncCNI(local mesh.Local) error {
-	var segs []cni.Segment
-	for _, s := range local.Segments {
-		if s.Subnet.IsValid() {
-			segs = append(segs, cni.Segment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
-		}
+	segs := make([]cni.Segment, len(local.Segments))
+	for i, s := range local.Segments {
+		segs[i] = cni.Segment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet}
 	}
-	_, err := cni.Write(d.cfg.CNIConfDir, segs, d.mtu)
+	_, err := cni.Write(d.cfg.CNIConfDir, segs, cni.Options{MTU: d.mtu})
 	return err
-}
-
-func (d *Daemon) removeCNI() error {
-	segs := make([]cni.Segment, len(d.cfg.Segments))
-	for i, s := range d.cfg.Segments {
-		segs[i] = cni.Segment{Name: s.Name}
-	}
-	return cni.Remove(d.cfg.CNIConfDir, segs)
 }
