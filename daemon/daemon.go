@@ -224,6 +224,9 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err := d.routes.Set(&initial.Routes); err != nil {
 		return fmt.Errorf("install segment routes: %w", err)
 	}
+	if err := d.startContainers(); err != nil {
+		return err
+	}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	d.defer_(func() error { stopWatch(); return nil })
 	go d.watchRoutes(watchCtx)

@@ -29,10 +29,6 @@ func (d *Daemon) startMetrics(ctx context.Context) error {
 // move when lost, and the CNI configs must follow the slice held now. The
 // files stay when meshd stops (see cni.Write).
 func (d *Daemon) syncCNI(local mesh.Local) error {
-	segs := make([]cni.Segment, len(local.Segments))
-	for i, s := range local.Segments {
-		segs[i] = cni.Segment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet}
-	}
-	_, err := cni.Write(d.cfg.CNIConfDir, segs, cni.Options{MTU: d.mtu})
+	_, err := cni.Write(d.cfg.CNIConfDir, cniSegments(local), d.cniOptions())
 	return err
 }
