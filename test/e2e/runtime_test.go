@@ -134,7 +134,12 @@ type podman struct {
 	t    *testing.T
 	host *lab.Host
 	dir  string
+	ids  []string // containers started, for the cleanup
 }
+
+// libcniCache is where podman's CNI library caches each attachment; a
+// successful CNI DEL removes the entry.
+const libcniCache = "/var/lib/cni/results"
 
 func newPodman(t *testing.T, h *lab.Host) *podman {
 	t.Helper()
@@ -164,6 +169,14 @@ events_logger = "file"
 		if _, err := p.run(ctx, "rm", "--force", "--all", "--time", "0"); err != nil {
 			t.Errorf("podman cleanup on %s: %v", h.Name(), err)
 		}
+		// Only a failed teardown leaves entries; the machine keeps none.
+		for _, id := range p.ids {
+			left, _ := filepath.Glob(filepath.Join(libcniCache, "*-"+id+"-*"))
+			for _, f := range left {
+				t.Logf("removing %s left by a failed CNI DEL", f)
+				os.Remove(f)
+			}
+		}
 	})
 	return p
 }
@@ -192,7 +205,8 @@ func (p *podman) must(args ...string) string {
 func (p *podman) start(name, network string, cmd ...string) {
 	p.t.Helper()
 	rootfs, _ := busyboxRootfs(p.t)
-	p.must(append([]string{"run", "--detach", "--name", name, "--network", network, "--cap-add", "NET_RAW", "--rootfs", rootfs}, cmd...)...)
+	id := p.must(append([]string{"run", "--detach", "--name", name, "--network", network, "--cap-add", "NET_RAW", "--rootfs", rootfs}, cmd...)...)
+	p.ids = append(p.ids, strings.TrimSpace(id))
 }
 
 func (p *podman) exec(name string, cmd ...string) (string, error) {
