@@ -29,6 +29,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/meshd/meshd/cni"
 	"github.com/meshd/meshd/internal/atomicfile"
@@ -79,14 +80,25 @@ type Driver struct {
 	log    *slog.Logger
 
 	calls map[string]func(*json.Decoder) (any, error) // set by New, read-only
+	now   func() time.Time                            // time.Now; tests move it
 
 	mu sync.Mutex // guards st and pending
 	st state
 	// pending holds, per segment, the pool Docker requested but has not
 	// yet created a network on (in memory only: after a restart Docker
-	// asks again).
-	pending map[string]string
+	// asks again). An entry older than pendingTTL is ignored, in case
+	// Docker died before releasing it.
+	pending map[string]pendingPool
 }
+
+type pendingPool struct {
+	id string
+	at time.Time
+}
+
+// pendingTTL is far longer than Docker takes from RequestPool to
+// CreateNetwork (milliseconds).
+const pendingTTL = time.Minute
 
 // state is what the state file holds.
 type state struct {
@@ -123,7 +135,7 @@ func New(o Options) (*Driver, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
-	d := &Driver{host: o.Host, path: o.StatePath, leases: leases{dir: o.LeaseDir}, dp: o.Dataplane, log: o.Log, pending: map[string]string{}}
+	d := &Driver{host: o.Host, path: o.StatePath, leases: leases{dir: o.LeaseDir}, dp: o.Dataplane, log: o.Log, pending: map[string]pendingPool{}}
 	d.st = state{Version: stateVersion, Networks: map[string]*network{}, Endpoints: map[string]*endpoint{}}
 	raw, err := os.ReadFile(o.StatePath)
 	switch {
@@ -146,6 +158,7 @@ func New(o Options) (*Driver, error) {
 	}
 	d.collectLeases()
 	d.calls = d.routes()
+	d.now = time.Now
 	return d, nil
 }
 
@@ -554,12 +567,12 @@ func (d *Driver) requestPool(req requestPoolRequest) (requestPoolResponse, error
 			return requestPoolResponse{}, fmt.Errorf("segment %s already has Docker network %.12s on this host; attach containers to that one (one Docker network per segment)", seg, nid)
 		}
 	}
-	if _, held := d.pending[seg]; held {
+	if p, held := d.pending[seg]; held && d.now().Sub(p.at) < pendingTTL {
 		// Docker asks again when it finds the pool routed on the host:
 		// the segment's bridge exists because CNI containers use it.
 		return requestPoolResponse{}, fmt.Errorf("Docker refused segment %s's slice %s because this host already routes it (the bridge %s of CNI/podman containers); add --subnet %s, which Docker takes as given", seg, s.Subnet, plan.Bridge, s.Subnet)
 	}
-	d.pending[seg] = id
+	d.pending[seg] = pendingPool{id: id, at: d.now()}
 	return requestPoolResponse{
 		PoolID: id,
 		Pool:   s.Subnet.String(),
@@ -620,7 +633,7 @@ func (d *Driver) releasePool(req releasePoolRequest) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.pending[seg] == req.PoolID {
+	if d.pending[seg].id == req.PoolID {
 		delete(d.pending, seg)
 	}
 	return nil

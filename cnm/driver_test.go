@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/meshd/meshd/cni"
 )
@@ -414,6 +415,12 @@ func TestOneNetworkPerSegment(t *testing.T) {
 	e.ok("NetworkDriver.CreateNetwork", `{"NetworkID":"`+netID+`","Options":{},"IPv4Data":[{"AddressSpace":"meshd","Gateway":"10.42.1.1/24","Pool":"10.42.1.0/24"}]}`)
 	e.fails("IpamDriver.RequestPool", `{"AddressSpace":"meshd","Options":{"segment":"blue"}}`, "already has Docker network "+netID[:12])
 	e.fails("NetworkDriver.CreateNetwork", `{"NetworkID":"`+netID2+`","Options":{},"IPv4Data":[{"AddressSpace":"meshd","Gateway":"10.42.1.1/24","Pool":"10.42.1.0/24"}]}`, "one Docker network per segment")
+	// A pool Docker never released (it died in between) blocks the
+	// segment only for a while.
+	e.ok("IpamDriver.RequestPool", `{"AddressSpace":"meshd","Options":{"segment":"green"}}`)
+	e.fails("IpamDriver.RequestPool", `{"AddressSpace":"meshd","Options":{"segment":"green"}}`, "add --subnet")
+	e.d.now = func() time.Time { return time.Now().Add(pendingTTL) }
+	e.ok("IpamDriver.RequestPool", `{"AddressSpace":"meshd","Options":{"segment":"green"}}`)
 	// The same create again (Docker retrying) is fine.
 	e.ok("NetworkDriver.CreateNetwork", `{"NetworkID":"`+netID+`","Options":{},"IPv4Data":[{"AddressSpace":"meshd","Gateway":"10.42.1.1/24","Pool":"10.42.1.0/24"}]}`)
 }
