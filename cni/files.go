@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
 	"github.com/meshd/meshd/internal/fileio"
 )
@@ -20,11 +19,20 @@ import (
 // configured are removed, so a runtime cannot attach pods to a segment
 // this host stopped routing. An empty dir disables CNI configs: Write
 // does nothing.
-func Write(dir string, segs []Segment, mtu int) ([]string, error) {
+//
+// A segment without a slice yet (Subnet invalid: still being claimed)
+// gets no file, and an earlier one is removed; its CIDR is still routed
+// from the other segments' containers.
+//
+// meshd does not remove its files on shutdown: a runtime needs a
+// container's conflist to run CNI DEL (podman rm, a pod's teardown), and
+// a restart then rewrites the same bytes, so a runtime watching the
+// directory sees no change.
+func Write(dir string, segs []Segment, o Options) ([]string, error) {
 	if dir == "" {
 		return nil, nil
 	}
-	docs, err := renderAll(segs, mtu)
+	docs, err := renderAll(segs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -34,8 +42,12 @@ func Write(dir string, segs []Segment, mtu int) ([]string, error) {
 	var paths []string
 	keep := map[string]bool{}
 	for _, s := range segs {
+		doc, ok := docs[s.Name]
+		if !ok {
+			continue
+		}
 		path := filepath.Join(dir, FileName(s.Name))
-		if err := writeFile(path, docs[s.Name]); err != nil {
+		if err := writeFile(path, doc); err != nil {
 			return paths, err
 		}
 		paths = append(paths, path)
@@ -45,8 +57,8 @@ func Write(dir string, segs []Segment, mtu int) ([]string, error) {
 }
 
 // Remove deletes the conflists of segs from dir, leaving any file of that
-// name meshd did not write. Missing files are not an error: Remove runs
-// on every shutdown, including after a failed start.
+// name meshd did not write. Missing files are not an error. It is for
+// uninstalling: the daemon keeps its files when it stops (see Write).
 func Remove(dir string, segs []Segment) error {
 	if dir == "" {
 		return nil
@@ -60,19 +72,24 @@ func Remove(dir string, segs []Segment) error {
 	return errors.Join(errs...)
 }
 
-func renderAll(segs []Segment, mtu int) (map[string][]byte, error) {
+func renderAll(segs []Segment, o Options) (map[string][]byte, error) {
 	docs := map[string][]byte{}
 	bridges := map[string]string{}
+	names := map[string]bool{}
 	for _, s := range segs {
-		if _, dup := docs[s.Name]; dup {
+		if names[s.Name] {
 			return nil, fmt.Errorf("cni: segment %q is listed twice", s.Name)
+		}
+		names[s.Name] = true
+		if !s.Subnet.IsValid() {
+			continue
 		}
 		b := BridgeName(s.Name)
 		if other, dup := bridges[b]; dup {
 			return nil, fmt.Errorf("cni: segments %q and %q would share bridge %s", other, s.Name, b)
 		}
 		bridges[b] = s.Name
-		doc, err := Render(s, mtu)
+		doc, err := Render(s, segs, o)
 		if err != nil {
 			return nil, err
 		}
@@ -143,41 +160,14 @@ func isOwn(doc []byte) bool {
 		strings.TrimSpace(d.Meshd.Segment) != ""
 }
 
-// Writer keeps one directory's conflists for one daemon and remembers
-// which files it wrote, so that Remove deletes those and nothing else: a
-// second meshd whose start failed must not take the running daemon's
-// configs with it. Safe for concurrent use.
-type Writer struct {
-	dir string
-
-	mu      sync.Mutex
-	written map[string]bool
-}
+// Writer keeps one directory's conflists for the daemon.
+type Writer struct{ dir string }
 
 // NewWriter returns a writer for dir; an empty dir disables it.
-func NewWriter(dir string) *Writer { return &Writer{dir: dir, written: map[string]bool{}} }
+func NewWriter(dir string) *Writer { return &Writer{dir: dir} }
 
-// Write is the package-level Write, remembering the files.
-func (w *Writer) Write(segs []Segment, mtu int) error {
-	paths, err := Write(w.dir, segs, mtu)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, p := range paths {
-		w.written[p] = true
-	}
+// Write is the package-level Write for the writer's directory.
+func (w *Writer) Write(segs []Segment, o Options) error {
+	_, err := Write(w.dir, segs, o)
 	return err
-}
-
-// Remove deletes the conflists this writer wrote.
-func (w *Writer) Remove() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var errs []error
-	for p := range w.written {
-		if err := removeOwn(p); err != nil {
-			errs = append(errs, err)
-		}
-		delete(w.written, p)
-	}
-	return errors.Join(errs...)
 }

@@ -182,7 +182,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return fmt.Errorf("install segment routes: %w", err)
 	}
 	d.cni = d.sys.ConfigWriter(cfg.CNIConfDir)
-	d.undo("CNI configs", d.cni.Remove)
+	if err := d.startContainers(); err != nil {
+		return err
+	}
 	d.startWatchers(ctx)
 	if err := d.startControl(ctx, cfg); err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/cni"
+	"github.com/meshd/meshd/cnm"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/policy"
@@ -64,11 +65,10 @@ type Enforcer interface {
 }
 
 // ConfigWriter keeps the container runtimes' network configs (CNI
-// conflists) equal to this host's slices.
+// conflists) equal to this host's slices. They stay when meshd stops: a
+// runtime needs a container's conflist to tear its network down.
 type ConfigWriter interface {
-	Write(segs []cni.Segment, mtu int) error
-	// Remove deletes what this writer wrote, and nothing else.
-	Remove() error
+	Write(segs []cni.Segment, o cni.Options) error
 }
 
 // Underlay is what the host decides that the config may leave open.
@@ -102,4 +102,7 @@ type System struct {
 	Join func(cluster.MembershipConfig, func()) (Cluster, error)
 	// ConfigWriter writes CNI conflists into dir ("" disables them).
 	ConfigWriter func(dir string) ConfigWriter
+	// ContainerDataplane creates bridges and veths for the Docker
+	// driver; only asked for when docker_plugin_socket is set.
+	ContainerDataplane func() (cnm.Dataplane, io.Closer, error)
 }

@@ -120,6 +120,8 @@ func (h *testHost) configText(keyFile string, join []string, index int, extra st
 data_dir = %q
 control_socket = %q
 cni_conf_dir = %q
+cni_ipam_dir = %q
+docker_plugin_socket = ""
 
 [cluster]
 bind_addr = %q
@@ -139,7 +141,7 @@ subnet = "10.42.%d.0/24"
 name = "green"
 cidr = "10.43.0.0/16"
 subnet = "10.43.%d.0/24"
-%s`, h.name, filepath.Join(h.dir, "data"), filepath.Join(h.dir, "meshd.sock"), filepath.Join(h.dir, "cni"),
+%s`, h.name, filepath.Join(h.dir, "data"), filepath.Join(h.dir, "meshd.sock"), filepath.Join(h.dir, "cni"), filepath.Join(h.dir, "ipam"),
 		h.addr, strings.Join(quoted, ", "), keyFile, index, index, extra)
 }
 

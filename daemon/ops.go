@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 
-	"github.com/meshd/meshd/cni"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/metrics"
 )
@@ -27,13 +26,8 @@ func (d *Daemon) startMetrics(ctx context.Context) error {
 }
 
 // syncCNI runs every reconcile: claimed slices appear after the join and
-// move when lost, and the CNI configs must follow the slice held now.
+// move when lost, and the CNI configs must follow the slice held now. The
+// files stay when meshd stops (see cni.Write).
 func (d *Daemon) syncCNI(local mesh.Local) error {
-	var segs []cni.Segment
-	for _, s := range local.Segments {
-		if s.Subnet.IsValid() {
-			segs = append(segs, cni.Segment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
-		}
-	}
-	return d.cni.Write(segs, d.under.MTU)
+	return d.cni.Write(cniSegments(local), d.cniOptions())
 }

@@ -183,6 +183,7 @@ func (h *testHost) bigSegmentConfig() string {
 data_dir = %q
 control_socket = %q
 cni_conf_dir = ""
+docker_plugin_socket = ""
 
 [cluster]
 bind_addr = %q

@@ -17,6 +17,7 @@ import (
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/cni"
+	"github.com/meshd/meshd/cnm"
 	"github.com/meshd/meshd/internal/bounded"
 	"github.com/meshd/meshd/policy"
 	"github.com/meshd/meshd/routes"
@@ -44,6 +45,13 @@ func HostSystem() System {
 		Device:       openDevice,
 		Join:         func(c cluster.MembershipConfig, kick func()) (Cluster, error) { return cluster.Join(c, kick) },
 		ConfigWriter: func(dir string) ConfigWriter { return cni.NewWriter(dir) },
+		ContainerDataplane: func() (cnm.Dataplane, io.Closer, error) {
+			h, err := routeHandle()
+			if err != nil {
+				return nil, nil, err
+			}
+			return cnm.NewNetlink(h), closerFunc(h.Close), nil
+		},
 	}
 }
 
