@@ -7,7 +7,9 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +29,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
+	"github.com/meshd/meshd/internal/fileio"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -103,9 +107,17 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 		ml.AdvertiseAddr = cfg.AdvertiseAddr.String()
 		ml.AdvertisePort = cfg.BindPort
 	}
-	keyring, err := loadKeyring(cfg.KeyringFile, cfg.GossipKey)
+	keyring, adopted, err := LoadKeyring(cfg.KeyringFile, cfg.GossipKey)
 	if err != nil {
 		return nil, err
+	}
+	if adopted {
+		cfg.Log.Warn("cluster.gossip_key_file holds a new key the saved keyring lacks: writing with it and keeping the saved keys for reading, so this host can rejoin a cluster that rotated its key while it was away",
+			"keyring", cfg.KeyringFile, "key", keyFingerprint(cfg.GossipKey))
+	}
+	if info, err := os.Stat(cfg.KeyringFile); err == nil && !fileio.Private(info) {
+		cfg.Log.Warn("gossip keyring is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
+			"path", cfg.KeyringFile, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
 	}
 	ml.Keyring = keyring
 	conf.KeyringFile = cfg.KeyringFile
@@ -323,12 +335,76 @@ func statusOf(s serf.MemberStatus) mesh.Status {
 	}
 }
 
-// loadKeyring prefers the persisted keyring (primary key first, as serf
-// writes it) over the configured gossip key.
-func loadKeyring(path string, gossipKey []byte) (*memberlist.Keyring, error) {
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) || path == "" {
-		return memberlist.NewKeyring(nil, gossipKey)
+// LoadKeyring returns the gossip keyring this host starts with. The
+// keyring serf saved (primary key first) normally wins over
+// cluster.gossip_key_file, which still holds the key the cluster started
+// with after a rotation. But when the operator has put a different key
+// into the file since this host last started (the way back for a host
+// that was offline while the cluster rotated its key), that key becomes
+// primary and the saved ones stay installed for reading. The file key
+// last seen is remembered beside the keyring. adopted reports that case,
+// for the log.
+func LoadKeyring(path string, fileKey []byte) (kr *memberlist.Keyring, adopted bool, err error) {
+	if path == "" {
+		kr, err = memberlist.NewKeyring(nil, fileKey)
+		return kr, false, err
+	}
+	saved, err := ReadKeyring(path)
+	if err != nil {
+		return nil, false, err
+	}
+	seen, seenErr := fileio.ReadRegular(path+seenSuffix, fileio.MaxKeySize)
+	fp := keyFingerprint(fileKey)
+	switch {
+	case len(saved) == 0:
+		kr, err = memberlist.NewKeyring(nil, fileKey)
+	case slices.ContainsFunc(saved, func(k []byte) bool { return bytes.Equal(k, fileKey) }):
+		kr, err = memberlist.NewKeyring(saved, saved[0])
+	case seenErr == nil && strings.TrimSpace(string(seen)) != fp:
+		kr, err = memberlist.NewKeyring(append([][]byte{fileKey}, saved...), fileKey)
+		adopted = true
+	default:
+		// The file still holds a key the cluster rotated away from.
+		kr, err = memberlist.NewKeyring(saved, saved[0])
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("gossip keyring %s: %w", path, err)
+	}
+	if err := fileio.WriteAtomic(path+seenSuffix, []byte(fp+"\n"), 0o600, fileio.Overwrite); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("remember the gossip key file's key: %w", err)
+	}
+	return kr, adopted, nil
+}
+
+// seenSuffix names the file beside the keyring that holds the fingerprint
+// of the gossip_key_file key this host last started with.
+const seenSuffix = ".filekey"
+
+// keyFingerprint identifies a key without revealing it.
+func keyFingerprint(k []byte) string {
+	sum := sha256.Sum256(k)
+	return hex.EncodeToString(sum[:8])
+}
+
+// KeyFingerprint is how operators see gossip keys (`gossip-key list`):
+// enough to tell keys apart, nothing that would let anyone join.
+func KeyFingerprint(base64Key string) string {
+	raw, err := base64.StdEncoding.DecodeString(base64Key)
+	if err != nil {
+		return "?"
+	}
+	return keyFingerprint(raw)
+}
+
+// ReadKeyring reads the keyring serf saved; a missing file (or no path)
+// is an empty keyring.
+func ReadKeyring(path string) ([][]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	raw, err := fileio.ReadRegular(path, fileio.MaxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read gossip keyring: %w", err)
@@ -342,12 +418,11 @@ func loadKeyring(path string, gossipKey []byte) (*memberlist.Keyring, error) {
 		if keys[i], err = base64.StdEncoding.DecodeString(e); err != nil {
 			return nil, fmt.Errorf("gossip keyring %s: key %d is not base64", path, i)
 		}
+		if n := len(keys[i]); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("gossip keyring %s: key %d is %d bytes, not 16, 24 or 32", path, i, n)
+		}
 	}
-	kr, err := memberlist.NewKeyring(keys, keys[0])
-	if err != nil {
-		return nil, fmt.Errorf("gossip keyring %s: %w", path, err)
-	}
-	return kr, nil
+	return keys, nil
 }
 
 // LamportTime is serf's member clock: the order in which every host saw
@@ -456,12 +531,45 @@ func (c *conflictLog) get() string {
 type levelWriter struct {
 	l        *slog.Logger
 	conflict *conflictLog
+
+	mu sync.Mutex
+	// warned rate-limits the explanation of undecryptable gossip, by
+	// sender address.
+	warned map[string]time.Time
+}
+
+// undecryptable explains memberlist's "Decrypt packet failed" in
+// operator terms, once a minute per sender: a host whose gossip nobody
+// can read holds a key this cluster has rotated away from.
+func (w *levelWriter) undecryptable(line string) {
+	_, rest, ok := strings.Cut(line, "Decrypt packet failed")
+	if !ok {
+		return
+	}
+	from := "?"
+	if _, addr, ok := strings.Cut(rest, "from="); ok {
+		from = strings.TrimSpace(addr)
+	}
+	w.mu.Lock()
+	if w.warned == nil {
+		w.warned = map[string]time.Time{}
+	}
+	last, seen := w.warned[from]
+	if seen && time.Since(last) < time.Minute {
+		w.mu.Unlock()
+		return
+	}
+	w.warned[from] = time.Now()
+	w.mu.Unlock()
+	w.l.Warn("gossip from another host cannot be decrypted with this host's keyring: one of the two holds a gossip key the other does not (rotated while it was offline?); put a key the cluster uses into that host's cluster.gossip_key_file and restart it",
+		"from", from)
 }
 
 func (w *levelWriter) Write(p []byte) (int, error) {
 	if w.conflict != nil {
 		w.conflict.note(string(p))
 	}
+	w.undecryptable(string(p))
 	line := string(bytes.TrimSpace(p))
 	level := slog.LevelDebug
 	for prefix, lv := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug} {

@@ -4,10 +4,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/meshd/meshd/internal/fileio"
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -190,7 +190,13 @@ func readGossipKey(path string) ([]byte, *Error) {
 	if path == "" {
 		return nil, fail(keyGossipKeyFile, "is empty", "set it to the path of the shared gossip key; "+genFix)
 	}
-	data, err := os.ReadFile(path)
+	data, err := fileio.ReadRegular(path, fileio.MaxKeySize)
+	var fe *fileio.Error
+	if errors.As(err, &fe) {
+		e := fail(keyGossipKeyFile, path+" "+fe.Problem, "point it at the shared gossip key file; "+genFix)
+		e.Err = err
+		return nil, e
+	}
 	if err != nil {
 		e := fail(keyGossipKeyFile, fmt.Sprintf("cannot read %s: %v", path, cause(err)),
 			"point it at the shared gossip key file")

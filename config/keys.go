@@ -138,7 +138,11 @@ func unknownKeyError(k string, known []string) *Error {
 		return e
 	}
 	section, _ := splitKey(k)
-	if s := suggest(k, known); s != "" {
+	s := suggest(k, known)
+	if s == "" && section != "" && !knownSection(section, known) {
+		return unknownSectionError(section)
+	}
+	if s != "" {
 		sugSection, sugLeaf := splitKey(s)
 		if sugSection == section {
 			return fail(k, "unknown key", fmt.Sprintf("did you mean %q?", sugLeaf))
@@ -147,6 +151,25 @@ func unknownKeyError(k string, known []string) *Error {
 	}
 	return fail(k, "unknown key", "remove it; known keys"+where(section)+" are: "+
 		strings.Join(leavesIn(section, known), ", "))
+}
+
+func knownSection(section string, known []string) bool {
+	for _, k := range known {
+		if s, _ := splitKey(k); s == section {
+			return true
+		}
+	}
+	return false
+}
+
+// unknownSectionError names a table meshd does not have, rather than
+// listing top-level keys as if the stray key belonged there.
+func unknownSectionError(section string) *Error {
+	fix := "remove it; the sections are [" + strings.Join(sections, "], [") + "], [[segments]] and [[allow]]"
+	if s := suggest(section, sections); s != "" {
+		fix = fmt.Sprintf("did you mean [%s]?", s)
+	}
+	return fail(section, "unknown section ["+section+"]", fix)
 }
 
 func where(section string) string {

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -77,6 +78,9 @@ type Daemon struct {
 	keepaliveTimer *time.Timer
 	// healthTicks is the loop's count of health checks.
 	healthTicks int
+	// guarded is the loop's record of the slices the applied allow-list
+	// lets through its no-plaintext guard.
+	guarded []netip.Prefix
 	// teardown holds the undo step of every resource created so far, run
 	// in reverse order by Close (also when Start fails half-way).
 	teardown []step
@@ -136,6 +140,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 // created.
 func (d *Daemon) Start(ctx context.Context) error {
 	cfg := d.config()
+	if err := Check(cfg, d.sys.Host); err != nil {
+		return err
+	}
 	lock, err := d.sys.Lock()
 	if err != nil {
 		return err
@@ -196,10 +203,6 @@ func (d *Daemon) Start(ctx context.Context) error {
 }
 
 func (d *Daemon) startEnforcer(cfg *config.Config) error {
-	ruleset, err := cfg.Policy()
-	if err != nil {
-		return err
-	}
 	enf, closeEnf, err := d.sys.Enforcer(cfg.WireGuard.Interface, d.log)
 	if err != nil {
 		return err
@@ -210,7 +213,7 @@ func (d *Daemon) startEnforcer(cfg *config.Config) error {
 	}
 	d.enforcer = enf
 	d.undo("allow-list", enf.Flush)
-	if err := enf.Apply(ruleset); err != nil {
+	if err := d.applyPolicy(); err != nil {
 		return fmt.Errorf("install allow-list: %w", err)
 	}
 	return nil

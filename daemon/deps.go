@@ -84,6 +84,8 @@ type Underlay struct {
 // System creates everything the daemon does to the host. HostSystem is
 // the real one; tests substitute fakes field by field.
 type System struct {
+	// Host answers the checks made before anything is created.
+	Host HostView
 	// Lock keeps a second daemon out of this network namespace: it
 	// would start by "cleaning up" the first one's state.
 	Lock func() (io.Closer, error)

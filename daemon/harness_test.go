@@ -56,6 +56,9 @@ type testHost struct {
 	// gone from here and from nl.
 	links map[string]*fakeDevice
 	fail  map[string]error // System step -> injected error
+	// hang makes the device's Close block until it is closed, as a
+	// device that stopped answering would.
+	hang chan struct{}
 }
 
 func newTestHost(t testing.TB, net *clustertest.Network, name string) *testHost {
@@ -182,6 +185,7 @@ func fastGossip(tr memberlist.Transport) func(*serf.Config) {
 // it created, and its closer what it removed, so tests can check order.
 func (h *testHost) system() System {
 	return System{
+		Host: fakeHostView{h},
 		Lock: func() (io.Closer, error) {
 			if err := h.injected("lock"); err != nil {
 				return nil, err
@@ -362,6 +366,12 @@ func (d *fakeDevice) ConfigureDevice(name string, cfg wgtypes.Config) error {
 }
 
 func (d *fakeDevice) Close() error {
+	d.h.mu.Lock()
+	hang := d.h.hang
+	d.h.mu.Unlock()
+	if hang != nil {
+		<-hang
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -407,3 +417,18 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 	return 0
 }
+
+// fakeHostView is the host as the checks before a start see it: one
+// underlay address on u0 in 198.18.0.0/15, where the test network puts
+// every member, and WireGuard interfaces that are all meshd's.
+type fakeHostView struct{ h *testHost }
+
+func (f fakeHostView) Addrs() ([]HostAddr, error) {
+	return []HostAddr{{Prefix: netip.PrefixFrom(f.h.addr, 15), Link: "u0"}}, nil
+}
+
+func (f fakeHostView) RouteTo(a netip.Addr) (HostRoute, error) {
+	return HostRoute{Dst: netip.PrefixFrom(f.h.addr, 15).Masked(), Link: "u0"}, nil
+}
+
+func (f fakeHostView) CheckInterface(string) error { return nil }

@@ -125,6 +125,11 @@ func (d *Daemon) reconcile() (err error) {
 	if d.ann.dirty() {
 		claimErr = errors.Join(claimErr, d.ann.publish())
 	}
+	if !slices.Equal(d.guarded, ownSlices(local)) {
+		if perr := d.applyPolicy(); perr != nil {
+			claimErr = errors.Join(claimErr, fmt.Errorf("update the no-plaintext guard for this host's slices: %w", perr))
+		}
+	}
 	// Membership events apply the difference from the last state reached;
 	// resyncs, repairs and retries read the device and the kernel back.
 	var peerErr, routeErr error

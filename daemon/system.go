@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -35,6 +36,7 @@ const (
 // HostSystem is the real host: the network namespace meshd runs in.
 func HostSystem() System {
 	return System{
+		Host:     netlinkHost{},
 		Lock:     lockNamespace,
 		Underlay: resolveUnderlay,
 		Router:   openRouter,
@@ -173,4 +175,86 @@ func warnReadable(log *slog.Logger, path string) {
 		log.Warn("gossip key file is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
 			"path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
 	}
+}
+
+// netlinkHost reads the host's addresses and routes through netlink.
+type netlinkHost struct{}
+
+func (netlinkHost) Addrs() ([]HostAddr, error) {
+	h, err := routeHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var out []HostAddr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.IPNet == nil {
+			continue
+		}
+		ones, _ := a.IPNet.Mask.Size()
+		out = append(out, HostAddr{Prefix: netip.PrefixFrom(ip.Unmap(), ones), Link: names[a.LinkIndex]})
+	}
+	return out, nil
+}
+
+func (netlinkHost) RouteTo(a netip.Addr) (HostRoute, error) {
+	h, err := routeHandle()
+	if err != nil {
+		return HostRoute{}, err
+	}
+	defer h.Close()
+	rs, err := h.RouteGet(a.AsSlice())
+	if err != nil || len(rs) == 0 {
+		return HostRoute{}, fmt.Errorf("no route to %s: %v", a, err)
+	}
+	r := rs[0]
+	out := HostRoute{}
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+		out.Gateway = gw.Unmap()
+	}
+	if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+		out.Link = l.Attrs().Name
+	}
+	// RouteGet answers with the destination itself; the prefix of the
+	// route that matched is the longest one in main containing it.
+	fam := netlink.FAMILY_V4
+	if a.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	if routes, err := h.RouteList(nil, fam); err == nil {
+		for _, rt := range routes {
+			if rt.Dst == nil {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(rt.Dst.IP)
+			ones, _ := rt.Dst.Mask.Size()
+			p := netip.PrefixFrom(ip.Unmap(), ones)
+			if p.Contains(a) && (!out.Dst.IsValid() || p.Bits() > out.Dst.Bits()) {
+				out.Dst = p
+			}
+		}
+	}
+	return out, nil
+}
+
+func (netlinkHost) CheckInterface(name string) error {
+	h, err := routeHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return wgdev.CheckName(h, name)
 }

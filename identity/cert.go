@@ -212,10 +212,18 @@ func ValidName(s string) error {
 		return fmt.Errorf("name %q is %d bytes, at most %d allowed", s, len(s), MaxNameLen)
 	case !utf8.ValidString(s):
 		return fmt.Errorf("name %q is not valid UTF-8", s)
-	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
-		return fmt.Errorf("name %q contains whitespace or a control character", s)
+	case strings.ContainsFunc(s, BadNameRune):
+		return fmt.Errorf("name %q contains whitespace, a control character or an invisible formatting character", s)
 	}
 	return nil
+}
+
+// BadNameRune reports the characters no host name may hold: whitespace
+// and control characters break log lines and status output, and
+// formatting characters (zero-width spaces, bidirectional overrides such
+// as U+202E) make two different names look the same to an operator.
+func BadNameRune(r rune) bool {
+	return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }
 
 // ValidSegment reports whether s is a segment name, with the same rule the

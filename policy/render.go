@@ -53,7 +53,8 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	in := baseChain(t, "input", nftables.ChainHookInput, nftables.ChainPriorityFilter)
 	out := baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter)
 	mss := mssChain(t)
-	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out, mss}}
+	guard := guardChain(t)
+	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out, mss, guard}}
 
 	// A packet both entering and leaving the tunnel (a host relaying
 	// between peers) is judged once: the policy chain always ends in a
@@ -76,6 +77,7 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 		}
 	}
 	p.add(mss, LabelMSSClamp, mssClampExprs(iface)...)
+	p.addGuard(guard, rs, iface)
 	return p, nil
 }
 

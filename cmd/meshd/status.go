@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -70,6 +71,9 @@ the last 3 minutes (usable as a health probe), 1 otherwise.`,
 
 func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 	var bad []string
+	for _, m := range st.Missing {
+		bad = append(bad, "missing (meshd is restoring it) "+m)
+	}
 	for _, p := range st.Peers {
 		if p.State != "alive" {
 			continue
@@ -131,6 +135,7 @@ func printStatus(out io.Writer, st *control.Status) {
 		}
 	}
 	printPolicy(out, st.Policy)
+	printRepairs(out, st)
 	if st.LastError != "" {
 		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
 	}
@@ -171,4 +176,26 @@ func printPolicy(out io.Writer, counters []control.PolicyCounter) {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", c.Label, c.Action, c.Reason, c.Packets, bytesHuman(int64(c.Bytes)))
 	}
 	tw.Flush()
+}
+
+func printRepairs(out io.Writer, st *control.Status) {
+	for _, m := range st.Missing {
+		fmt.Fprintf(out, "\nmissing, being restored: %s", m)
+	}
+	if len(st.Missing) > 0 {
+		fmt.Fprintln(out)
+	}
+	if len(st.Repairs) == 0 {
+		return
+	}
+	kinds := make([]string, 0, len(st.Repairs))
+	for k := range st.Repairs {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	parts := make([]string, len(kinds))
+	for i, k := range kinds {
+		parts[i] = fmt.Sprintf("%s %d", k, st.Repairs[k])
+	}
+	fmt.Fprintf(out, "\nrestored after someone else removed them: %s\n", strings.Join(parts, ", "))
 }
