@@ -62,7 +62,6 @@ func finish(v *viper.Viper, path string) (*Config, error) {
 		e.Path = path
 		return nil, e
 	}
-	cfg.Path = path
 	return cfg, nil
 }
 

@@ -13,9 +13,6 @@ import (
 // Config is the validated, defaulted configuration. Every field has been
 // checked by Load; consumers never re-validate.
 type Config struct {
-	// Path is the file the config was read from ("" from Parse), for
-	// errors found after loading.
-	Path          string
 	NodeName      string // default: hostname
 	DataDir       string // holds the WireGuard private key and serf snapshot
 	ControlSocket string

@@ -60,7 +60,7 @@ func Check(cfg *config.Config, host HostView) error {
 }
 
 func cfgErr(cfg *config.Config, key, problem, fix string) *config.Error {
-	return &config.Error{Path: cfg.Path, Key: key, Problem: problem, Fix: fix}
+	return &config.Error{Key: key, Problem: problem, Fix: fix}
 }
 
 // checkDataDir needs data_dir to be a directory meshd can write, or a
