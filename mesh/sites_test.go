@@ -23,9 +23,11 @@ type genCluster struct {
 
 var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
 
-func siteName(i int) string          { return fmt.Sprintf("s%03d", i) }
-func hostName(site, h int) string    { return fmt.Sprintf("%s-h%03d", siteName(site), h) }
-func genBlock(site int) netip.Prefix { return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(site), 0, 0}), 16) }
+func siteName(i int) string       { return fmt.Sprintf("s%03d", i) }
+func hostName(site, h int) string { return fmt.Sprintf("%s-h%03d", siteName(site), h) }
+func genBlock(site int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(site), 0, 0}), 16)
+}
 func genSlice(site, h int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(site), byte(h), 0}), 24)
 }
