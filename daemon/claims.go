@@ -86,20 +86,6 @@ func (c *claimer) load(ann *announcer) error {
 	return nil
 }
 
-// savedClaims reads the claims file for checks, ignoring a missing or
-// unreadable one (load deals with those).
-func savedClaims(path string) map[string]storedClaim {
-	raw, err := fileio.ReadRegular(path, fileio.MaxStateSize)
-	if err != nil {
-		return nil
-	}
-	var stored map[string]storedClaim
-	if json.Unmarshal(raw, &stored) != nil {
-		return nil
-	}
-	return stored
-}
-
 func (c *claimer) save(segs []mesh.LocalSegment) error {
 	stored := map[string]storedClaim{}
 	for _, seg := range segs {

@@ -145,13 +145,19 @@ func checkSegmentsAgainstHost(cfg *config.Config, host HostView) error {
 		return fmt.Errorf("list the host's addresses: %w", err)
 	}
 	const fix = "give the segment a range the host's underlay does not use"
-	own := ownRanges(cfg)
+	routes := map[netip.Addr]HostRoute{}
+	for _, ep := range endpoints(cfg) {
+		if rt, err := host.RouteTo(ep.addr); err == nil {
+			routes[ep.addr] = rt
+		}
+	}
+	underlay := underlayLinks(cfg, addrs, routes)
 	for i, seg := range cfg.Segments {
 		key := fmt.Sprintf("segments[%d].cidr", i)
-		// Addresses and connected networks of the host, except those of
-		// its own slices (the pods' gateways are meant to be there).
+		// Addresses and connected networks of the underlay: the pods'
+		// links hold segment addresses by design, the underlay never may.
 		for _, a := range addrs {
-			if !seg.CIDR.Overlaps(a.Prefix.Masked()) || inAny(a.Prefix.Addr(), own) {
+			if !underlay[a.Link] || !seg.CIDR.Overlaps(a.Prefix.Masked()) {
 				continue
 			}
 			return cfgErr(cfg, key, fmt.Sprintf("%s overlaps %s, the address %s has on %s: meshd would route the host's own network into the overlay",
@@ -161,8 +167,8 @@ func checkSegmentsAgainstHost(cfg *config.Config, host HostView) error {
 			if seg.CIDR.Contains(ep.addr) {
 				return cfgErr(cfg, key, fmt.Sprintf("%s contains %s, the %s", seg.CIDR, ep.addr, ep.what), fix)
 			}
-			rt, err := host.RouteTo(ep.addr)
-			if err != nil {
+			rt, ok := routes[ep.addr]
+			if !ok {
 				continue // no route yet: nothing to capture
 			}
 			if rt.Gateway.IsValid() && seg.CIDR.Contains(rt.Gateway) {
@@ -174,6 +180,40 @@ func checkSegmentsAgainstHost(cfg *config.Config, host HostView) error {
 		}
 	}
 	return nil
+}
+
+// underlayLinks are the interfaces gossip and WireGuard use: the one
+// holding bind_addr or advertise_addr, the ones the routes to the seeds
+// and the endpoint leave by, and, when meshd would pick its own address,
+// the interface of the first global address.
+func underlayLinks(cfg *config.Config, addrs []HostAddr, routes map[netip.Addr]HostRoute) map[string]bool {
+	links := map[string]bool{}
+	for _, rt := range routes {
+		if rt.Link != "" {
+			links[rt.Link] = true
+		}
+	}
+	explicit := false
+	for _, a := range []netip.Addr{cfg.Cluster.BindAddr, cfg.Cluster.AdvertiseAddr} {
+		if !a.IsValid() || a.IsUnspecified() {
+			continue
+		}
+		explicit = true
+		for _, ha := range addrs {
+			if ha.Prefix.Addr() == a.Unmap() {
+				links[ha.Link] = true
+			}
+		}
+	}
+	if !explicit {
+		for _, ha := range addrs {
+			if ha.Prefix.Addr().IsGlobalUnicast() {
+				links[ha.Link] = true
+				break
+			}
+		}
+	}
+	return links
 }
 
 type endpoint struct {
@@ -199,30 +239,6 @@ func endpoints(cfg *config.Config) []endpoint {
 		}
 	}
 	return out
-}
-
-// ownRanges are the slices this host holds: configured, or claimed in an
-// earlier run.
-func ownRanges(cfg *config.Config) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range cfg.Segments {
-		if s.Subnet.IsValid() {
-			out = append(out, s.Subnet)
-		}
-	}
-	for _, c := range savedClaims(filepath.Join(cfg.DataDir, claimsFile)) {
-		out = append(out, c.Prefix)
-	}
-	return out
-}
-
-func inAny(a netip.Addr, ps []netip.Prefix) bool {
-	for _, p := range ps {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
 }
 
 func checkInterface(cfg *config.Config, host HostView) error {
