@@ -56,7 +56,18 @@ type MembershipConfig struct {
 	// Tune lets tests and benchmarks shorten serf's timers; nil keeps the
 	// LAN defaults.
 	Tune func(*serf.Config)
+	// OnEvent receives user events (broadcasts) of other members; it runs
+	// on the drain goroutine and must not block.
+	OnEvent func(name string, payload []byte)
+	// OnQuery answers queries of other members; a nil answer sends
+	// nothing. It runs on the drain goroutine and must not block.
+	OnQuery func(name string, payload []byte) []byte
 }
+
+// maxEventBytes bounds one broadcast: memberlist piggybacks broadcasts on
+// gossip packets of at most 1400 bytes, and a larger one would never be
+// sent.
+const maxEventBytes = 1024
 
 // Membership is this host's serf agent. Its event channel is drained by
 // its own goroutine, because a blocked channel stalls serf's own state
@@ -75,6 +86,9 @@ type Membership struct {
 	// failed carries why serf stopped without Leave (a lost name
 	// conflict); it is closed by Leave.
 	failed chan error
+	// onEvent and onQuery are set at Join and never change.
+	onEvent func(name string, payload []byte)
+	onQuery func(name string, payload []byte) []byte
 
 	leaveMu  sync.Mutex
 	leftOnce bool
@@ -132,6 +146,7 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 	conf.LeavePropagateDelay = leavePropagateDelay
 	events := make(chan serf.Event, 256)
 	conf.EventCh = events
+	conf.UserEventSizeLimit = maxEventBytes
 	if cfg.Tune != nil {
 		cfg.Tune(conf)
 	}
@@ -141,7 +156,8 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 		return nil, fmt.Errorf("start serf on %s: %w", net.JoinHostPort(ml.BindAddr, strconv.Itoa(ml.BindPort)), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Membership{serf: s, events: events, log: cfg.Log, join: cfg.Join, stop: cancel, conflict: conflict, failed: make(chan error, 1)}
+	m := &Membership{serf: s, events: events, log: cfg.Log, join: cfg.Join, stop: cancel, conflict: conflict, failed: make(chan error, 1),
+		onEvent: cfg.OnEvent, onQuery: cfg.OnQuery}
 	m.wg.Add(4)
 	go m.watchShutdown(ctx)
 	go m.drain(ctx, kick)
@@ -210,10 +226,24 @@ func (m *Membership) drain(ctx context.Context, kick func()) {
 		case <-ctx.Done():
 			return
 		case ev := <-m.events:
-			if me, ok := ev.(serf.MemberEvent); ok {
-				for _, mem := range me.Members {
-					m.log.Debug("serf member event", "event", me.Type.String(), "member", mem.Name, "addr", mem.Addr.String())
+			switch e := ev.(type) {
+			case serf.MemberEvent:
+				for _, mem := range e.Members {
+					m.log.Debug("serf member event", "event", e.Type.String(), "member", mem.Name, "addr", mem.Addr.String())
 				}
+			case serf.UserEvent:
+				if m.onEvent != nil {
+					m.onEvent(e.Name, e.Payload)
+				}
+			case *serf.Query:
+				if m.onQuery != nil {
+					if answer := m.onQuery(e.Name, e.Payload); answer != nil {
+						if err := e.Respond(answer); err != nil {
+							m.log.Debug("answer query", "query", e.Name, "err", err)
+						}
+					}
+				}
+				continue // a query changes no member
 			}
 			kick()
 		}
@@ -439,6 +469,33 @@ func (m *Membership) SetTags(tags map[string]string) error {
 
 // Serf exposes the agent for diagnostics.
 func (m *Membership) Serf() *serf.Serf { return m.serf }
+
+// Broadcast sends a user event to every member. It is best effort, as
+// gossip is: callers repeat what must arrive.
+func (m *Membership) Broadcast(name string, payload []byte) error {
+	return m.serf.UserEvent(name, payload, false)
+}
+
+// Answer is one member's answer to a query.
+type Answer struct {
+	From    string
+	Payload []byte
+}
+
+// Ask queries every member (or those with tags matching filter, each a
+// regular expression) and collects the answers that arrive within
+// timeout.
+func (m *Membership) Ask(name string, payload []byte, filter map[string]string, timeout time.Duration) ([]Answer, error) {
+	resp, err := m.serf.Query(name, payload, &serf.QueryParam{FilterTags: filter, Timeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	var out []Answer
+	for r := range resp.ResponseCh() {
+		out = append(out, Answer{From: r.From, Payload: r.Payload})
+	}
+	return out, nil
+}
 
 // KeyResponse is what a keyring operation reports from every member.
 type KeyResponse = serf.KeyResponse

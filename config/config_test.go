@@ -120,6 +120,7 @@ func TestLoadFull(t *testing.T) {
 		ControlSocket: "/run/m.sock",
 		LogLevel:      "debug",
 		LogFormat:     "json",
+		Site:          Site{Name: "default"},
 		Cluster: Cluster{
 			BindAddr:      netip.MustParseAddr("192.0.2.1"),
 			BindPort:      7947,
@@ -188,6 +189,7 @@ func TestDefaults(t *testing.T) {
 		ControlSocket: "/run/meshd/meshd.sock",
 		LogLevel:      "info",
 		LogFormat:     "text",
+		Site:          Site{Name: "default"},
 		Cluster: Cluster{
 			BindAddr:      netip.MustParseAddr("0.0.0.0"),
 			BindPort:      7946,
@@ -200,7 +202,7 @@ func TestDefaults(t *testing.T) {
 			Interface:           "mesh0",
 			ListenPort:          51820,
 			Mode:                ModeAuto,
-			PersistentKeepalive: 25,
+			PersistentKeepalive: 0, // "0s": meshd keeps NATed tunnels open itself
 		},
 		Routing:            Routing{TableBase: 51800, RulePriority: 31000},
 		CNIConfDir:         "/etc/cni/net.d",

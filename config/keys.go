@@ -70,7 +70,14 @@ var defaults = []struct {
 	{keyMode, string(ModeAuto)},
 	{keyMTU, 0},
 	{keyEndpoint, ""},
-	{keyKeepalive, 25},
+	{keyKeepalive, "0s"},
+
+	{keySiteName, defaultSiteName},
+	{keySiteGateway, false},
+	{keyWANBindAddr, "0.0.0.0"},
+	{keyWANBindPort, defaultWANPort},
+	{keyWANAdvertise, ""},
+	{keyWANJoin, []string{}},
 
 	{keyTableBase, 51800},
 	{keyRulePriority, 31000},
@@ -86,7 +93,7 @@ var defaults = []struct {
 	{keyMetricsListen, ""},
 }
 
-var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix}
+var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix, segKeySiteBlock}
 
 // knownKeys returns every dotted key accepted in the file, including
 // "segments" and "allow" themselves.
@@ -100,7 +107,7 @@ func knownKeys() []string {
 
 // sections are the tables that hold keys; writing one as a scalar, or a
 // typo'd table name, deserves a different message than a stray key.
-var sections = []string{"cluster", "wireguard", "routing", sectionMetrics, sectionIdentity}
+var sections = []string{"cluster", sectionSite, sectionWAN, "wireguard", "routing", sectionMetrics, sectionIdentity}
 
 func envName(key string) string {
 	return "MESHD_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))

@@ -155,8 +155,7 @@ func (l *loader) wireguard(c *Config) *Error {
 	if wg.Endpoint, e = l.endpoint(wg.ListenPort); e != nil {
 		return e
 	}
-	wg.PersistentKeepalive, e = l.intIn(keyKeepalive, 0, 65535,
-		"use a number of seconds between 0 (off) and 65535; 25 keeps most NAT mappings alive")
+	wg.PersistentKeepalive, e = l.keepalive()
 	return e
 }
 

@@ -42,6 +42,26 @@ type Status struct {
 	// Missing lists state found gone and not yet restored, as
 	// "what: why"; status --check fails while it is not empty.
 	Missing []string `json:"missing,omitempty"`
+	// Sites is how this host reaches every other site (a cluster of
+	// several sites); status --check fails while one is unreachable.
+	Sites []Site `json:"sites,omitempty"`
+	// Failovers counts how often another site moved to another gateway
+	// (of this site or of its own) since meshd started.
+	Failovers int `json:"gateway_failovers"`
+}
+
+// Site is one other site as this host reaches it.
+type Site struct {
+	Name   string   `json:"name"`
+	Blocks []string `json:"blocks"`
+	// Gateway is the gateway of this host's site that carries the site's
+	// traffic, Remote the other site's gateway at the end of its tunnel.
+	Gateway string `json:"gateway,omitempty"`
+	Remote  string `json:"remote,omitempty"`
+	// Transit is the site traffic is relayed through when the two
+	// sites' gateways have no direct path ("" when direct).
+	Transit     string `json:"transit,omitempty"`
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // PolicyCounter is what one allow-list rule has matched since the last
@@ -66,6 +86,15 @@ type Node struct {
 	Endpoint    string    `json:"endpoint"`
 	Gossip      string    `json:"gossip"`
 	Segments    []Segment `json:"segments"`
+	// Site and role on a cluster of several sites.
+	Site     string `json:"site"`
+	Gateway  bool   `json:"gateway"`
+	Draining bool   `json:"draining,omitempty"`
+	// NAT is a gateway without a public address; Observed is where the
+	// public gateways see its tunnels come from.
+	NAT      bool   `json:"nat,omitempty"`
+	Observed string `json:"observed_endpoint,omitempty"`
+	MeshAddr string `json:"mesh_addr,omitempty"`
 }
 
 // Segment is one of this host's segments and its slice.
@@ -85,6 +114,15 @@ type Peer struct {
 	PublicKey  string   `json:"public_key,omitempty"`
 	Endpoint   string   `json:"endpoint,omitempty"`
 	Slices     []string `json:"slices,omitempty"`
+	// Site is the peer's site; WAN marks a gateway of another site.
+	Site string `json:"site,omitempty"`
+	WAN  bool   `json:"wan,omitempty"`
+	// Carries lists the other sites whose traffic goes through this peer.
+	Carries []string `json:"carries,omitempty"`
+	// LearnedEndpoint is where the peer's packets actually come from when
+	// that differs from what it announced: a NAT's mapping, or a gateway
+	// behind NAT that announced none.
+	LearnedEndpoint string `json:"learned_endpoint,omitempty"`
 	// HandshakeAgeSeconds is -1 when no handshake has completed yet.
 	HandshakeAgeSeconds float64 `json:"handshake_age_seconds"`
 	RxBytes             int64   `json:"rx_bytes"`

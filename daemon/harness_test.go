@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,8 @@ type testHost struct {
 	net  *clustertest.Network
 	tr   *clustertest.Transport
 	addr netip.Addr
+	// wanTr is a gateway's transport in the WAN pool, on its own network.
+	wanTr *clustertest.Transport
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -231,8 +234,17 @@ func (h *testHost) system() System {
 			if err := h.injected("join"); err != nil {
 				return nil, err
 			}
-			h.record("join")
-			mc.Tune = fastGossip(h.tr)
+			tr := h.tr
+			if mc.BindPort == 7947 { // the WAN pool: a gateway's second leg
+				if h.wanTr == nil {
+					return nil, errors.New("test host " + h.name + " has no WAN transport")
+				}
+				tr = h.wanTr
+				h.record("join WAN")
+			} else {
+				h.record("join")
+			}
+			mc.Tune = fastGossip(tr)
 			m, err := cluster.Join(mc, kick)
 			if err != nil {
 				return nil, err
@@ -290,6 +302,7 @@ type fakeDevice struct {
 	mu     sync.Mutex
 	key    wgtypes.Key
 	port   int
+	addrs  []netip.Prefix
 	closed bool
 }
 
@@ -324,6 +337,17 @@ func (h *testHost) link(name string) *fakeDevice {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.links[name]
+}
+
+// SetAddrs records the interface's addresses.
+func (d *fakeDevice) SetAddrs(addrs []netip.Prefix) error {
+	if err := d.Present(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.addrs = slices.Clone(addrs)
+	d.mu.Unlock()
+	return nil
 }
 
 func (d *fakeDevice) Name() string     { return d.name }
@@ -432,3 +456,5 @@ func (f fakeHostView) RouteTo(a netip.Addr) (HostRoute, error) {
 }
 
 func (f fakeHostView) CheckInterface(string) error { return nil }
+
+func (f fakeHostView) Forwarding() (bool, bool, error) { return true, true, nil }

@@ -29,7 +29,18 @@ type HostView interface {
 	// CheckInterface reports whether meshd may create its interface
 	// under that name (see wgdev.CheckName).
 	CheckInterface(name string) error
+	// Forwarding reports whether the kernel forwards IPv4 and IPv6.
+	Forwarding() (v4, v6 bool, err error)
 }
+
+// HostError is a problem of the host rather than the config file (IP
+// forwarding off); like a config error it stops the start before
+// anything is created, with exit code 2.
+type HostError struct {
+	Problem, Fix string
+}
+
+func (e *HostError) Error() string { return "host: " + e.Problem + "; " + e.Fix }
 
 // HostAddr is one address configured on the host.
 type HostAddr struct {
@@ -50,7 +61,7 @@ type HostRoute struct {
 func Check(cfg *config.Config, host HostView) error {
 	var errs []error
 	for _, check := range []func(*config.Config, HostView) error{
-		checkDataDir, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface,
+		checkDataDir, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface, checkForwarding,
 	} {
 		if err := check(cfg, host); err != nil {
 			errs = append(errs, err)
@@ -250,4 +261,28 @@ func checkInterface(cfg *config.Config, host HostView) error {
 		return cfgErr(cfg, "wireguard.interface", err.Error(), "choose a name no other program uses, e.g. mesh0")
 	}
 	return fmt.Errorf("check wireguard.interface: %w", err)
+}
+
+// checkForwarding refuses to start on a host that does not forward the
+// address family of a segment: pods' packets to other hosts could not
+// enter the tunnel, and nothing would say why. meshd does not switch it
+// on itself: it is the host's setting (firewalld, docker and sysctl.d all
+// have a say), and a daemon quietly turning a host into a router is not
+// what an operator expects.
+func checkForwarding(cfg *config.Config, host HostView) error {
+	v4, v6, err := host.Forwarding()
+	if err != nil {
+		return fmt.Errorf("read IP forwarding: %w", err)
+	}
+	for _, seg := range cfg.Segments {
+		if seg.CIDR.Addr().Is4() && !v4 {
+			return &HostError{Problem: "net.ipv4.ip_forward is 0, so pods cannot reach other hosts through segment " + seg.Name,
+				Fix: "enable it: sysctl -w net.ipv4.ip_forward=1, and net.ipv4.ip_forward = 1 in /etc/sysctl.d/ to keep it"}
+		}
+		if seg.CIDR.Addr().Is6() && !v6 {
+			return &HostError{Problem: "net.ipv6.conf.all.forwarding is 0, so pods cannot reach other hosts through segment " + seg.Name,
+				Fix: "enable it: sysctl -w net.ipv6.conf.all.forwarding=1, and keep it in /etc/sysctl.d/"}
+		}
+	}
+	return nil
 }

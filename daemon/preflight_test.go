@@ -17,9 +17,10 @@ import (
 // hostView is a host with an underlay and a default route, as the checks
 // before a start see it.
 type hostView struct {
-	addrs  []HostAddr
-	routes map[netip.Addr]HostRoute
-	iface  error
+	addrs     []HostAddr
+	routes    map[netip.Addr]HostRoute
+	iface     error
+	noForward bool
 }
 
 func (h hostView) Addrs() ([]HostAddr, error) { return h.addrs, nil }
@@ -29,7 +30,8 @@ func (h hostView) RouteTo(a netip.Addr) (HostRoute, error) {
 	}
 	return HostRoute{Gateway: netip.MustParseAddr("192.0.2.254"), Link: "eth0"}, nil // default route
 }
-func (h hostView) CheckInterface(string) error { return h.iface }
+func (h hostView) CheckInterface(string) error     { return h.iface }
+func (h hostView) Forwarding() (bool, bool, error) { return !h.noForward, !h.noForward, nil }
 
 func underlayHost() hostView {
 	return hostView{addrs: []HostAddr{

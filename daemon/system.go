@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -132,6 +133,10 @@ type device struct {
 	h   *netlink.Handle
 }
 
+func (d *device) SetAddrs(addrs []netip.Prefix) error {
+	return wgdev.SetAddrs(d.h, d.link.Name(), addrs)
+}
+
 func (d *device) Name() string     { return d.link.Name() }
 func (d *device) Kind() wgdev.Mode { return d.link.Kind() }
 func (d *device) Present() error   { return d.link.Present() }
@@ -250,6 +255,8 @@ func (netlinkHost) RouteTo(a netip.Addr) (HostRoute, error) {
 	return out, nil
 }
 
+func (netlinkHost) Forwarding() (v4, v6 bool, err error) { return readForwarding() }
+
 func (netlinkHost) CheckInterface(name string) error {
 	h, err := routeHandle()
 	if err != nil {
@@ -257,4 +264,24 @@ func (netlinkHost) CheckInterface(name string) error {
 	}
 	defer h.Close()
 	return wgdev.CheckName(h, name)
+}
+
+// readForwarding reads the kernel's forwarding switches for this network
+// namespace.
+func readForwarding() (v4, v6 bool, err error) {
+	read := func(path string) (bool, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false, err
+		}
+		return strings.TrimSpace(string(b)) == "1", nil
+	}
+	if v4, err = read("/proc/sys/net/ipv4/ip_forward"); err != nil {
+		return false, false, err
+	}
+	v6, err = read("/proc/sys/net/ipv6/conf/all/forwarding")
+	if errors.Is(err, os.ErrNotExist) {
+		return v4, false, nil // no IPv6 in this kernel
+	}
+	return v4, v6, err
 }

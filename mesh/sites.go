@@ -340,7 +340,7 @@ func (t *topology) wanPeer(hop *siteInfo, g gatewayAnn) int {
 	if i := t.peerIndex(g.name); i >= 0 {
 		return i
 	}
-	p := Peer{Name: g.name, PublicKey: g.ann.PublicKey, Endpoint: g.ann.Endpoint, Keepalive: t.local.Keepalive, Site: hop.name, WAN: true}
+	p := Peer{Name: g.name, PublicKey: g.ann.PublicKey, Endpoint: g.ann.Endpoint, Keepalive: t.local.Keepalive, Site: hop.name, WAN: true, NAT: g.ann.Role.NAT}
 	if g.ann.Role.NAT && t.local.NAT && g.ann.Observed.IsValid() {
 		// Both ends behind NAT: aim at the mapping the public gateways
 		// saw; if both NATs map endpoint-independently, the two sides'

@@ -104,6 +104,8 @@ type Peer struct {
 	Site  string
 	WAN   bool
 	Sites []string
+	// NAT is set for a WAN peer behind NAT.
+	NAT bool
 }
 
 // Rejection records a member whose announcement was refused, and why.

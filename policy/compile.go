@@ -117,7 +117,7 @@ func checkSegments(segs []Segment) error {
 // Reason classifies a label for counters and explanations.
 func Reason(label string) string {
 	switch {
-	case label == LabelEstablished, label == LabelInvalid, label == LabelLinkLocal, label == LabelDefaultDeny, label == LabelMSSClamp, label == LabelNoPlaintext:
+	case label == LabelEstablished, label == LabelInvalid, label == LabelLinkLocal, label == LabelDefaultDeny, label == LabelMSSClamp, label == LabelNoPlaintext, label == LabelTransit:
 		return label
 	case strings.HasPrefix(label, labelRulePrefix):
 		return "rule"

@@ -190,7 +190,7 @@ func (e *Enforcer) Counters() ([]Counter, error) {
 	}
 	// A missing chain dumps as nothing too, so a table gone in between
 	// just shows no clamp counter.
-	for _, chain := range []string{MSSChain, GuardChain} {
+	for _, chain := range []string{MSSChain, GuardChain, "forward"} {
 		more, err := e.conn.GetRules(t, &nftables.Chain{Name: chain, Table: t})
 		if err != nil {
 			return nil, fmt.Errorf("read %s counters from table inet %s: %w", chain, TableName, err)

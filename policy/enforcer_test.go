@@ -21,6 +21,7 @@ type recorder struct {
 	rules    []*nftables.Rule // the policy chain
 	clamp    []*nftables.Rule // the MSS chain
 	guard    []*nftables.Rule // the no-plaintext guard
+	forward  []*nftables.Rule // the transit counter
 	getErr   error
 }
 
@@ -43,6 +44,8 @@ func (r *recorder) GetRules(_ *nftables.Table, c *nftables.Chain) ([]*nftables.R
 		return r.clamp, r.getErr
 	case GuardChain:
 		return r.guard, r.getErr
+	case "forward":
+		return r.forward, r.getErr
 	}
 	return r.rules, r.getErr
 }
@@ -73,7 +76,7 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	want := []string{
 		"add table meshd", "del table meshd", "add table meshd",
 		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss", "add chain guard",
-		"add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
+		"add rule forward transit", "add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
 		"add rule policy established", "add rule policy invalid", "add rule policy link-local",
 		"add rule policy allow[0]", "add rule policy allow[0]",
 		"add rule policy segment:blue", "add rule policy segment:green", "add rule policy default-deny",

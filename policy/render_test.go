@@ -62,6 +62,8 @@ func TestRenderGolden(t *testing.T) {
 		"chain output {type filter hook output priority 0 policy accept}",
 		"chain mss {type filter hook forward priority -150 policy accept}",
 		"chain guard {type filter hook postrouting priority 0 policy accept}",
+		// Transit is judged by the hosts at both ends, not the gateway.
+		"forward transit: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; counter; accept",
 		"forward tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"forward tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"input tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
