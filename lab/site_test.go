@@ -3,8 +3,12 @@ package lab
 import (
 	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/meshd/meshd/internal/testenv"
 )
 
 // issueSites is issue 13's topology: site a with two public gateways,
@@ -378,6 +382,52 @@ func TestNATRules(t *testing.T) {
 		rules := l.Router(site).natRules()
 		if !strings.Contains(rules, want) || !strings.Contains(rules, "iifname \"wan\" counter drop") {
 			t.Errorf("site %s rules:\n%s", site, rules)
+		}
+	}
+}
+
+// TestScenarioRendererAgrees: test/scenario/lib.sh renders the VMs'
+// configs (the Vagrantfile's layouts); from [cluster] on it must say what
+// Host.Config says, flat or multi-site.
+func TestScenarioRendererAgrees(t *testing.T) {
+	testenv.RequireTools(t, "sh")
+	flat, err := plan(Spec{Prefix: "mdtest", Hosts: 3, Dir: "/srv/lab", Segments: []SegmentSpec{blue}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sites := planIssue(t, blue)
+	for _, h := range []*Host{flat.Host(2), sites.Host(1), sites.Host(3), sites.Host(4), sites.Host(6)} {
+		var join []string
+		for _, p := range h.clusterPeers() {
+			join = append(join, netip.AddrPortFrom(p.UnderlayAddr(), gossipPort).String())
+		}
+		args := []string{h.Name(), h.DataDir(), h.ControlSocket(), h.UnderlayAddr().String(), strings.Join(join, " "),
+			h.lab.GossipKeyFile(), h.Interface(), h.lab.spec.Mode, "blue", blue.CIDR, h.Subnet("blue").String()}
+		cmd := exec.Command("sh", append([]string{"-c", `. ../test/scenario/lib.sh && meshd_config "$@"`, "sh"}, args...)...)
+		cmd.Env = append(os.Environ(), "SC_SITE=", "SC_SITE_GATEWAY=0", "SC_WAN_ADVERTISE=", "SC_WAN_JOIN=", "SC_SITE_BLOCK=")
+		if s := h.Site(); s != nil {
+			var wan []string
+			for _, a := range h.wanSeeds() {
+				wan = append(wan, netip.AddrPortFrom(a, wanGossipPort).String())
+			}
+			gw := "0"
+			if h.IsGateway() {
+				gw = "1"
+			}
+			advertise := ""
+			if a := h.PublicAddr(); a.IsValid() {
+				advertise = a.String()
+			}
+			cmd.Env = append(cmd.Env, "SC_SITE="+s.Name(), "SC_SITE_GATEWAY="+gw, "SC_WAN_ADVERTISE="+advertise,
+				"SC_WAN_JOIN="+strings.Join(wan, " "), "SC_SITE_BLOCK="+s.Block("blue").String())
+		}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: lib.sh: %v\n%s", h.Name(), err, out)
+		}
+		fromCluster := func(s string) string { return s[strings.Index(s, "\n[cluster]"):] }
+		if got, want := fromCluster(string(out)), fromCluster(h.Config("")); got != want {
+			t.Errorf("%s: lib.sh renders\n%s\nlab renders\n%s", h.Name(), got, want)
 		}
 	}
 }
