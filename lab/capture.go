@@ -21,7 +21,8 @@ const (
 	captureStopTimeout  = 10 * time.Second
 )
 
-// Capture is a tcpdump recording everything crossing the underlay bridge.
+// Capture is a tcpdump recording everything crossing one interface, by
+// default the underlay bridge.
 type Capture struct {
 	path string
 	cmd  *exec.Cmd
@@ -38,6 +39,12 @@ type Capture struct {
 // once it is capturing. ctx bounds only the start; the capture runs until
 // Stop or Close.
 func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
+	return l.StartCaptureOn(ctx, l.SwitchNS(), bridgeName)
+}
+
+// StartCaptureOn is StartCapture on interface dev of namespace ns, say
+// BridgeName in WANNS or in a Site's NS.
+func (l *Lab) StartCaptureOn(ctx context.Context, ns, dev string) (*Capture, error) {
 	l.mu.Lock()
 	n := len(l.captures)
 	closed := l.closed
@@ -49,15 +56,15 @@ func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
 	// -Z root: tcpdump otherwise drops to user tcpdump, which cannot write
 	// into the lab's private directory. --immediate-mode and -U get every
 	// packet into the file without waiting for a buffer to fill.
-	cmd := exec.Command("ip", "netns", "exec", l.SwitchNS(),
-		"tcpdump", "-i", bridgeName, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", path)
+	cmd := exec.Command("ip", "netns", "exec", ns,
+		"tcpdump", "-i", dev, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("lab: start tcpdump in netns %s: %w", l.SwitchNS(), err)
+		return nil, fmt.Errorf("lab: start tcpdump in netns %s: %w", ns, err)
 	}
 	c := &Capture{path: path, cmd: cmd, done: make(chan struct{})}
 	listening := make(chan struct{})
@@ -80,7 +87,7 @@ func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
 		err = ctx.Err()
 	}
 	_, _ = c.Stop()
-	return nil, fmt.Errorf("lab: tcpdump on %s in netns %s: %w", bridgeName, l.SwitchNS(), err)
+	return nil, fmt.Errorf("lab: tcpdump on %s in netns %s: %w", dev, ns, err)
 }
 
 // readStderr reaps tcpdump too: Wait must follow the end of the pipe.
