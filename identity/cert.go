@@ -32,9 +32,9 @@ const (
 	// gateway; certificates without either are still written as version
 	// 1, so single-site clusters keep their encoding.
 	certVersionSites = 2
-	MaxNameLen  = 64
-	MaxSegments = 16
-	MaxSubnets  = 16
+	MaxNameLen       = 64
+	MaxSegments      = 16
+	MaxSubnets       = 16
 
 	sigLen = ed25519.SignatureSize
 	keyLen = ed25519.PublicKeySize
