@@ -101,6 +101,10 @@ const (
 	leaveBroadcastTimeout = 1 * time.Second
 	leavePropagateDelay   = 300 * time.Millisecond
 	leaveBudget           = 1500 * time.Millisecond
+	reconnectInterval     = 5 * time.Second
+	// maxJoinBackoff caps the retries of a host that sees no other
+	// member, for the same reason.
+	maxJoinBackoff = 10 * time.Second
 )
 
 // JoinCluster starts serf and keeps trying the seeds in the background for
@@ -144,6 +148,9 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 	conf.Logger = logger
 	conf.BroadcastTimeout = leaveBroadcastTimeout
 	conf.LeavePropagateDelay = leavePropagateDelay
+	// Serf retries failed members this often; its default of 30 s would
+	// keep a partition apart for that long after the network healed.
+	conf.ReconnectInterval = reconnectInterval
 	events := make(chan serf.Event, 256)
 	conf.EventCh = events
 	conf.UserEventSizeLimit = maxEventBytes
@@ -314,7 +321,7 @@ func (m *Membership) joinLoop(ctx context.Context) {
 				m.log.Warn("still alone: no other live member yet; check that the seeds run meshd, share the gossip key, and that TCP and UDP to the gossip port are open",
 					"seeds", m.join, "alone_for", time.Since(aloneSince).Round(time.Second), "last_error", last)
 			}
-			backoff = min(backoff*2, 30*time.Second)
+			backoff = min(backoff*2, maxJoinBackoff)
 		} else {
 			if alone {
 				m.log.Info("joined cluster", "members", len(m.serf.Members()))

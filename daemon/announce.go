@@ -91,13 +91,14 @@ func (a *announcer) setKey(k wgtypes.Key) (old wgtypes.Key) {
 // setPaths records whether this gateway drains, where public gateways see
 // it from, and which sites it reaches only through a transit site; it
 // reports whether anything changed (and must be announced).
-func (a *announcer) setPaths(draining bool, observed netip.AddrPort, noDirect []string) bool {
+func (a *announcer) setPaths(draining bool, observed netip.AddrPort, symmetric bool, noDirect []string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.me.Draining == draining && a.observed == observed && slices.Equal(a.me.NoDirect, noDirect) {
+	symmetric = symmetric && a.me.NAT
+	if a.me.Draining == draining && a.observed == observed && a.me.Symmetric == symmetric && slices.Equal(a.me.NoDirect, noDirect) {
 		return false
 	}
-	a.me.Draining, a.observed, a.me.NoDirect = draining, observed, slices.Clone(noDirect)
+	a.me.Draining, a.observed, a.me.Symmetric, a.me.NoDirect = draining, observed, symmetric, slices.Clone(noDirect)
 	return true
 }
 
@@ -140,7 +141,7 @@ func (a *announcer) baseLocked() mesh.Announcement {
 		return ann
 	}
 	ann.Site = a.me.SiteName()
-	ann.Role = mesh.Role{Gateway: a.me.Gateway, Draining: a.me.Draining, NAT: a.me.NAT}
+	ann.Role = mesh.Role{Gateway: a.me.Gateway, Draining: a.me.Draining, NAT: a.me.NAT, Symmetric: a.me.Symmetric}
 	ann.MeshAddr = MeshAddr(a.me)
 	if a.me.Gateway {
 		ann.Relays = slices.Clone(a.me.NoDirect)

@@ -69,11 +69,12 @@ func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 		return nil
 	}
 	noDirect := d.paths.updateNoDirect(st, local.NAT, time.Now())
-	if !d.ann.setPaths(!d.forwarding, d.paths.observedEndpoint(), noDirect) {
+	observed, symmetric := d.paths.observedEndpoint()
+	if !d.ann.setPaths(!d.forwarding, observed, symmetric, noDirect) {
 		return nil
 	}
 	a := d.ann.local()
-	d.log.Warn("gateway paths changed; announcing them", "draining", a.Draining, "observed", d.paths.observedEndpoint(), "relayed", a.NoDirect)
+	d.log.Warn("gateway paths changed; announcing them", "draining", a.Draining, "observed", observed, "symmetric_nat", symmetric, "relayed", a.NoDirect)
 	if err := d.ann.publish(); err != nil {
 		return err
 	}
@@ -123,11 +124,11 @@ func (d *Daemon) askWhoamiIfDue() {
 	}
 	wan, key := d.wan, l.PublicKey
 	go func() {
-		ep, err := askWhoami(wan, key)
+		ep, symmetric, err := askWhoami(wan, key)
 		if err != nil || !ep.IsValid() {
 			return
 		}
-		if d.paths.setObserved(ep) {
+		if d.paths.setObserved(ep, symmetric) {
 			d.Kick()
 		}
 	}()

@@ -38,7 +38,7 @@ const (
 	directoryTTL = 3 * directoryRefresh
 	// directTimeout is how long two gateways behind NAT try a direct
 	// tunnel before they relay through a transit site.
-	directTimeout = 15 * time.Second
+	directTimeout = 10 * time.Second
 	// whoamiEvery is how often a gateway behind NAT asks where it is seen
 	// from; its mapping can change when the NAT restarts.
 	whoamiEvery = 30 * time.Second
@@ -230,8 +230,9 @@ type paths struct {
 	noDirect   []string
 	// lastAsk and observed belong to whoever holds mu: the loop starts a
 	// whoami query, a goroutine stores its answer.
-	lastAsk  time.Time
-	observed netip.AddrPort
+	lastAsk   time.Time
+	observed  netip.AddrPort
+	symmetric bool
 }
 
 // askDue reports whether a whoami query is due, and notes that one is
@@ -250,17 +251,18 @@ func (p *paths) askDue(now time.Time) bool {
 	return true
 }
 
-func (p *paths) setObserved(ep netip.AddrPort) (changed bool) {
+func (p *paths) setObserved(ep netip.AddrPort, symmetric bool) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	changed, p.observed = p.observed != ep, ep
+	changed = p.observed != ep || p.symmetric != symmetric
+	p.observed, p.symmetric = ep, symmetric
 	return changed
 }
 
-func (p *paths) observedEndpoint() netip.AddrPort {
+func (p *paths) observedEndpoint() (netip.AddrPort, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.observed
+	return p.observed, p.symmetric
 }
 
 type peerSeen struct {
@@ -278,7 +280,8 @@ func (p *paths) observe(dev *wgtypes.Device) {
 	for _, peer := range dev.Peers {
 		ps := peerSeen{handshake: peer.LastHandshakeTime}
 		if peer.Endpoint != nil {
-			ps.endpoint = peer.Endpoint.AddrPort()
+			ap := peer.Endpoint.AddrPort()
+			ps.endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		}
 		seen[peer.PublicKey] = ps
 	}
@@ -343,23 +346,24 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 }
 
 // askWhoami asks the public gateways where they see this gateway's
-// tunnels come from, and keeps the answer most of them gave.
-func askWhoami(wan Cluster, key wgtypes.Key) (netip.AddrPort, error) {
+// tunnels come from, and keeps the answer most of them gave. Answers that
+// disagree on the port mean a symmetric NAT: a new mapping for every
+// destination, which no hole punching gets through.
+func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, err error) {
 	answers, err := wan.Ask(queryWhoami, []byte(key.String()), map[string]string{"r": "^g$"}, 3*time.Second)
 	if err != nil {
-		return netip.AddrPort{}, err
+		return netip.AddrPort{}, false, err
 	}
 	votes := map[netip.AddrPort]int{}
 	for _, a := range answers {
 		if ap, err := netip.ParseAddrPort(string(a.Payload)); err == nil {
-			votes[ap]++
+			votes[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]++
 		}
 	}
-	var best netip.AddrPort
 	for ap, n := range votes {
 		if n > votes[best] || (n == votes[best] && ap.String() < best.String()) {
 			best = ap
 		}
 	}
-	return best, nil
+	return best, len(votes) > 1, nil
 }

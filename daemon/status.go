@@ -133,7 +133,7 @@ func (d *Daemon) nodeStatus(cfg *config.Config, dev Device, local mesh.Local) co
 		if a := MeshAddr(local); a.IsValid() {
 			n.MeshAddr = a.String()
 		}
-		if o := d.paths.observedEndpoint(); o.IsValid() {
+		if o, _ := d.paths.observedEndpoint(); o.IsValid() {
 			n.Observed = o.String()
 		}
 	}

@@ -385,15 +385,14 @@ func (h *Host) clusterPeers() []*Host {
 	return peers
 }
 
-// wanSeeds are the public gateways of the other sites.
+// wanSeeds are the other public gateways, of any site: gateways of a site
+// whose only peers are behind NAT must still find each other, or the
+// first to start would stay alone with whoever joined it.
 func (h *Host) wanSeeds() []netip.Addr {
 	var seeds []netip.Addr
 	for _, s := range h.lab.sites {
-		if s == h.site {
-			continue
-		}
 		for _, g := range s.Gateways() {
-			if a := g.PublicAddr(); a.IsValid() {
+			if a := g.PublicAddr(); a.IsValid() && g != h {
 				seeds = append(seeds, a)
 			}
 		}

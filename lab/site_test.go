@@ -251,7 +251,7 @@ gateway = true
 bind_addr = "0.0.0.0"
 bind_port = 7947
 advertise_addr = "203.0.113.11"
-join = []
+join = ["203.0.113.12:7947"]
 
 [wireguard]
 interface = "mdtesth1"

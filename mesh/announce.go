@@ -106,12 +106,18 @@ type Role struct {
 	// NAT is a gateway without an inbound endpoint: peers wait for its
 	// handshakes and it keeps the mappings open with keepalives.
 	NAT bool
+	// Symmetric is a NATed gateway whose NAT gives every destination
+	// another mapping (the public gateways saw it from different ports):
+	// no hole can be punched to it, so a pair with another NATed gateway
+	// is relayed at once.
+	Symmetric bool
 }
 
 const (
-	roleGateway  = 'g'
-	roleDraining = 'd'
-	roleNAT      = 'n'
+	roleGateway   = 'g'
+	roleDraining  = 'd'
+	roleNAT       = 'n'
+	roleSymmetric = 's'
 )
 
 func (r Role) encode() string {
@@ -125,12 +131,15 @@ func (r Role) encode() string {
 	if r.NAT {
 		b = append(b, roleNAT)
 	}
+	if r.Symmetric {
+		b = append(b, roleSymmetric)
+	}
 	return string(b)
 }
 
 func decodeRole(s string) (Role, error) {
 	var r Role
-	if len(s) > 3 {
+	if len(s) > 4 {
 		return r, fmt.Errorf("role %q is not one of the known flags", s)
 	}
 	for _, c := range []byte(s) {
@@ -141,12 +150,17 @@ func decodeRole(s string) (Role, error) {
 			r.Draining = true
 		case roleNAT:
 			r.NAT = true
+		case roleSymmetric:
+			r.Symmetric = true
 		default:
 			return r, fmt.Errorf("role %q has an unknown flag %q", s, c)
 		}
 	}
 	if (r.Draining || r.NAT) && !r.Gateway {
 		return r, fmt.Errorf("role %q: only a gateway drains or sits behind NAT", s)
+	}
+	if r.Symmetric && !r.NAT {
+		return r, fmt.Errorf("role %q: only a gateway behind NAT has a symmetric one", s)
 	}
 	return r, nil
 }

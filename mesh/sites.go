@@ -50,7 +50,8 @@ func ComputeTopology(local Local, members, remote []Member, prev *State) State {
 	t.decode(remote, prev)
 	t.admitSites()
 	t.route()
-	st.Routes = routesFor(local, st.Peers, st.Lost, st.Sites)
+	t.gossipTunnels()
+	st.Routes = routesFor(local, st.Peers, st.Lost, st.Sites, t.hostRoutes)
 	return st
 }
 
@@ -74,24 +75,39 @@ type topology struct {
 	// first (they keep their blocks against newcomers), then by name.
 	order []*siteInfo
 	// localGateways are the usable gateways of this site, by name, with
-	// the sites each declares it reaches only through a transit site.
-	localGateways map[string][]string
+	// their role and the sites each declares it reaches only through a
+	// transit site.
+	localGateways map[string]localGateway
 	wasSite       map[string]bool
+	// hostRoutes are the mesh addresses of gateways reached by their
+	// own gossip tunnel, routed one by one.
+	hostRoutes []peerRoute
+}
+
+type localGateway struct {
+	role   Role
+	relays []string
+}
+
+// peerRoute is a host route to one peer's address, outside the blocks.
+type peerRoute struct {
+	slice Slice
+	peer  string
 }
 
 func newTopology(local Local, st *State, prev *State) *topology {
-	t := &topology{local: local, st: st, sites: map[string]*siteInfo{}, localGateways: map[string][]string{}, wasSite: map[string]bool{}}
+	t := &topology{local: local, st: st, sites: map[string]*siteInfo{}, localGateways: map[string]localGateway{}, wasSite: map[string]bool{}}
 	if prev != nil {
 		for _, s := range prev.Sites {
 			t.wasSite[s.Name] = true
 		}
 	}
 	if local.Gateway && !local.Draining {
-		t.localGateways[local.Name] = slices.Clone(local.NoDirect)
+		t.localGateways[local.Name] = localGateway{Role{Gateway: true, NAT: local.NAT, Symmetric: local.Symmetric}, slices.Clone(local.NoDirect)}
 	}
 	for _, p := range st.Peers {
 		if ann := st.decoded[p.Name]; ann != nil && ann.err == nil && ann.ann.Role.Gateway && !ann.ann.Role.Draining {
-			t.localGateways[p.Name] = ann.ann.Relays
+			t.localGateways[p.Name] = localGateway{ann.ann.Role, ann.ann.Relays}
 		}
 	}
 	return t
@@ -286,6 +302,48 @@ func (t *topology) route() {
 	}
 }
 
+// gossipTunnels gives every gateway behind NAT a tunnel of its own to
+// every public gateway, carrying just the two mesh addresses. The WAN pool
+// reaches a NATed gateway at its mesh address, through a tunnel only the
+// NATed side can open; were that gossip routed like the site's traffic,
+// through whichever gateway the pair is assigned to, losing that gateway
+// would cut the gossip that tells the others to move the pair: the
+// NATed gateway would look dead exactly when it is needed.
+func (t *topology) gossipTunnels() {
+	if !t.local.Gateway {
+		return
+	}
+	for _, si := range t.order {
+		for _, g := range si.usable() {
+			if !g.ann.MeshAddr.IsValid() || g.ann.Role.NAT == t.local.NAT {
+				continue
+			}
+			seg, ok := t.segmentOf(g.ann.MeshAddr)
+			if !ok {
+				continue
+			}
+			i := t.wanPeer(si, g)
+			host := netip.PrefixFrom(g.ann.MeshAddr, g.ann.MeshAddr.BitLen())
+			if !slices.Contains(t.st.Peers[i].AllowedIPs, host) {
+				p := &t.st.Peers[i]
+				p.AllowedIPs = append(slices.Clip(p.AllowedIPs), host)
+				slices.SortFunc(p.AllowedIPs, netip.Prefix.Compare)
+			}
+			t.hostRoutes = append(t.hostRoutes, peerRoute{Slice{Segment: seg, Prefix: host}, g.name})
+		}
+	}
+	slices.SortFunc(t.st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+}
+
+func (t *topology) segmentOf(a netip.Addr) (string, bool) {
+	for _, seg := range t.local.Segments {
+		if seg.CIDR.Contains(a) {
+			return seg.Name, true
+		}
+	}
+	return "", false
+}
+
 // path picks the site whose tunnel carries traffic to si: si itself, or
 // the transit site when either end declared the direct tunnel dead.
 func (t *topology) path(si *siteInfo, localGW []string) (hop *siteInfo, transit, unreachable string) {
@@ -317,7 +375,8 @@ func (t *topology) path(si *siteInfo, localGW []string) (hop *siteInfo, transit,
 func (t *topology) relayed(si *siteInfo, localGW []string) bool {
 	local := t.local.SiteName()
 	pair := pairKey(local, si.name)
-	if slices.Contains(t.localGateways[Assign(pair, localGW)], si.name) {
+	near := Assign(pair, localGW)
+	if slices.Contains(t.localGateways[near].relays, si.name) {
 		return true
 	}
 	remote := si.usable()
@@ -327,9 +386,16 @@ func (t *topology) relayed(si *siteInfo, localGW []string) bool {
 	}
 	far := Assign(pair, names)
 	for _, g := range remote {
-		if g.name == far {
-			return slices.Contains(g.ann.Relays, local)
+		if g.name != far {
+			continue
 		}
+		// Two NATs, one of them symmetric: no hole can be punched, so
+		// neither end waits to find out.
+		nearRole := t.localGateways[near].role
+		if nearRole.NAT && g.ann.Role.NAT && (nearRole.Symmetric || g.ann.Role.Symmetric) {
+			return true
+		}
+		return slices.Contains(g.ann.Relays, local)
 	}
 	return false
 }

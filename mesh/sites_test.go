@@ -41,6 +41,8 @@ func genKey(site, h int) wgtypes.Key {
 
 func (g *genCluster) isGateway(h int) bool { return h < g.gateways }
 
+func (g *genCluster) natted(site int) bool { return g.nat != nil && g.nat(site) }
+
 func (g *genCluster) announcement(site, h int, wan bool) Announcement {
 	a := Announcement{
 		PublicKey: genKey(site, h),
@@ -177,7 +179,17 @@ func (g *genCluster) checkHost(t *testing.T, site, h int, st State) {
 			alive++
 		}
 	}
-	if want := 2 + alive + (g.sites - 1); len(st.Routes.Routes) != want {
+	// A gateway has a gossip tunnel, with a host route, to every gateway
+	// on the other side of NAT.
+	gossip := 0
+	if g.isGateway(h) {
+		for s := range g.sites {
+			if s != site && g.natted(s) != g.natted(site) {
+				gossip += g.gateways
+			}
+		}
+	}
+	if want := 2 + alive + (g.sites - 1) + gossip; len(st.Routes.Routes) != want {
 		t.Fatalf("%s has %d routes, want %d (unreachable, throw, site peers, one per other site)", me, len(st.Routes.Routes), want)
 	}
 }
@@ -272,6 +284,17 @@ func TestNATGateways(t *testing.T) {
 	q, _ := natted.PeerByName(hostName(0, 0))
 	if !q.Endpoint.IsValid() || q.Keepalive != NATKeepalive {
 		t.Fatalf("NATed side's peer for a public gateway: endpoint %v keepalive %v, want its endpoint and %v", q.Endpoint, q.Keepalive, NATKeepalive)
+	}
+	// Every public gateway keeps a gossip tunnel to every NATed one, not
+	// only to those of the pairs it serves, carrying the mesh addresses.
+	for _, nat := range []int{2, 3} {
+		p, ok := public.PeerByName(hostName(nat, 0))
+		if !ok || !slices.Contains(p.AllowedIPs, netip.PrefixFrom(genMesh(nat, 0), 32)) {
+			t.Fatalf("no gossip tunnel from s000's gateway to %s: %+v", hostName(nat, 0), p)
+		}
+	}
+	if p, _ := natted.PeerByName(hostName(1, 0)); !slices.Contains(p.AllowedIPs, netip.PrefixFrom(genMesh(1, 0), 32)) {
+		t.Fatalf("the NATed gateway keeps no gossip tunnel to s001's public gateway: %+v", p)
 	}
 }
 
@@ -378,5 +401,34 @@ func BenchmarkComputeTopology10000Incremental(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		ComputeTopology(local, sitePool, remote, &prev)
+	}
+}
+
+// A symmetric NAT at either end of a NAT-to-NAT pair means no hole can be
+// punched: both ends relay at once, without waiting for a handshake that
+// never comes.
+func TestSymmetricNATRelaysAtOnce(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 1, gateways: 1, nat: func(s int) bool { return s >= 2 }}
+	sitePool, remote := g.pools(t, 2)
+	sym := g.announcement(3, 0, true)
+	sym.Role.Symmetric = true
+	tags, _ := sym.Tags()
+	for i := range remote {
+		if remote[i].Name == hostName(3, 0) {
+			remote[i].Tags = tags
+		}
+	}
+	st := ComputeTopology(g.local(2, 0), sitePool, remote, nil)
+	ss := st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(3) })]
+	if ss.Transit != siteName(0) {
+		t.Fatalf("pair with a symmetric NAT: transit %q, want s000 at once", ss.Transit)
+	}
+	local := g.local(3, 0)
+	local.Symmetric = true
+	sitePool, remote = g.pools(t, 3)
+	st = ComputeTopology(local, sitePool, remote, nil)
+	ss = st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(2) })]
+	if ss.Transit != siteName(0) {
+		t.Fatalf("the symmetric side itself: transit %q, want s000", ss.Transit)
 	}
 }

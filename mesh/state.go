@@ -68,10 +68,11 @@ type Local struct {
 	// Several sites: this host's site ("" is DefaultSite) and role. A
 	// draining gateway stops being chosen; a gateway behind NAT keeps its
 	// WAN tunnels open with keepalives.
-	Site     string
-	Gateway  bool
-	Draining bool
-	NAT      bool
+	Site      string
+	Gateway   bool
+	Draining  bool
+	NAT       bool
+	Symmetric bool
 	// NoDirect lists the remote sites whose direct WAN tunnel from this
 	// gateway never completed a handshake: they are reached through a
 	// transit site instead.
@@ -210,7 +211,7 @@ func Compute(local Local, members []Member, prev *State) State {
 	}
 	slices.SortFunc(st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Member, b.Member) })
-	st.Routes = routesFor(local, st.Peers, st.Lost, nil)
+	st.Routes = routesFor(local, st.Peers, st.Lost, nil, nil)
 	return st
 }
 
@@ -443,7 +444,7 @@ func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
 // address without a live owner never falls through to the underlay.
 // Rules select the table by source (pods of the segment) and by
 // destination (anything on this host talking to the segment).
-func routesFor(local Local, peers []Peer, lost []string, sites []SiteState) RouteConfig {
+func routesFor(local Local, peers []Peer, lost []string, sites []SiteState, hosts []peerRoute) RouteConfig {
 	// Counted first: a thousand routes appended one by one would regrow
 	// the slice a dozen times.
 	n := 0
@@ -456,7 +457,7 @@ func routesFor(local Local, peers []Peer, lost []string, sites []SiteState) Rout
 				}
 			}
 		}
-		n += len(sites)
+		n += len(sites) + len(hosts)
 	}
 	cfg := RouteConfig{
 		Link:   local.Link,
@@ -489,6 +490,11 @@ func routesFor(local Local, peers []Peer, lost []string, sites []SiteState) Rout
 				if b.Segment == seg.Name {
 					cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: b.Prefix, Kind: Tunnel, Peer: "site " + site.Name})
 				}
+			}
+		}
+		for _, h := range hosts {
+			if h.slice.Segment == seg.Name {
+				cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: h.slice.Prefix, Kind: Tunnel, Peer: h.peer})
 			}
 		}
 	}
