@@ -14,7 +14,6 @@ import (
 	"github.com/meshd/meshd/lab"
 )
 
-
 // TestSitesAndNAT runs the internet in namespaces: site a with three
 // hosts on a private network, two of them gateways with public
 // addresses; site b's two hosts behind a NAT router, one its gateway; an
