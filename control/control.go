@@ -123,6 +123,9 @@ type Peer struct {
 	// that differs from what it announced: a NAT's mapping, or a gateway
 	// behind NAT that announced none.
 	LearnedEndpoint string `json:"learned_endpoint,omitempty"`
+	// Idle is a peer without keepalives that nothing was sent to for 3
+	// minutes: its session may have lapsed, and that is fine.
+	Idle bool `json:"idle,omitempty"`
 	// HandshakeAgeSeconds is -1 when no handshake has completed yet.
 	HandshakeAgeSeconds float64 `json:"handshake_age_seconds"`
 	RxBytes             int64   `json:"rx_bytes"`

@@ -48,6 +48,8 @@ type testHost struct {
 	addr netip.Addr
 	// wanTr is a gateway's transport in the WAN pool, on its own network.
 	wanTr *clustertest.Transport
+	// wanUpdates counts the gateway's announcements in the WAN pool.
+	wanUpdates int
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -249,7 +251,7 @@ func (h *testHost) system() System {
 			if err != nil {
 				return nil, err
 			}
-			return &recordingCluster{Membership: m, h: h}, nil
+			return &recordingCluster{Membership: m, h: h, wan: tr == h.wanTr}, nil
 		},
 		ConfigWriter: func(dir string) ConfigWriter { return cni.NewWriter(dir) },
 	}
@@ -284,6 +286,25 @@ func (e *recordingEnforcer) Flush() error {
 type recordingCluster struct {
 	*cluster.Membership
 	h *testHost
+	// wan marks the WAN pool, whose tag updates the host counts.
+	wan bool
+}
+
+// SetTags counts the WAN pool's announcements: a site's churn must not
+// cause any.
+func (c *recordingCluster) SetTags(tags map[string]string) error {
+	if c.wan {
+		c.h.mu.Lock()
+		c.h.wanUpdates++
+		c.h.mu.Unlock()
+	}
+	return c.Membership.SetTags(tags)
+}
+
+func (h *testHost) wanAnnouncements() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wanUpdates
 }
 
 func (c *recordingCluster) Leave() error {

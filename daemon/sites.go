@@ -268,6 +268,11 @@ func (p *paths) observedEndpoint() (netip.AddrPort, bool) {
 type peerSeen struct {
 	endpoint  netip.AddrPort
 	handshake time.Time
+	// tx is the bytes sent to the peer, and txAt when that last grew:
+	// without keepalives an idle tunnel has no handshake to show, and
+	// only a peer meshd is trying to send to needs one.
+	tx   int64
+	txAt time.Time
 }
 
 func newPaths() *paths {
@@ -276,9 +281,16 @@ func newPaths() *paths {
 
 // observe stores the device's view of its peers.
 func (p *paths) observe(dev *wgtypes.Device) {
+	now := time.Now()
+	p.mu.Lock()
+	old := p.endpoints
+	p.mu.Unlock()
 	seen := make(map[wgtypes.Key]peerSeen, len(dev.Peers))
 	for _, peer := range dev.Peers {
-		ps := peerSeen{handshake: peer.LastHandshakeTime}
+		ps := peerSeen{handshake: peer.LastHandshakeTime, tx: peer.TransmitBytes, txAt: now}
+		if prev, ok := old[peer.PublicKey]; ok && prev.tx == peer.TransmitBytes {
+			ps.txAt = prev.txAt
+		}
 		if peer.Endpoint != nil {
 			ap := peer.Endpoint.AddrPort()
 			ps.endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -308,6 +320,15 @@ func (p *paths) answerWhoami(name string, payload []byte) []byte {
 		return nil
 	}
 	return []byte(ps.endpoint.String())
+}
+
+// sentSince reports whether anything was sent to key since t (as far as
+// the last device reads tell).
+func (p *paths) sentSince(key wgtypes.Key, t time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ps, ok := p.endpoints[key]
+	return !ok || ps.txAt.After(t)
 }
 
 // handshakeAt is when the device last completed a handshake with key.

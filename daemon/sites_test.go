@@ -4,12 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/clustertest"
 	"github.com/meshd/meshd/mesh"
 )
@@ -107,7 +109,8 @@ func (ts *twoSites) peersOf(name string) map[string][]string {
 	dev, _ := d.Client.Device("mesh0")
 	for _, p := range dev.Peers {
 		for o, oh := range ts.hosts {
-			if oh.publicKey() == p.PublicKey {
+			k, err := crypto.LoadPrivateKey(filepath.Join(oh.dir, "data", crypto.KeyFileName))
+			if err == nil && k.PublicKey() == p.PublicKey {
 				var ips []string
 				for _, n := range p.AllowedIPs {
 					ips = append(ips, n.String())
@@ -181,4 +184,41 @@ func TestTwoSites(t *testing.T) {
 		})
 		t.Logf("failover in %s", took.Round(time.Millisecond))
 	})
+}
+
+// The WAN pool carries sites, not hosts: a host joining or leaving a site
+// makes no gateway announce anything there, and the WAN pool's members
+// stay what they were.
+func TestSiteChurnCausesNoWANUpdate(t *testing.T) {
+	ts := newTwoSites(t)
+	for _, n := range []string{"a1", "a2", "a3", "b1"} {
+		startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	eventually(t, 20*time.Second, "a2 reaches site b", func() error {
+		for _, ips := range ts.peersOf("a2") {
+			if slices.Contains(ips, "10.42.16.0/20") {
+				return nil
+			}
+		}
+		return errors.New("no peer carries site b's block")
+	})
+	time.Sleep(time.Second) // let the gateways' start-up announcements settle
+	before := map[string]int{}
+	for _, g := range []string{"a1", "a3", "b1"} {
+		before[g] = ts.hosts[g].wanAnnouncements()
+	}
+	// b2 joins site b, and site b's gateway relays the other sites to it.
+	r := startDaemon(t, ts.hosts["b2"], ts.config("b2"), Options{})
+	eventually(t, 20*time.Second, "b2 reaches site a through b1", func() error {
+		return expectPeers(ts, "b2", map[string][]string{"b1": {"10.42.0.0/20", "10.42.17.0/24"}})
+	})
+	r.stop(t)
+	eventually(t, 10*time.Second, "b1 drops b2", func() error {
+		return expectPeers(ts, "b1", map[string][]string{mesh.Assign("a|b", []string{"a1", "a3"}): {"10.42.0.0/20"}})
+	})
+	for g, n := range before {
+		if got := ts.hosts[g].wanAnnouncements(); got != n {
+			t.Errorf("%s announced %d times in the WAN pool while a host joined and left site b", g, got-n)
+		}
+	}
 }

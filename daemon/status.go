@@ -48,6 +48,7 @@ func (d *Daemon) Status() control.Status {
 		if st != nil {
 			if p, ok := st.PeerByName(m.Name); ok {
 				fillPeer(&ps, p, live[p.PublicKey], now)
+				ps.Idle = p.Keepalive == 0 && !d.paths.sentSince(p.PublicKey, now.Add(-idleAfter))
 			}
 		}
 		out.Peers = append(out.Peers, ps)
@@ -75,6 +76,10 @@ func (d *Daemon) Status() control.Status {
 	}
 	return out
 }
+
+// idleAfter is how long a peer without keepalives may go without traffic
+// before a missing handshake stops counting against health.
+const idleAfter = 3 * time.Minute
 
 // wanPeers lists the gateways of other sites this gateway has tunnels
 // to; the site's members are listed from the site pool.
