@@ -12,6 +12,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/daemon"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/wgdev"
 )
@@ -56,6 +57,7 @@ func exitCode(err error) int {
 	var ce checkFailed
 	var re *control.RemoteError
 	var fe *identity.FileError
+	var he *daemon.HostError
 	switch {
 	case errors.As(err, &ce):
 		return exitFailure
@@ -64,7 +66,7 @@ func exitCode(err error) int {
 			return exitUsage
 		}
 		return exitFailure
-	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.As(err, &fe), errors.Is(err, wgdev.ErrKernelUnsupported):
+	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.As(err, &fe), errors.As(err, &he), errors.Is(err, wgdev.ErrKernelUnsupported):
 		return exitUsage
 	}
 	return exitFailure

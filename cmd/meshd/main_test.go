@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/daemon"
 )
 
 // execute runs the CLI in-process and returns stdout and the exit code.
@@ -108,5 +110,14 @@ func TestStatusTableAndHealthCheck(t *testing.T) {
 	out, code = execute(t, "status", "--socket", sock, "--check")
 	if code != 1 || !strings.Contains(out, "h2: last handshake 6m40s ago") {
 		t.Fatalf("stale handshake: --check exit %d, %q; want 1 naming h2", code, out)
+	}
+}
+
+// A host that cannot run the config (IP forwarding off) is refused before
+// anything is created, like a bad config: scripts see exit 2, not 1.
+func TestHostErrorIsAUsageExit(t *testing.T) {
+	err := fmt.Errorf("start: %w", &daemon.HostError{Problem: "net.ipv4.ip_forward is 0", Fix: "sysctl -w net.ipv4.ip_forward=1"})
+	if got := exitCode(err); got != exitUsage {
+		t.Fatalf("exitCode(%v) = %d, want %d", err, got, exitUsage)
 	}
 }
