@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 
@@ -96,6 +97,9 @@ func readError(err error) *Error {
 
 func build(v *viper.Viper) (*Config, *Error) {
 	if e := checkUnknownKeys(v.AllKeys()); e != nil {
+		return nil, e
+	}
+	if e := checkEnv(os.Environ()); e != nil {
 		return nil, e
 	}
 	l := &loader{v: v}
