@@ -54,7 +54,7 @@ type keyringAnswer struct {
 func newGossipKeyCommand() *cobra.Command {
 	var path, socket string
 	cmd := &cobra.Command{
-		Use:   "gossip-key install KEY | use KEY | remove KEY | list",
+		Use:   "gossip-key",
 		Short: "Rotate the cluster's gossip encryption key through serf's keyring",
 		Long: `Gossip-key changes the gossip keyring on every member at once (serf's key
 manager). Rotation without a partition:
@@ -68,41 +68,94 @@ shell history.
 
 Each host saves its keyring (cluster.gossip_keyring), so restarts keep the
 new key. Exits 1 when any member failed or did not answer.`,
+		// Without a subcommand, or with an unknown one, this is a usage
+		// error (exit 2), as it was before the subcommands had their own
+		// help.
 		Args: func(cmd *cobra.Command, args []string) error {
-			switch {
-			case len(args) == 1 && args[0] == "list":
-				return nil
-			case len(args) == 2 && (args[0] == "install" || args[0] == "use" || args[0] == "remove"):
-				return nil
+			if len(args) > 0 {
+				return usageError{fmt.Errorf("unknown gossip-key operation %q; see 'meshd gossip-key --help'", args[0])}
 			}
-			return usageError{fmt.Errorf("usage: meshd gossip-key install KEY | use KEY | remove KEY | list")}
+			return nil
 		},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			sock, err := controlSocket(path, socket)
-			if err != nil {
-				return err
-			}
-			key := ""
-			if len(args) == 2 {
-				key = args[1]
-			}
-			if key == "-" {
-				// Keeps the key out of ps and shell history.
-				raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 256))
-				if err != nil {
-					return err
-				}
-				key = strings.TrimSpace(string(raw))
-			}
-			var ans keyringAnswer
-			if err := control.NewClient(sock).PostJSON("/v1/gossip-key/"+args[0], key, &ans); err != nil {
-				return err
-			}
-			return printKeyring(cmd, args[0], ans)
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return usageError{fmt.Errorf("usage: meshd gossip-key install KEY | use KEY | remove KEY | list; see 'meshd gossip-key --help'")}
 		},
 	}
 	addClientFlags(cmd, &path, &socket)
+	op := func(name string, withKey bool, short, long string) *cobra.Command {
+		use, want, what := name, 0, "no arguments"
+		if withKey {
+			use, want, what = name+" KEY", 1, "one KEY (base64, or - to read it from standard input)"
+		}
+		return &cobra.Command{
+			Use:   use,
+			Short: short,
+			Long:  long,
+			Args: func(cmd *cobra.Command, a []string) error {
+				if len(a) != want {
+					return usageError{fmt.Errorf("meshd gossip-key %s takes %s, got %q; see 'meshd gossip-key %s --help'", name, what, a, name)}
+				}
+				return nil
+			},
+			RunE: func(cmd *cobra.Command, a []string) error {
+				key := ""
+				if withKey {
+					key = a[0]
+				}
+				return keyringOp(cmd, name, key, path, socket)
+			},
+		}
+	}
+	cmd.AddCommand(
+		op("install", true, "Add KEY to every member's keyring, for reading only",
+			`Install adds KEY to the keyring of every member. Members then accept gossip
+encrypted with KEY but keep writing with their primary key, so installing
+never partitions the cluster. Next: 'meshd gossip-key use KEY'.
+
+KEY is base64 of 16, 24 or 32 bytes ('meshd keygen gossip' makes one);
+"-" reads it from standard input, keeping it out of ps and the shell
+history. Exits 1 when any member failed or did not answer.`),
+		op("use", true, "Make KEY, already installed everywhere, the key every member writes with",
+			`Use makes KEY the primary key of every member: gossip is encrypted with it
+from now on. Install KEY everywhere first ('meshd gossip-key install KEY').
+Next: 'meshd gossip-key remove OLD'.
+
+KEY "-" reads the key from standard input. Exits 1 when any member failed
+or did not answer.`),
+		op("remove", true, "Remove KEY from every member's keyring",
+			`Remove drops KEY from the keyring of every member, after which gossip
+encrypted with it is refused. The primary key cannot be removed: 'use' the
+new key first.
+
+KEY "-" reads the key from standard input. Exits 1 when any member failed
+or did not answer.`),
+		op("list", false, "List the keys installed on the members, by fingerprint",
+			`List asks every member for its keyring and prints, for each key, how many
+members have it installed and how many write with it (primary). Exits 1
+when any member failed or did not answer.`),
+	)
 	return cmd
+}
+
+// keyringOp runs one keyring operation through the daemon.
+func keyringOp(cmd *cobra.Command, op, key, path, socket string) error {
+	sock, err := controlSocket(path, socket)
+	if err != nil {
+		return err
+	}
+	if key == "-" {
+		// Keeps the key out of ps and shell history.
+		raw, err := io.ReadAll(io.LimitReader(cmd.InOrStdin(), 256))
+		if err != nil {
+			return err
+		}
+		key = strings.TrimSpace(string(raw))
+	}
+	var ans keyringAnswer
+	if err := control.NewClient(sock).PostJSON("/v1/gossip-key/"+op, key, &ans); err != nil {
+		return err
+	}
+	return printKeyring(cmd, op, ans)
 }
 
 func printKeyring(cmd *cobra.Command, op string, ans keyringAnswer) error {
