@@ -37,6 +37,9 @@ func TestClientCommandsWorkWithAnExpiredCertificate(t *testing.T) {
 	if out, code := execute(t, "status", "--config", cfg); code != 0 || !strings.Contains(out, "node h1") {
 		t.Errorf("status --config with an expired certificate: exit %d\n%s", code, out)
 	}
+	if out, code := execute(t, "policy", "explain", "--config", cfg, "--from", "blue", "--to", "blue"); code != 0 {
+		t.Errorf("policy explain with an expired certificate: exit %d\n%s", code, out)
+	}
 	if out, code := execute(t, "check", "--config", cfg); code != 2 || !strings.Contains(out, "identity.cert_file") || !strings.Contains(out, "expired") {
 		t.Errorf("check with an expired certificate: exit %d\n%s\nwant exit 2 naming identity.cert_file", code, out)
 	}

@@ -51,7 +51,7 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "missing.toml"},
 		{[]string{"run", "--config", badCfg}, 2, "wireguard.listen_port"},
 		{[]string{"policy", "explain", "--config", badCfg}, 2, "--from and --to"},
-		{[]string{"policy", "explain", "--config", badCfg, "--from", "x", "--to", "10.0.0.1"}, 2, "--from"},
+		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.300", "--to", "10.0.0.1"}, 2, "--from"},
 		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.1", "--to", "10.0.0.2", "--port", "tcp/99999"}, 2, "--port"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no meshd is running"},
 		{[]string{"demo", "--hosts", "1"}, 2, "--hosts"},

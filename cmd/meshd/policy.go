@@ -2,13 +2,16 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net/netip"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/policy"
+	"github.com/meshd/meshd/segment"
 )
 
 func newReloadCommand() *cobra.Command {
@@ -42,31 +45,47 @@ func newPolicyCommand() *cobra.Command {
 	var path, from, to, port string
 	explain := &cobra.Command{
 		Use:   "explain",
-		Short: "Print the verdict for a packet and the rule (or default) that decides it",
-		Long: `Explain evaluates a packet against the [[allow]] rules of --config with the
+		Short: "Print the verdict for packets and the rule (or default) that decides it",
+		Long: `Explain evaluates packets against the [[allow]] rules of --config with the
 same compiled rule list that meshd turns into nftables rules, so a change
 can be previewed before 'meshd reload'. No daemon is needed.
 
-Example:
-  meshd policy explain --config meshd.toml --from 10.42.1.10 --to 10.43.2.10 --port tcp/8080`,
+--from and --to take an address, a CIDR or a segment name. --port takes
+one port (tcp/8080), a range (tcp/8080-9000), a protocol (tcp, udp, icmp)
+or "any" (the default: ICMP, TCP and UDP on every port, and every other
+protocol). A question whose packets do not all get the same verdict is
+answered in parts, one line each, joining neighbouring ports and
+addresses that share a verdict:
+
+  tcp/8080: allow (rule allow[0]: blue -> green tcp/8080)
+  tcp/8081-9000: deny (default: different segments blue -> green)
+
+Examples:
+  meshd policy explain --config meshd.toml --from 10.42.1.10 --to 10.43.2.10 --port tcp/8080
+  meshd policy explain --config meshd.toml --from blue --to green`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if from == "" || to == "" {
 				return usageError{fmt.Errorf("--from and --to are required; see 'meshd policy explain --help'")}
 			}
-			src, err := netip.ParseAddr(from)
-			if err != nil {
-				return usageError{fmt.Errorf("--from %q is not an IP address", from)}
-			}
-			dst, err := netip.ParseAddr(to)
-			if err != nil {
-				return usageError{fmt.Errorf("--to %q is not an IP address", to)}
+			for flag, v := range map[string]string{"--from": from, "--to": to} {
+				if _, ok := parseExplainEnd(v); !ok && !segment.ValidName(v) {
+					return usageError{fmt.Errorf("%s %q is not an address, a CIDR or a segment name", flag, v)}
+				}
 			}
 			ps, err := policy.ParsePort(port)
 			if err != nil {
 				return usageError{fmt.Errorf("--port: %w", err)}
 			}
-			cfg, err := config.Load(path)
+			cfg, err := config.LoadClient(path)
+			if err != nil {
+				return err
+			}
+			src, err := explainEnd("--from", from, cfg)
+			if err != nil {
+				return err
+			}
+			dst, err := explainEnd("--to", to, cfg)
 			if err != nil {
 				return err
 			}
@@ -74,14 +93,76 @@ Example:
 			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), rs.Explain(src, dst, ps.Proto, ps.From))
+			printExplanation(cmd.OutOrStdout(), rs.ExplainAll(src.prefix, dst.prefix, ps), src, dst)
 			return nil
 		},
 	}
 	addConfigFlag(explain, &path)
-	explain.Flags().StringVar(&from, "from", "", "source address (required)")
-	explain.Flags().StringVar(&to, "to", "", "destination address (required)")
-	explain.Flags().StringVar(&port, "port", "any", "protocol and port: tcp/8080, udp/53, icmp or any")
+	explain.Flags().StringVar(&from, "from", "", "source: address, CIDR or segment name (required)")
+	explain.Flags().StringVar(&to, "to", "", "destination: address, CIDR or segment name (required)")
+	explain.Flags().StringVar(&port, "port", "any", "protocol and ports: tcp/8080, udp/53, tcp/8000-8100, tcp, icmp or any")
 	pol.AddCommand(explain)
 	return pol
+}
+
+// explainTarget is one end of an explained packet as the user named it.
+type explainTarget struct {
+	prefix netip.Prefix
+	// name is how lines call the whole of prefix: the segment's name or
+	// the CIDR; "" for a single address, which lines leave out.
+	name string
+}
+
+// parseExplainEnd reads an address or a CIDR.
+func parseExplainEnd(s string) (explainTarget, bool) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		return explainTarget{prefix: netip.PrefixFrom(a, a.BitLen())}, true
+	}
+	if p, err := netip.ParsePrefix(s); err == nil {
+		return explainTarget{prefix: p.Masked(), name: p.Masked().String()}, true
+	}
+	return explainTarget{}, false
+}
+
+func explainEnd(flag, s string, cfg *config.Config) (explainTarget, error) {
+	if t, ok := parseExplainEnd(s); ok {
+		return t, nil
+	}
+	var names []string
+	for _, seg := range cfg.Segments {
+		if seg.Name == s {
+			return explainTarget{prefix: seg.CIDR, name: s}, nil
+		}
+		names = append(names, seg.Name)
+	}
+	return explainTarget{}, usageError{fmt.Errorf("%s %q is neither an address nor a CIDR, and the config defines no such segment; use one of: %s",
+		flag, s, strings.Join(names, ", "))}
+}
+
+// printExplanation prints a single verdict as before ranges were
+// explained, and otherwise one line per part, naming only what tells
+// the parts apart.
+func printExplanation(out io.Writer, parts []policy.Part, src, dst explainTarget) {
+	if len(parts) == 1 && parts[0].Traffic == "" {
+		fmt.Fprintln(out, parts[0].Verdict)
+		return
+	}
+	end := func(word string, t explainTarget, s policy.Span) string {
+		switch {
+		case t.name == "":
+			return ""
+		case s == policy.SpanOf(t.prefix):
+			return word + " " + t.name
+		}
+		return word + " " + s.String()
+	}
+	for _, p := range parts {
+		var what []string
+		for _, w := range []string{end("from", src, p.Src), end("to", dst, p.Dst), p.Traffic} {
+			if w != "" {
+				what = append(what, w)
+			}
+		}
+		fmt.Fprintf(out, "%s: %s\n", strings.Join(what, " "), p.Verdict)
+	}
 }
