@@ -63,3 +63,18 @@ func TestLoadClientAcceptsACertificateOutsideItsValidity(t *testing.T) {
 		})
 	}
 }
+
+func TestTrustMode(t *testing.T) {
+	isolate(t)
+	id := testIdentity(t, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if cfg := mustLoad(t, fullTOML+id); cfg.Identity.Mode != TrustStrict {
+		t.Errorf("default mode %q, want strict", cfg.Identity.Mode)
+	}
+	if cfg := mustLoad(t, fullTOML+id+"mode = \"transitional\"\n"); cfg.Identity.Mode != TrustTransitional {
+		t.Errorf("mode %q, want transitional", cfg.Identity.Mode)
+	}
+	_, err := Load(writeConfig(t, fullTOML+id+"mode = \"lenient\"\n"))
+	checkError(t, err, keyIdentityMode, `"lenient" is not a valid value`, "strict, transitional")
+	_, err = Load(writeConfig(t, fullTOML+"\n[identity]\nmode = \"transitional\"\n"))
+	checkError(t, err, keyIdentityMode, `"transitional" needs the cluster CA`, "set ca_file, cert_file and key_file")
+}
