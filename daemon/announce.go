@@ -21,7 +21,6 @@ import (
 // and, on a gateway, one for the WAN pool. The loop changes it (claims,
 // key rotation, draining, NAT paths); status reads it, hence the mutex.
 type announcer struct {
-	id config.Identity
 	// endpoint is the WireGuard endpoint announced to the site, and
 	// wanEndpoint the one announced to other sites (invalid behind NAT).
 	endpoint, wanEndpoint netip.AddrPort
@@ -34,6 +33,9 @@ type announcer struct {
 	mu  sync.Mutex
 	key wgtypes.Key
 	me  mesh.Local
+	// id signs the announcements; a reload may replace it (a renewed
+	// certificate, the CA turned on or off).
+	id config.Identity
 	// observed is the endpoint public gateways see this NATed gateway's
 	// tunnels come from.
 	observed netip.AddrPort
@@ -66,6 +68,22 @@ func (a *announcer) privateKey() wgtypes.Key {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.key
+}
+
+// identity is the certificate and key announcements are signed with.
+func (a *announcer) identity() config.Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+// setIdentity signs with id from the next announcement on and verifies
+// others against its CA and mode; the caller publishes.
+func (a *announcer) setIdentity(id config.Identity) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.id = id
+	a.me.CA, a.me.AcceptUnsigned = id.CA, id.Mode == config.TrustTransitional
 }
 
 // setSegments replaces the claimed slices.
@@ -229,7 +247,7 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		Name: cfg.NodeName, PublicKey: pub, Link: cfg.WireGuard.Interface,
 		TableBase: cfg.Routing.TableBase, RulePriority: cfg.Routing.RulePriority,
 		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
-		CA:        cfg.Identity.CA,
+		CA:        cfg.Identity.CA, AcceptUnsigned: cfg.Identity.Mode == config.TrustTransitional,
 	}
 	if cfg.Site.Multi() {
 		l.Site, l.Gateway = cfg.Site.Name, cfg.Site.Gateway

@@ -32,11 +32,28 @@ func (a *api) register(s *control.Server) {
 }
 
 func (a *api) reload(w http.ResponseWriter, r *http.Request) {
-	if err := a.d.onLoop(r, a.d.reload); err != nil {
+	var req control.ReloadRequest
+	// An empty body is a client that names no file (--socket alone).
+	if body, _ := io.ReadAll(io.LimitReader(r.Body, 4096)); len(body) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			writeError(w, fmt.Errorf("%w: reload request is not JSON: %v", errBadRequest, err))
+			return
+		}
+	}
+	if err := a.d.checkReloadPath(req.Config); err != nil {
 		writeError(w, err)
 		return
 	}
-	w.Write([]byte("reloaded\n"))
+	var res control.ReloadResult
+	err := a.d.onLoop(r, func() (err error) {
+		res, err = a.d.reload()
+		return err
+	})
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	json.NewEncoder(w).Encode(res)
 }
 
 func (a *api) rotateKey(w http.ResponseWriter, r *http.Request) {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/netip"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -18,21 +20,56 @@ func newReloadCommand() *cobra.Command {
 	var path, socket string
 	cmd := &cobra.Command{
 		Use:   "reload",
-		Short: "Re-read the allow rules and apply them atomically (same as SIGHUP)",
-		Long: `Reload asks the running daemon to re-read its config file and apply the
-[[allow]] rules as one nftables transaction. Tunnels are not touched:
-established allowed flows keep flowing, newly denied ones stop. A config
-with errors is refused (exit 2) and the running rules stay in place.`,
+		Short: "Apply the config's allow rules and [identity] now, and name what needs a restart (same as SIGHUP)",
+		Long: `Reload asks the running daemon to re-read the config file it was started
+with and to apply what can change while it runs:
+
+  - the [[allow]] rules, as one nftables transaction: tunnels are not
+    touched, established allowed flows keep flowing, newly denied ones stop;
+  - [identity]: a renewed certificate and key (same CA, name and site), the
+    cluster CA turned on or off, identity.mode; announced to every host at
+    once. A different CA takes a restart.
+
+Every other changed key takes effect only at the next start. Reload names
+each one (e.g. segments[1].cidr, wireguard.listen_port), keeps its running
+value, and exits 1 after applying what it could. A config with errors is
+refused (exit 2) and nothing changes.
+
+A reload always applies the file the daemon runs with. --config (default
+/etc/meshd/meshd.toml) finds the daemon's control socket and must be that
+file; --socket reaches a daemon directly, which re-reads its own file.
+Giving both is refused.
+
+Exit codes: 0 every change applied, 1 some changes wait for a restart (or
+the daemon failed), 2 bad flags or a bad config.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cmd.Flags().Changed("config") && cmd.Flags().Changed("socket") {
+				return usageError{fmt.Errorf("--config and --socket together: a reload applies the file the daemon runs with, so pass --config with that file, or --socket alone")}
+			}
 			sock, err := controlSocket(path, socket)
 			if err != nil {
 				return err
 			}
-			if err := control.NewClient(sock).Post("/v1/reload"); err != nil {
+			var req control.ReloadRequest
+			if socket == "" {
+				if req.Config, err = filepath.Abs(path); err != nil {
+					return err
+				}
+			}
+			body, err := json.Marshal(req)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), "reloaded")
+			var res control.ReloadResult
+			if err := control.NewClient(sock).PostJSON("/v1/reload", string(body), &res); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "reloaded: %s\n", strings.Join(res.Applied, "; "))
+			if len(res.Restart) > 0 {
+				return checkFailed{fmt.Sprintf("not applied: %s changed, which takes effect only when meshd restarts (systemctl restart meshd); the running values stay in force until then",
+					strings.Join(res.Restart, ", "))}
+			}
 			return nil
 		},
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -37,9 +38,14 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			go exitIfStuck(ctx, log)
+			abs, err := filepath.Abs(path)
+			if err != nil {
+				return err
+			}
 			return daemon.Run(ctx, cfg, log, daemon.Options{
-				Reload: func() (*config.Config, error) { return config.Load(path) },
-				Hangup: hangups(ctx),
+				Reload:     func() (*config.Config, error) { return config.Load(abs) },
+				ConfigPath: abs,
+				Hangup:     hangups(ctx),
 			})
 		},
 	}
