@@ -70,6 +70,34 @@ type Identity struct {
 	Unsigned []string `json:"unsigned_accepted"`
 }
 
+// KeyringAnswer is what a gossip keyring operation ('meshd gossip-key')
+// found on the members.
+type KeyringAnswer struct {
+	Response *KeyringResponse `json:"response"`
+	Error    string           `json:"error"`
+	// Absent lists the members the cluster knows that are not alive
+	// (failed, left): serf's operation neither reaches nor counts them,
+	// and they keep the keyring they had.
+	Absent []Member `json:"absent,omitempty"`
+}
+
+// KeyringResponse is serf's key manager's answer, with keys given by
+// their fingerprints (cluster.KeyFingerprint): never the keys themselves.
+type KeyringResponse struct {
+	Messages    map[string]string // member -> why it failed
+	NumNodes    int               // live members asked
+	NumResp     int
+	NumErr      int
+	Keys        map[string]int // fingerprint -> members holding it
+	PrimaryKeys map[string]int // fingerprint -> members writing with it
+}
+
+// Member is a member of the cluster and its serf state.
+type Member struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
 // ReloadRequest is what 'meshd reload' sends: the config file it read
 // the control socket from, which must be the one the daemon runs with.
 type ReloadRequest struct {

@@ -7,13 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/mesh"
 )
 
 // api is the control socket's write side: each handler validates its
@@ -88,16 +92,47 @@ func (a *api) gossipKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := a.d.members.KeyringOp(op, key)
+	out := control.KeyringAnswer{Response: fingerprinted(resp), Absent: a.absentMembers()}
 	if err != nil {
-		a.d.log.Warn("gossip keyring operation incomplete", "op", op, "err", err)
+		out.Error = err.Error()
+	}
+	if err != nil || len(out.Absent) > 0 {
+		a.d.log.Warn("gossip keyring operation incomplete", "op", op, "err", err, "absent", out.Absent)
 	} else {
 		a.d.log.Info("gossip keyring operation done", "op", op)
 	}
-	out := map[string]any{"response": resp}
-	if err != nil {
-		out["error"] = err.Error()
-	}
 	json.NewEncoder(w).Encode(out)
+}
+
+// absentMembers are the members serf knows but did not ask: a keyring
+// operation only reaches live members, and a host that misses a rotation
+// is locked out once its keys are removed.
+func (a *api) absentMembers() []control.Member {
+	var out []control.Member
+	for _, m := range a.d.members.Members() {
+		if m.Status != mesh.StatusAlive {
+			out = append(out, control.Member{Name: m.Name, State: string(m.Status)})
+		}
+	}
+	slices.SortFunc(out, func(x, y control.Member) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+// fingerprinted replaces the keys of serf's answer with their
+// fingerprints: the answer leaves the daemon, the keys need not.
+func fingerprinted(r *cluster.KeyResponse) *control.KeyringResponse {
+	if r == nil {
+		return nil
+	}
+	out := &control.KeyringResponse{Messages: r.Messages, NumNodes: r.NumNodes, NumResp: r.NumResp, NumErr: r.NumErr,
+		Keys: map[string]int{}, PrimaryKeys: map[string]int{}}
+	for k, n := range r.Keys {
+		out.Keys[cluster.KeyFingerprint(k)] = n
+	}
+	for k, n := range r.PrimaryKeys {
+		out.PrimaryKeys[cluster.KeyFingerprint(k)] = n
+	}
+	return out
 }
 
 // request is work for the loop.

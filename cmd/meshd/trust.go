@@ -3,11 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/control"
 )
 
@@ -36,19 +39,6 @@ and established connections continue.`,
 	}
 	addClientFlags(cmd, &path, &socket)
 	return cmd
-}
-
-// keyringAnswer is what the daemon relays from serf's key manager.
-type keyringAnswer struct {
-	Response *struct {
-		Messages    map[string]string
-		NumNodes    int
-		NumResp     int
-		NumErr      int
-		Keys        map[string]int
-		PrimaryKeys map[string]int
-	} `json:"response"`
-	Error string `json:"error"`
 }
 
 func newGossipKeyCommand() *cobra.Command {
@@ -151,41 +141,64 @@ func keyringOp(cmd *cobra.Command, op, key, path, socket string) error {
 		}
 		key = strings.TrimSpace(string(raw))
 	}
-	var ans keyringAnswer
+	var ans control.KeyringAnswer
 	if err := control.NewClient(sock).PostJSON("/v1/gossip-key/"+op, key, &ans); err != nil {
 		return err
 	}
-	return printKeyring(cmd, op, ans)
+	return printKeyring(cmd, op, key, ans)
 }
 
-func printKeyring(cmd *cobra.Command, op string, ans keyringAnswer) error {
+// printKeyring reports an operation by key fingerprint and fails (exit 1)
+// unless every member the cluster knows took part: serf counts only the
+// live ones, and a host that misses a rotation is locked out for good
+// once the cluster stops using the keys it has.
+func printKeyring(cmd *cobra.Command, op, key string, ans control.KeyringAnswer) error {
 	out := cmd.OutOrStdout()
 	r := ans.Response
 	if r == nil {
 		return fmt.Errorf("gossip-key %s: %s", op, ans.Error)
 	}
-	fmt.Fprintf(out, "%s: %d of %d members answered, %d failed\n", op, r.NumResp, r.NumNodes, r.NumErr)
+	what := op
+	if key != "" {
+		what += " " + cluster.KeyFingerprint(key)
+	}
+	fmt.Fprintf(out, "%s: %d of %d members answered, %d failed\n", what, r.NumResp, r.NumNodes+len(ans.Absent), r.NumErr)
 	if op == "list" {
-		keys := make([]string, 0, len(r.Keys))
-		for k := range r.Keys {
-			keys = append(keys, k)
+		fps := make([]string, 0, len(r.Keys))
+		for fp := range r.Keys {
+			fps = append(fps, fp)
 		}
-		sort.Strings(keys)
-		for _, k := range keys {
+		sort.Strings(fps)
+		for _, fp := range fps {
 			primary := ""
-			if r.PrimaryKeys[k] > 0 {
-				primary = fmt.Sprintf("  primary on %d", r.PrimaryKeys[k])
+			if r.PrimaryKeys[fp] > 0 {
+				primary = fmt.Sprintf("  primary on %d", r.PrimaryKeys[fp])
 			}
-			fmt.Fprintf(out, "  %s  installed on %d%s\n", k, r.Keys[k], primary)
+			fmt.Fprintf(out, "  %s  installed on %d%s\n", fp, r.Keys[fp], primary)
 		}
 	}
-	var failed []string
-	for node, msg := range r.Messages {
-		failed = append(failed, node+": "+msg)
+	var problems []string
+	if ans.Error != "" {
+		problems = append(problems, ans.Error)
 	}
-	sort.Strings(failed)
-	if ans.Error != "" || r.NumErr > 0 || r.NumResp < r.NumNodes {
-		return checkFailed{fmt.Sprintf("gossip-key %s incomplete: %s %s", op, ans.Error, strings.Join(failed, "; "))}
+	for _, node := range slices.Sorted(maps.Keys(r.Messages)) {
+		problems = append(problems, node+": "+r.Messages[node])
+	}
+	if missing := r.NumNodes - r.NumResp; missing > 0 {
+		problems = append(problems, fmt.Sprintf("%d live members did not answer in time (run it again)", missing))
+	}
+	if len(ans.Absent) > 0 {
+		names := make([]string, len(ans.Absent))
+		for i, m := range ans.Absent {
+			names[i] = fmt.Sprintf("%s (%s)", m.Name, m.State)
+		}
+		problems = append(problems, fmt.Sprintf("%s did not take part: a host that misses a rotation keeps the keys it had, and cannot rejoin once the cluster stops accepting them. "+
+			"To bring it back, write the cluster's primary key (the one 'use' made primary) into its cluster.gossip_key_file and restart it: meshd adopts a new key found there. "+
+			"A host taken out of the cluster for good needs nothing; serf forgets it within a day",
+			strings.Join(names, ", ")))
+	}
+	if len(problems) > 0 {
+		return checkFailed{fmt.Sprintf("gossip-key %s incomplete: %s", op, strings.Join(problems, "; "))}
 	}
 	return nil
 }
