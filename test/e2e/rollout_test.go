@@ -18,7 +18,9 @@ import (
 // the documented way: every host in turn to identity.mode =
 // "transitional" with 'meshd reload', then every host to "strict". Pods
 // ping each other throughout, and a member signed by another CA is
-// refused while the hosts are transitional.
+// refused while the hosts are transitional. Then a certificate is
+// renewed by reload, and a reload that changes the WireGuard port
+// applies its rules and says the port waits for a restart.
 func TestCARolloutLosesNoPings(t *testing.T) {
 	l := newLab(t, lab.Spec{Hosts: 4, Segments: []lab.SegmentSpec{blue}})
 	hosts := l.Hosts()[:3]
@@ -121,6 +123,54 @@ func TestCARolloutLosesNoPings(t *testing.T) {
 		}
 	}
 	waitFor(t, 20*time.Second, "mesh after the rollout", fullMesh(hosts, "blue"))
+
+	t.Run("a renewed certificate is loaded by reload", func(t *testing.T) {
+		h2 := l.Host(2)
+		p.sign("ca", h2.Name(), h2.Name(), "--force", "--valid-for", "720h")
+		out, code := runMeshd(t, meshdBin, "reload", "--socket", h2.ControlSocket())
+		if code != 0 || !strings.Contains(out, "certificate h2 (") || !strings.Contains(out, "valid until") {
+			t.Fatalf("reload after renewing h2's certificate: exit %d\n%s", code, out)
+		}
+		t.Logf("meshd reload --socket %s:\n%s", h2.ControlSocket(), out)
+		waitFor(t, 15*time.Second, "the others verify h2's new certificate", func() error {
+			st, err := status(t, h2)
+			if err != nil {
+				return err
+			}
+			if days := st.Identity.ExpirySeconds / 86400; days > 30 {
+				return fmt.Errorf("h2 still runs its old certificate (%.0f days left)", days)
+			}
+			for _, h := range hosts {
+				if st, err := status(t, h); err != nil || len(st.Rejected) > 0 {
+					return fmt.Errorf("%s: %v %+v", h.Name(), err, st)
+				}
+			}
+			return fullMesh(hosts, "blue")()
+		})
+		flowing("h2's renewal")
+	})
+
+	t.Run("a changed port waits for a restart, the rules do not", func(t *testing.T) {
+		h3 := l.Host(3)
+		rule := "\n[[allow]]\nfrom = \"blue\"\nto = \"blue\"\nports = [\"tcp/8080\"]\n"
+		text := strings.Replace(h3.Config(identities[h3.Name()]+"mode = \"strict\"\n"+rule), "listen_port = 51820", "listen_port = 51999", 1)
+		if err := os.WriteFile(h3.ConfigPath(), []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, code := runMeshd(t, meshdBin, "reload", "--config", h3.ConfigPath())
+		if code != 1 || !strings.Contains(out, "reloaded: the allow rules (1)") ||
+			!strings.Contains(out, "not applied: wireguard.listen_port changed, which takes effect only when meshd restarts") {
+			t.Fatalf("reload with a new port: exit %d\n%s", code, out)
+		}
+		t.Logf("meshd reload --config %s:\n%s", h3.ConfigPath(), out)
+		if st, err := status(t, h3); err != nil || st.Node.ListenPort != 51820 {
+			t.Fatalf("h3 after the reload: %v, port %d", err, st.Node.ListenPort)
+		}
+		if _, err := h3.WriteConfig(identities[h3.Name()] + "mode = \"strict\"\n"); err != nil {
+			t.Fatal(err)
+		}
+		flowing("h3's reload")
+	})
 
 	var sent, answered int64
 	for _, tr := range pings {
