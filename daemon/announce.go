@@ -13,6 +13,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/segment"
 )
 
 // announcer is this host's identity as the cluster sees it: its node
@@ -137,7 +138,7 @@ func MeshAddr(l mesh.Local) netip.Addr {
 	if !best.IsValid() {
 		return netip.Addr{}
 	}
-	last := lastAddr(best)
+	last := segment.LastAddr(best)
 	if best.Addr().Is4() {
 		return last.Prev() // the last one is the broadcast address
 	}
@@ -257,14 +258,4 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet, Block: s.SiteBlock})
 	}
 	return l
-}
-
-// lastAddr is the highest address inside p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 1 << (7 - i%8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
@@ -48,29 +46,29 @@ func (a *api) reload(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	var res control.ReloadResult
-	err := a.d.onLoop(r, func() (err error) {
-		res, err = a.d.reload()
-		return err
-	})
-	if err != nil {
-		writeError(w, err)
-		return
-	}
-	json.NewEncoder(w).Encode(res)
+	answerFromLoop(a.d, w, r, a.d.reload)
 }
 
 func (a *api) rotateKey(w http.ResponseWriter, r *http.Request) {
-	var pub wgtypes.Key
-	err := a.d.onLoop(r, func() (err error) {
-		pub, err = a.d.rotateKey()
+	answerFromLoop(a.d, w, r, func() (map[string]string, error) {
+		pub, err := a.d.rotateKey()
+		return map[string]string{"public_key": pub.String(), "fingerprint": crypto.Fingerprint(pub)}, err
+	})
+}
+
+// answerFromLoop runs fn on the loop and answers with its result as JSON,
+// or with its error.
+func answerFromLoop[T any](d *Daemon, w http.ResponseWriter, r *http.Request, fn func() (T, error)) {
+	var out T
+	err := d.onLoop(r, func() (err error) {
+		out, err = fn()
 		return err
 	})
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	json.NewEncoder(w).Encode(map[string]string{"public_key": pub.String(), "fingerprint": crypto.Fingerprint(pub)})
+	json.NewEncoder(w).Encode(out)
 }
 
 // gossipKey runs a serf keyring operation across the whole cluster. It
