@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -146,7 +147,7 @@ Examples:
 type explainTarget struct {
 	prefix netip.Prefix
 	// name is how lines call the whole of prefix: the segment's name or
-	// the CIDR; "" for a single address, which lines leave out.
+	// the CIDR ("" for a single address, which is never split).
 	name string
 }
 
@@ -178,15 +179,21 @@ func explainEnd(flag, s string, cfg *config.Config) (explainTarget, error) {
 
 // printExplanation prints a single verdict as before ranges were
 // explained, and otherwise one line per part, naming only what tells
-// the parts apart.
+// the parts apart: the addresses of an end only when the answer splits
+// that end.
 func printExplanation(out io.Writer, parts []policy.Part, src, dst explainTarget) {
 	if len(parts) == 1 && parts[0].Traffic == "" {
 		fmt.Fprintln(out, parts[0].Verdict)
 		return
 	}
-	end := func(word string, t explainTarget, s policy.Span) string {
+	split := func(t explainTarget, span func(policy.Part) policy.Span) bool {
+		return slices.ContainsFunc(parts, func(p policy.Part) bool { return span(p) != policy.SpanOf(t.prefix) })
+	}
+	srcSplit := split(src, func(p policy.Part) policy.Span { return p.Src })
+	dstSplit := split(dst, func(p policy.Part) policy.Span { return p.Dst })
+	end := func(word string, t explainTarget, s policy.Span, shown bool) string {
 		switch {
-		case t.name == "":
+		case !shown:
 			return ""
 		case s == policy.SpanOf(t.prefix):
 			return word + " " + t.name
@@ -195,7 +202,7 @@ func printExplanation(out io.Writer, parts []policy.Part, src, dst explainTarget
 	}
 	for _, p := range parts {
 		var what []string
-		for _, w := range []string{end("from", src, p.Src), end("to", dst, p.Dst), p.Traffic} {
+		for _, w := range []string{end("from", src, p.Src, srcSplit), end("to", dst, p.Dst, dstSplit), p.Traffic} {
 			if w != "" {
 				what = append(what, w)
 			}

@@ -11,6 +11,11 @@ func TestPolicyExplainRangesAnyAndSegments(t *testing.T) {
 from = "blue"
 to = "green"
 ports = ["tcp/8080", "icmp"]
+
+[[allow]]
+from = "10.42.0.0/24"
+to = "10.43.0.0/24"
+ports = ["tcp/9000"]
 `)
 	deny := "deny (default: different segments blue -> green)"
 	for _, tc := range []struct {
@@ -27,7 +32,11 @@ ports = ["tcp/8080", "icmp"]
 				"tcp/8081-65535: " + deny + "\nudp: " + deny + "\nother protocols: " + deny + "\n"},
 		{[]string{"--from", "blue", "--to", "green", "--port", "udp"}, 0, deny + "\n"},
 		{[]string{"--from", "blue", "--to", "10.43.2.0/24", "--port", "tcp/8079-8080"}, 0,
-			"from blue to 10.43.2.0/24 tcp/8079: " + deny + "\nfrom blue to 10.43.2.0/24 tcp/8080: allow (rule allow[0]: blue -> green tcp/8080)\n"},
+			"tcp/8079: " + deny + "\ntcp/8080: allow (rule allow[0]: blue -> green tcp/8080)\n"},
+		{[]string{"--from", "10.42.0.0/23", "--to", "green", "--port", "tcp/9000"}, 0,
+			"from 10.42.0.0/24 to 10.43.0.0/24: allow (rule allow[1]: 10.42.0.0/24 -> 10.43.0.0/24 tcp/9000)\n" +
+				"from 10.42.0.0/24 to 10.43.1.0-10.43.255.255: " + deny + "\n" +
+				"from 10.42.1.0/24 to green: " + deny + "\n"},
 		{[]string{"--from", "green", "--to", "blue"}, 0, "deny (default: different segments green -> blue)\n"},
 		{[]string{"--from", "blu", "--to", "green"}, 2, `--from "blu" is neither an address nor a CIDR, and the config defines no such segment; use one of: blue, green`},
 	} {
