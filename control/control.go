@@ -107,8 +107,8 @@ type ReloadRequest struct {
 // ReloadResult is what a reload (the request or SIGHUP) applied and what
 // waits for a restart.
 type ReloadResult struct {
-	// Applied describes each change that took effect, e.g. "the allow
-	// rules (2 rules)" or "certificate h1, valid until ...".
+	// Applied describes each change that took effect, e.g. "2 allow
+	// rules" or "certificate h1 (/etc/meshd/host.crt), valid until ...".
 	Applied []string `json:"applied"`
 	// Restart lists the changed keys that take effect only at the next
 	// start, e.g. "segments[1].cidr"; their running values stay.

@@ -46,7 +46,7 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 	if err := d.enforcer.Apply(ruleset); err != nil {
 		return res, fmt.Errorf("apply allow-list: %w", err)
 	}
-	res.Applied = append(res.Applied, fmt.Sprintf("the allow rules (%d)", len(next.Allow)))
+	res.Applied = append(res.Applied, allowRules(len(next.Allow)))
 	if idChange != "" {
 		running.Identity = newID
 		d.ann.setIdentity(newID)
@@ -71,6 +71,13 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 		d.log.Warn("reload left changed settings for the next start; their running values stay in force", "restart", strings.Join(res.Restart, ", "))
 	}
 	return res, nil
+}
+
+func allowRules(n int) string {
+	if n == 1 {
+		return "1 allow rule"
+	}
+	return fmt.Sprintf("%d allow rules", n)
 }
 
 func isIdentityKey(k string) bool { return strings.HasPrefix(k, "identity.") }

@@ -56,7 +56,7 @@ func TestReloadAppliesWhatItCanAndNamesTheRest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"the allow rules (1)"}; !slices.Equal(res.Applied, want) {
+	if want := []string{"1 allow rule"}; !slices.Equal(res.Applied, want) {
 		t.Errorf("applied %q, want %q", res.Applied, want)
 	}
 	if want := []string{"wireguard.listen_port", "segments[1].cidr", "segments[1].subnet"}; !slices.Equal(res.Restart, want) {
@@ -166,7 +166,7 @@ func TestCARolloutAndRenewalByReload(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		text := strings.Replace(readFile(t, filepath.Join(c.hosts[i-1].dir, "meshd.toml")), `mode = "transitional"`, `mode = "strict"`, 1)
 		c.edit(t, i, text)
-		if res, err := reloadHost(t, c.hosts[i-1], ""); err != nil || !slices.Equal(res.Applied, []string{"the allow rules (0)", "identity.mode strict"}) {
+		if res, err := reloadHost(t, c.hosts[i-1], ""); err != nil || !slices.Equal(res.Applied, []string{"0 allow rules", "identity.mode strict"}) {
 			t.Fatalf("h%d to strict: %+v, %v", i, res, err)
 		}
 	}

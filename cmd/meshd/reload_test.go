@@ -33,9 +33,9 @@ func fakeReloader(t *testing.T, sock string, res control.ReloadResult) *[]contro
 func TestReloadSaysWhatNeedsARestart(t *testing.T) {
 	cfg := writeTestConfig(t, "")
 	sock := filepath.Join(filepath.Dir(cfg), "meshd.sock")
-	asked := fakeReloader(t, sock, control.ReloadResult{Applied: []string{"the allow rules (2)"}, Restart: []string{"segments[1].cidr", "wireguard.listen_port"}})
+	asked := fakeReloader(t, sock, control.ReloadResult{Applied: []string{"2 allow rules"}, Restart: []string{"segments[1].cidr", "wireguard.listen_port"}})
 	out, code := execute(t, "reload", "--config", cfg)
-	if code != 1 || !strings.Contains(out, "reloaded: the allow rules (2)\n") ||
+	if code != 1 || !strings.Contains(out, "reloaded: 2 allow rules\n") ||
 		!strings.Contains(out, "meshd: not applied: segments[1].cidr, wireguard.listen_port changed, which takes effect only when meshd restarts") {
 		t.Errorf("reload with settings that need a restart: exit %d\n%s", code, out)
 	}
@@ -52,8 +52,8 @@ func TestReloadSaysWhatNeedsARestart(t *testing.T) {
 
 func TestReloadOfTheRulesAloneExitsZero(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "meshd.sock")
-	asked := fakeReloader(t, sock, control.ReloadResult{Applied: []string{"the allow rules (1)"}, Restart: []string{}})
-	if out, code := execute(t, "reload", "--socket", sock); code != 0 || out != "reloaded: the allow rules (1)\n" {
+	asked := fakeReloader(t, sock, control.ReloadResult{Applied: []string{"1 allow rule"}, Restart: []string{}})
+	if out, code := execute(t, "reload", "--socket", sock); code != 0 || out != "reloaded: 1 allow rule\n" {
 		t.Errorf("exit %d\n%s", code, out)
 	}
 	if (*asked)[0].Config != "" {

@@ -158,7 +158,7 @@ func TestCARolloutLosesNoPings(t *testing.T) {
 			t.Fatal(err)
 		}
 		out, code := runMeshd(t, meshdBin, "reload", "--config", h3.ConfigPath())
-		if code != 1 || !strings.Contains(out, "reloaded: the allow rules (1)") ||
+		if code != 1 || !strings.Contains(out, "reloaded: 1 allow rule") ||
 			!strings.Contains(out, "not applied: wireguard.listen_port changed, which takes effect only when meshd restarts") {
 			t.Fatalf("reload with a new port: exit %d\n%s", code, out)
 		}
