@@ -48,6 +48,71 @@ type Status struct {
 	// Failovers counts how often another site moved to another gateway
 	// (of this site or of its own) since meshd started.
 	Failovers int `json:"gateway_failovers"`
+	// Identity is this host's certificate and trust mode; absent when
+	// the cluster runs without a CA.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// Identity is this host's standing under the cluster CA.
+type Identity struct {
+	// Mode is "strict" or "transitional" (identity.mode).
+	Mode string `json:"mode"`
+	// Certificate is the name the host's certificate is issued to,
+	// NotAfter its end of validity (RFC 3339), and ExpirySeconds how long
+	// it is still valid: negative once it expired, when every other host
+	// refuses this one.
+	Certificate   string  `json:"certificate"`
+	NotAfter      string  `json:"not_after"`
+	ExpirySeconds float64 `json:"expiry_seconds"`
+	// Unsigned names the members whose announcement carried no
+	// certificate and was accepted (transitional mode): the hosts still
+	// to be converted before the cluster can turn strict.
+	Unsigned []string `json:"unsigned_accepted"`
+}
+
+// KeyringAnswer is what a gossip keyring operation ('meshd gossip-key')
+// found on the members.
+type KeyringAnswer struct {
+	Response *KeyringResponse `json:"response"`
+	Error    string           `json:"error"`
+	// Absent lists the members the cluster knows that are not alive
+	// (failed, left): serf's operation neither reaches nor counts them,
+	// and they keep the keyring they had.
+	Absent []Member `json:"absent,omitempty"`
+}
+
+// KeyringResponse is serf's key manager's answer, with keys given by
+// their fingerprints (cluster.KeyFingerprint): never the keys themselves.
+type KeyringResponse struct {
+	Messages    map[string]string // member -> why it failed
+	NumNodes    int               // live members asked
+	NumResp     int
+	NumErr      int
+	Keys        map[string]int // fingerprint -> members holding it
+	PrimaryKeys map[string]int // fingerprint -> members writing with it
+}
+
+// Member is a member of the cluster and its serf state.
+type Member struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
+// ReloadRequest is what 'meshd reload' sends: the config file it read
+// the control socket from, which must be the one the daemon runs with.
+type ReloadRequest struct {
+	Config string `json:"config,omitempty"`
+}
+
+// ReloadResult is what a reload (the request or SIGHUP) applied and what
+// waits for a restart.
+type ReloadResult struct {
+	// Applied describes each change that took effect, e.g. "2 allow
+	// rules" or "certificate h1 (/etc/meshd/host.crt), valid until ...".
+	Applied []string `json:"applied"`
+	// Restart lists the changed keys that take effect only at the next
+	// start, e.g. "segments[1].cidr"; their running values stay.
+	Restart []string `json:"restart"`
 }
 
 // Site is one other site as this host reaches it.

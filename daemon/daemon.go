@@ -32,6 +32,9 @@ type Options struct {
 	// Reload re-reads the configuration (SIGHUP, `meshd reload`); nil
 	// disables reloading.
 	Reload func() (*config.Config, error)
+	// ConfigPath is the file Reload reads, so that a reload asked for
+	// with another file is refused; "" skips that check.
+	ConfigPath string
 	// Hangup delivers SIGHUP.
 	Hangup <-chan struct{}
 }
@@ -85,6 +88,9 @@ type Daemon struct {
 	keepaliveTimer *time.Timer
 	// healthTicks is the loop's count of health checks.
 	healthTicks int
+	// expiryWarned is the loop's count of certificate expiry thresholds
+	// (see expiryThresholds) already logged for the certificate in use.
+	expiryWarned int
 	// guarded is the loop's record of the slices the applied allow-list
 	// lets through its no-plaintext guard.
 	guarded []netip.Prefix

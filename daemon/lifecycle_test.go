@@ -81,6 +81,11 @@ func newCluster3(t *testing.T) *cluster3 {
 }
 
 func (c *cluster3) config(i int, extra string) *config.Config {
+	return c.hosts[i-1].config(c.text(i, extra))
+}
+
+// text is host i's meshd.toml, joining the other hosts.
+func (c *cluster3) text(i int, extra string) string {
 	h := c.hosts[i-1]
 	var join []string
 	for _, o := range c.hosts {
@@ -88,7 +93,7 @@ func (c *cluster3) config(i int, extra string) *config.Config {
 			join = append(join, o.tr.Addr())
 		}
 	}
-	return h.config(h.configText(c.key, join, i, extra))
+	return h.configText(c.key, join, i, extra)
 }
 
 func (h *testHost) publicKey() wgtypes.Key {

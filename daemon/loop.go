@@ -72,7 +72,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				continue
 			}
 		case <-d.opts.Hangup:
-			if err := d.reload(); err != nil {
+			if _, err := d.reload(); err != nil {
 				d.log.Error("reload failed; keeping the running configuration", "err", err)
 			}
 			continue
@@ -197,6 +197,7 @@ func (d *Daemon) checkHealth() (repairDue bool) {
 	}
 	d.checkForwarding(missing)
 	d.askWhoamiIfDue()
+	d.warnExpiry(time.Now())
 	d.mu.Lock()
 	d.missing = missing
 	d.mu.Unlock()

@@ -60,6 +60,7 @@ func (d *Daemon) Status() control.Status {
 	} else if out.LastError == "" {
 		out.LastError = "read policy counters: " + err.Error()
 	}
+	out.Identity = d.identityStatus(st, now)
 	slices.SortFunc(out.Peers, func(a, b control.Peer) int { return strings.Compare(a.Name, b.Name) })
 	if st != nil {
 		for _, r := range st.Rejected {

@@ -64,6 +64,10 @@ type Local struct {
 	// and a signature; Now is when certificates are checked for expiry.
 	CA  ed25519.PublicKey
 	Now time.Time
+	// AcceptUnsigned is the transitional mode of a cluster turning its
+	// CA on: announcements without a certificate are accepted (see
+	// State.Unsigned), signed ones are verified as always.
+	AcceptUnsigned bool
 
 	// Several sites: this host's site ("" is DefaultSite) and role. A
 	// draining gateway stops being chosen; a gateway behind NAT keeps its

@@ -126,3 +126,59 @@ func TestEndpointsMustBeGlobalUnicast(t *testing.T) {
 		}
 	}
 }
+
+// Transitional mode accepts the hosts not yet converted to the CA and
+// counts them, and refuses everything strict mode refuses for a bad
+// certificate or signature.
+func TestTransitionalModeAcceptsUnsignedOnly(t *testing.T) {
+	ca := newCA(t)
+	local := localH1(t)
+	local.CA, local.Now, local.AcceptUnsigned = ca.Public, time.Now(), true
+
+	unsignedH2 := member(t, "h2", 2, "192.0.2.2:51820", sl("blue", "10.42.2.0/24"))
+	signedH3 := signedMember(t, newSigner(t, ca, "h3"), "h3", 3, 1, sl("blue", "10.42.3.0/24"))
+	st := Compute(local, []Member{unsignedH2, signedH3}, nil)
+	for _, name := range []string{"h2", "h3"} {
+		if _, ok := st.PeerByName(name); !ok {
+			t.Fatalf("%s refused in transitional mode: %+v", name, st.Rejected)
+		}
+	}
+	if got := st.Unsigned(); len(got) != 1 || got[0] != "h2" {
+		t.Errorf("Unsigned() = %q, want [h2]", got)
+	}
+
+	foreign := signedMember(t, newSigner(t, newCA(t), "h4"), "h4", 4, 1, sl("blue", "10.42.4.0/24"))
+	edited := signedMember(t, newSigner(t, ca, "h5"), "h5", 5, 1, sl("blue", "10.42.5.0/24"))
+	edited.Tags["e"] = "198.51.100.7:51820"
+	halfSigned := signedMember(t, newSigner(t, ca, "h6"), "h6", 6, 1, sl("blue", "10.42.6.0/24"))
+	delete(halfSigned.Tags, "g")
+	stolen := signedMember(t, newSigner(t, ca, "h9"), "h7", 7, 1, sl("blue", "10.42.7.0/24"))
+	st = Compute(local, []Member{foreign, edited, halfSigned, stolen}, nil)
+	want := map[string]string{"h4": "not signed by this cluster's CA", "h5": "bad announcement signature", "h6": "unsigned", "h7": `certificate is for "h9"`}
+	if len(st.Peers) != 0 || len(st.Rejected) != len(want) {
+		t.Fatalf("peers %+v, rejected %+v", st.Peers, st.Rejected)
+	}
+	for _, r := range st.Rejected {
+		if !strings.Contains(r.Reason, want[r.Member]) {
+			t.Errorf("%s refused for %q, want %q", r.Member, r.Reason, want[r.Member])
+		}
+	}
+	if got := st.Unsigned(); len(got) != 0 {
+		t.Errorf("Unsigned() = %q, want none", got)
+	}
+
+	// Once h3 has signed, an unsigned h3 is an impostor with the gossip
+	// key, not a host still to be converted.
+	st = Compute(local, []Member{signedH3}, nil)
+	st = Compute(local, []Member{member(t, "h3", 8, "192.0.2.8:51820", sl("blue", "10.42.3.0/24"))}, &st)
+	if _, ok := st.PeerByName("h3"); ok || len(st.Rejected) != 1 || !strings.Contains(st.Rejected[0].Reason, "signed its announcements before") {
+		t.Fatalf("an unsigned h3 after a signed one: peers %+v rejected %+v", st.Peers, st.Rejected)
+	}
+
+	// Strict mode counts nothing: it refuses.
+	local.AcceptUnsigned = false
+	st = Compute(local, []Member{unsignedH2}, nil)
+	if got := st.Unsigned(); len(got) != 0 || len(st.Rejected) != 1 {
+		t.Errorf("strict: Unsigned() = %q, rejected %+v", got, st.Rejected)
+	}
+}

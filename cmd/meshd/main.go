@@ -92,8 +92,11 @@ Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		RunE:    func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		Version: version,
 	}
+	// The same line as 'meshd version'.
+	root.SetVersionTemplate("meshd {{.Version}}\n")
 	// Bad flags are usage errors: exit 2, like every other input problem.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
@@ -117,10 +120,11 @@ func addConfigFlag(cmd *cobra.Command, path *string) {
 }
 
 // addClientFlags is for commands that talk to a running daemon: they find
-// its control socket through --config, or directly with --socket.
+// its control socket through --config, or directly with --socket. The
+// flags are persistent so that a command's subcommands take them too.
 func addClientFlags(cmd *cobra.Command, path, socket *string) {
-	addConfigFlag(cmd, path)
-	cmd.Flags().StringVar(socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	cmd.PersistentFlags().StringVarP(path, "config", "c", defaultConfig, "path to meshd.toml")
+	cmd.PersistentFlags().StringVar(socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
 }
 
 // noArgs rejects stray positional arguments as a usage error.

@@ -40,13 +40,18 @@ func TestExitCodes(t *testing.T) {
 		want string
 	}{
 		{[]string{"version"}, 0, "meshd "},
+		{[]string{"--version"}, 0, "meshd " + version},
+		{[]string{"gossip-key"}, 2, "usage: meshd gossip-key"},
+		{[]string{"gossip-key", "bogus"}, 2, `unknown gossip-key operation "bogus"`},
+		{[]string{"gossip-key", "install"}, 2, "takes one KEY"},
+		{[]string{"gossip-key", "--socket", filepath.Join(dir, "none.sock"), "list"}, 1, "no meshd is running"},
 		{[]string{"run", "--bogus"}, 2, "unknown flag"},
 		{[]string{"nonsense"}, 2, "unknown command"},
 		{[]string{"status", "extra"}, 2, "takes no arguments"},
 		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "missing.toml"},
 		{[]string{"run", "--config", badCfg}, 2, "wireguard.listen_port"},
 		{[]string{"policy", "explain", "--config", badCfg}, 2, "--from and --to"},
-		{[]string{"policy", "explain", "--config", badCfg, "--from", "x", "--to", "10.0.0.1"}, 2, "--from"},
+		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.300", "--to", "10.0.0.1"}, 2, "--from"},
 		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.1", "--to", "10.0.0.2", "--port", "tcp/99999"}, 2, "--port"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no meshd is running"},
 		{[]string{"demo", "--hosts", "1"}, 2, "--hosts"},
@@ -55,6 +60,17 @@ func TestExitCodes(t *testing.T) {
 		out, code := execute(t, tc.args...)
 		if code != tc.code || !strings.Contains(out, tc.want) {
 			t.Errorf("meshd %s: exit %d, output %q; want exit %d containing %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
+		}
+	}
+}
+
+// Each gossip-key operation explains itself, not the whole family.
+func TestGossipKeySubcommandsHaveTheirOwnHelp(t *testing.T) {
+	parent, _ := execute(t, "gossip-key", "--help")
+	for op, want := range map[string]string{"install": "Install adds KEY", "use": "Use makes KEY the primary", "remove": "Remove drops KEY", "list": "List asks every member"} {
+		out, code := execute(t, "gossip-key", op, "--help")
+		if code != 0 || !strings.Contains(out, want) || out == parent || !strings.Contains(out, "--socket") {
+			t.Errorf("gossip-key %s --help: exit %d\n%s", op, code, out)
 		}
 	}
 }

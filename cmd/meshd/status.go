@@ -38,8 +38,11 @@ slices, latest handshake and traffic counters.
 --check exits 0 only when every alive peer this host sends to has
 completed a handshake in the last 3 minutes, no state of meshd's is
 missing, IP forwarding is on and every other site is reachable (usable as
-a health probe), 1 otherwise. A peer without keepalives that nothing was
-sent to for 3 minutes is idle, and needs no recent handshake.`,
+a health probe), 1 otherwise, naming each problem. A peer without
+keepalives that nothing was sent to for 3 minutes is idle, and needs no
+recent handshake. With a cluster CA, --check also fails when this host's
+certificate has expired (the cause of every missing handshake then) or
+expires within a day.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sock, err := controlSocket(path, socket)
@@ -72,8 +75,26 @@ sent to for 3 minutes is idle, and needs no recent handshake.`,
 	return cmd
 }
 
+// expiringSoon is when status --check starts failing ahead of a
+// certificate's expiry: time to renew it before other hosts refuse this
+// one.
+const expiringSoon = 24 * time.Hour
+
 func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 	var bad []string
+	expired := false
+	if id := st.Identity; id != nil {
+		left := time.Duration(id.ExpirySeconds * float64(time.Second))
+		switch {
+		case left <= 0:
+			// Every peer refuses this host, so none has a handshake:
+			// naming each would hide the one cause.
+			expired = true
+			bad = append(bad, fmt.Sprintf("certificate %s expired at %s: every other host refuses this one; %s", id.Certificate, id.NotAfter, renewHint))
+		case left < expiringSoon:
+			bad = append(bad, fmt.Sprintf("certificate %s expires in %s (at %s); %s", id.Certificate, left.Round(time.Minute), id.NotAfter, renewHint))
+		}
+	}
 	for _, m := range st.Missing {
 		bad = append(bad, "missing (meshd is restoring it) "+m)
 	}
@@ -83,7 +104,7 @@ func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 		}
 	}
 	for _, p := range st.Peers {
-		if p.State != "alive" {
+		if p.State != "alive" || expired {
 			continue
 		}
 		switch {
@@ -136,6 +157,7 @@ func printStatus(out io.Writer, st *control.Status) {
 		}
 		fmt.Fprintf(out, "site %s  %s  mesh address %s\n", n.Site, role, orDash(n.MeshAddr))
 	}
+	printIdentity(out, st.Identity)
 	for _, s := range n.Segments {
 		fmt.Fprintf(out, "segment %s %s  slice %s  table %d\n", s.Name, s.CIDR, s.Subnet, s.Table)
 	}
@@ -166,6 +188,29 @@ func printStatus(out io.Writer, st *control.Status) {
 	if st.LastError != "" {
 		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
 	}
+}
+
+// renewHint is how a certificate is renewed without a restart.
+const renewHint = "renew it with 'meshd ca sign --force' and 'meshd reload'"
+
+func printIdentity(out io.Writer, id *control.Identity) {
+	if id == nil {
+		return
+	}
+	left := time.Duration(id.ExpirySeconds * float64(time.Second))
+	validity := fmt.Sprintf("valid until %s (%s left)", id.NotAfter, days(left))
+	if left <= 0 {
+		validity = fmt.Sprintf("EXPIRED at %s: every other host refuses this one; %s", id.NotAfter, renewHint)
+	}
+	fmt.Fprintf(out, "identity: certificate %s %s; mode %s", id.Certificate, validity, id.Mode)
+	if id.Mode == "transitional" {
+		if len(id.Unsigned) == 0 {
+			fmt.Fprint(out, ", no unsigned members left (identity.mode = \"strict\" is safe here)")
+		} else {
+			fmt.Fprintf(out, ", accepting unsigned announcements from %d members: %s", len(id.Unsigned), strings.Join(id.Unsigned, ", "))
+		}
+	}
+	fmt.Fprintln(out)
 }
 
 func age(seconds float64) string {
