@@ -284,10 +284,14 @@ func (m *Membership) Failed() <-chan error { return m.failed }
 // enough to be seen, rarely enough not to flood the log.
 const aloneWarnEvery = time.Minute
 
-// joinLoop retries the seeds with backoff whenever this host sees no other
-// live member, so a seed that starts late, or a whole-cluster restart,
-// heals without an operator. While alone it warns, naming the seeds and
-// the last error, so a host that never joins is not silent.
+// joinLoop retries the seeds with backoff until this host has merged
+// with one of them, and again whenever it sees no other live member, so a
+// seed that starts late, or a whole-cluster restart, heals without an
+// operator. Others joining this host is not enough: when hosts start
+// together, a host whose seed was not up yet can be joined by the hosts
+// that list it, and that group would live on as its own cluster, never
+// meeting the rest. While alone it warns, naming the seeds and the last
+// error, so a host that never joins is not silent.
 func (m *Membership) joinLoop(ctx context.Context) {
 	defer m.wg.Done()
 	if len(m.join) == 0 {
@@ -295,16 +299,21 @@ func (m *Membership) joinLoop(ctx context.Context) {
 	}
 	const firstRetry = 500 * time.Millisecond
 	backoff := firstRetry
-	alone := true
+	alone, merged := true, false
 	aloneSince := time.Now()
 	var lastWarn time.Time
 	for {
-		if m.aliveOthers() == 0 {
+		others := m.aliveOthers()
+		if others > 0 && !merged {
+			merged = m.seedIsMember()
+		}
+		switch {
+		case others == 0:
 			if !alone {
 				m.log.Warn("no other live member; retrying the seeds", "seeds", m.join)
 				aloneSince, lastWarn = time.Now(), time.Now()
 			}
-			alone = true
+			alone, merged = true, false
 			// A seed list usually contains this host itself, which
 			// "succeeds" without ending the isolation, so success alone
 			// does not reset the backoff: finding another member does.
@@ -322,7 +331,18 @@ func (m *Membership) joinLoop(ctx context.Context) {
 					"seeds", m.join, "alone_for", time.Since(aloneSince).Round(time.Second), "last_error", last)
 			}
 			backoff = min(backoff*2, maxJoinBackoff)
-		} else {
+		case !merged:
+			// Joined by others, but no seed among them yet.
+			if alone {
+				m.log.Info("joined by other members; still reaching for the seeds", "members", len(m.serf.Members()), "seeds", m.join)
+				alone = false
+			}
+			n, err := m.serf.Join(m.join, true)
+			if err != nil && n == 0 {
+				m.log.Debug("join failed", "seeds", m.join, "err", err)
+			}
+			backoff = min(backoff*2, maxJoinBackoff)
+		default:
 			if alone {
 				m.log.Info("joined cluster", "members", len(m.serf.Members()))
 			}
@@ -334,6 +354,64 @@ func (m *Membership) joinLoop(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// seedIsMember reports whether a seed is a live member other than this
+// host, or whether none could be: a list naming only this host.
+func (m *Membership) seedIsMember() bool {
+	local := m.serf.LocalMember()
+	alive := map[netip.AddrPort]bool{}
+	for _, mem := range m.serf.Members() {
+		if mem.Status != serf.StatusAlive || mem.Name == local.Name {
+			continue
+		}
+		if a, ok := netip.AddrFromSlice(mem.Addr); ok {
+			alive[netip.AddrPortFrom(a.Unmap(), mem.Port)] = true
+		}
+	}
+	localAddr, _ := netip.AddrFromSlice(local.Addr)
+	self := netip.AddrPortFrom(localAddr.Unmap(), local.Port)
+	onlySelf := true
+	for _, seed := range m.join {
+		for _, ap := range resolveSeed(seed) {
+			if alive[ap] {
+				return true
+			}
+			if ap != self && !(ap.Addr().IsUnspecified() && ap.Port() == self.Port()) {
+				onlySelf = false
+			}
+		}
+	}
+	return onlySelf
+}
+
+// seedLookupTimeout bounds the name lookup of a seed given by name.
+const seedLookupTimeout = 2 * time.Second
+
+// resolveSeed turns a seed (host:port, as the config normalised it) into
+// addresses; a name that does not resolve gives a placeholder that matches
+// no member, so the host keeps trying it.
+func resolveSeed(seed string) []netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(seed); err == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+	}
+	host, portText, err := net.SplitHostPort(seed)
+	port, perr := strconv.ParseUint(portText, 10, 16)
+	unknown := []netip.AddrPort{netip.AddrPortFrom(netip.IPv6Unspecified(), 0)}
+	if err != nil || perr != nil {
+		return unknown
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), seedLookupTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(addrs) == 0 {
+		return unknown
+	}
+	out := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		out[i] = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	}
+	return out
 }
 
 func (m *Membership) aliveOthers() int {

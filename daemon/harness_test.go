@@ -50,6 +50,10 @@ type testHost struct {
 	wanTr *clustertest.Transport
 	// wanUpdates counts the gateway's announcements in the WAN pool.
 	wanUpdates int
+	// wanPool is the gateway's WAN membership while a daemon runs.
+	wanPool *recordingCluster
+	// tune sets the gossip's transport and timers; nil is fastGossip.
+	tune func(memberlist.Transport) func(*serf.Config)
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -247,11 +251,20 @@ func (h *testHost) system() System {
 				h.record("join")
 			}
 			mc.Tune = fastGossip(tr)
+			if h.tune != nil {
+				mc.Tune = h.tune(tr)
+			}
 			m, err := cluster.Join(mc, kick)
 			if err != nil {
 				return nil, err
 			}
-			return &recordingCluster{Membership: m, h: h, wan: tr == h.wanTr}, nil
+			rc := &recordingCluster{Membership: m, h: h, wan: tr == h.wanTr}
+			if rc.wan {
+				h.mu.Lock()
+				h.wanPool = rc
+				h.mu.Unlock()
+			}
+			return rc, nil
 		},
 		ConfigWriter: func(dir string) ConfigWriter { return cni.NewWriter(dir) },
 	}
@@ -299,6 +312,12 @@ func (c *recordingCluster) SetTags(tags map[string]string) error {
 		c.h.mu.Unlock()
 	}
 	return c.Membership.SetTags(tags)
+}
+
+func (h *testHost) wan() *recordingCluster {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wanPool
 }
 
 func (h *testHost) wanAnnouncements() int {

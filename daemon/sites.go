@@ -31,9 +31,13 @@ const (
 	// gateway's tunnels come from (its NAT mapping).
 	queryWhoami = "meshd-whoami"
 	// directoryRefresh is how often the site's first gateway repeats every
-	// WAN announcement into its site pool, so a host that missed one (or
-	// joined since) has it within this time; a change goes out at once.
-	directoryRefresh = 20 * time.Second
+	// WAN announcement into its site pool, so a host that missed one has it
+	// within this time. A change goes out at once, a newcomer to the site
+	// gets everything at once, and serf's push/pull repairs most lost
+	// broadcasts, so this is a safety net, kept rare: each refresh costs
+	// every member of the site about sites x 500 bytes x serf's
+	// retransmissions (measured in TestSitesAtScale).
+	directoryRefresh = 2 * time.Minute
 	// directoryTTL forgets a relayed announcement no gateway repeated.
 	directoryTTL = 3 * directoryRefresh
 	// directTimeout is how long two gateways behind NAT try a direct
