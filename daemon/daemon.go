@@ -68,6 +68,10 @@ type Daemon struct {
 	// of its WAN tunnels (see paths for who owns what).
 	directory *directory
 	paths     *paths
+	// prober is a probing host's record of its site's gateways, ejector
+	// a gateway's of the reports naming it (see probe.go).
+	prober  *prober
+	ejector *ejector
 
 	// Set by Start.
 	under    Underlay
@@ -116,6 +120,8 @@ type Daemon struct {
 	reconciles int
 	failovers  int
 	lastErr    error
+	// drainWhy says why this gateway drains ("" when it does not).
+	drainWhy string
 	// missing names what a health check found gone and not yet put
 	// back; status --check fails while it is not empty.
 	missing map[string]string
@@ -137,7 +143,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true,
+		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(),
 	}
 }
 
@@ -215,6 +221,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.startWatchers(ctx)
+	if cfg.Site.Multi() && !cfg.Site.Gateway {
+		d.startProbes(ctx)
+	}
 	if err := d.startControl(ctx, cfg); err != nil {
 		return err
 	}

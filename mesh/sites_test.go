@@ -19,6 +19,8 @@ type genCluster struct {
 	nat                    func(site int) bool
 	// down marks gateways that failed, by name.
 	down map[string]bool
+	// reports are the gateway reports each host announces, by name.
+	reports map[string][]Report
 }
 
 var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
@@ -53,6 +55,7 @@ func (g *genCluster) announcement(site, h int, wan bool) Announcement {
 	}
 	if !wan {
 		a.Slices = []Slice{{Segment: "blue", Prefix: genSlice(site, h)}}
+		a.Reports = g.reports[hostName(site, h)]
 		return a
 	}
 	a.Blocks = []Slice{{Segment: "blue", Prefix: genBlock(site)}}
@@ -430,5 +433,90 @@ func TestSymmetricNATRelaysAtOnce(t *testing.T) {
 	ss = st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(2) })]
 	if ss.Transit != siteName(0) {
 		t.Fatalf("the symmetric side itself: transit %q, want s000", ss.Transit)
+	}
+}
+
+func TestGatewayReportsRoundTrip(t *testing.T) {
+	a := Announcement{PublicKey: genKey(1, 1), Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), Site: "eu",
+		Reports: []Report{{Gateway: "gw@eu-1", At: 1700000000}, {Gateway: "gw2", At: 1}}}
+	tags, err := a.Tags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeTags(tags)
+	if err != nil || !slices.Equal(got.Reports, a.Reports) {
+		t.Fatalf("decoded %v, %v; want %v", got.Reports, err, a.Reports)
+	}
+	for _, bad := range []string{"gw", "gw@", "gw@0", "gw@-1", "@5", "gw@x", "a@1 b@2 c@3 d@4 e@5", "gw\u200b@5"} {
+		tags["w"] = bad
+		if _, err := DecodeTags(tags); err == nil || !strings.Contains(err.Error(), "report") && !strings.Contains(err.Error(), "name") {
+			t.Errorf("reports %q: accepted or unclear error %v", bad, err)
+		}
+	}
+}
+
+// In a site with two gateways, two hosts that are not gateways (the same
+// two, whichever host computes it) probe each gateway through the remote
+// gateways at the far end of the pairs it serves; gateways probe nothing
+// and see the reports naming them.
+func TestProbePlan(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 6, gateways: 2}
+	probers := map[string]bool{}
+	for h := range g.hosts {
+		st := g.compute(t, 0, h)
+		if want := []string{hostName(0, 0), hostName(0, 1)}; !slices.Equal(st.Gateways, want) {
+			t.Fatalf("%s: site gateways %v, want %v", hostName(0, h), st.Gateways, want)
+		}
+		if g.isGateway(h) {
+			if len(st.Probes) > 0 {
+				t.Errorf("gateway %s probes %v", hostName(0, h), st.Probes)
+			}
+			continue
+		}
+		if len(st.Probes) == 0 {
+			continue
+		}
+		probers[hostName(0, h)] = true
+		for _, p := range st.Probes {
+			gw := slices.Index([]string{hostName(0, 0), hostName(0, 1)}, p.Gateway)
+			if gw < 0 || p.Via != genMesh(0, gw) {
+				t.Fatalf("probe %+v is not through a gateway of the site at its mesh address", p)
+			}
+			var want []netip.Addr
+			for other := 1; other < g.sites; other++ {
+				if g.expectedGateway(0, other) == p.Gateway {
+					far := g.expectedGateway(other, 0)
+					for fh := range g.gateways {
+						if hostName(other, fh) == far {
+							want = append(want, genMesh(other, fh))
+						}
+					}
+				}
+			}
+			slices.SortFunc(want, netip.Addr.Compare)
+			if !slices.Equal(p.Targets, want) {
+				t.Errorf("%s probes %s through %v, want %v", hostName(0, h), p.Gateway, p.Targets, want)
+			}
+		}
+	}
+	if len(probers) != probersPerSite {
+		t.Errorf("probers %v, want %d hosts", probers, probersPerSite)
+	}
+
+	// A report by a site member reaches the gateway it names, only.
+	g.reports = map[string][]Report{hostName(0, 4): {{Gateway: hostName(0, 1), At: 42}}}
+	if got := g.compute(t, 0, 1).Reports; !slices.Equal(got, []GatewayReport{{Reporter: hostName(0, 4), At: 42}}) {
+		t.Errorf("reported gateway sees %v", got)
+	}
+	if got := g.compute(t, 0, 0).Reports; len(got) != 0 {
+		t.Errorf("the other gateway sees %v", got)
+	}
+
+	// One gateway: nothing to move to, so nothing is probed.
+	one := &genCluster{sites: 3, hosts: 4, gateways: 1}
+	for h := range one.hosts {
+		if st := one.compute(t, 0, h); len(st.Probes) > 0 {
+			t.Errorf("site with one gateway: %s probes %v", hostName(0, h), st.Probes)
+		}
 	}
 }
