@@ -182,3 +182,50 @@ func TestTransitionalModeAcceptsUnsignedOnly(t *testing.T) {
 		t.Errorf("strict: Unsigned() = %q, rejected %+v", got, st.Rejected)
 	}
 }
+
+// With a CA, a certificate says which site a gateway speaks for, whether
+// it may be a gateway at all, and which blocks it may announce: a forged
+// or borrowed one is refused and listed, and the honest one still works.
+func TestCertificatesBindSiteGatewayAndBlocks(t *testing.T) {
+	ca := newCA(t)
+	local := Local{Name: "a1", PublicKey: testKey(t, 1), Link: "mesh0", TableBase: 100, RulePriority: 31000,
+		Site: "a", Gateway: true, CA: ca.Public, Now: time.Now(),
+		Segments: []LocalSegment{{Name: "blue", CIDR: pfx("10.42.0.0/16"), Subnet: pfx("10.42.1.0/24"), Block: pfx("10.42.0.0/20")}}}
+	gateway := func(name string, seed byte, certSite string, certGateway bool, pin, block string) Member {
+		pub, priv, _ := ed25519.GenerateKey(nil)
+		now := time.Now().Truncate(time.Second)
+		cert, err := ca.Sign(identity.Cert{Name: name, Segments: []string{"blue"}, Subnets: []identity.Slice{{Segment: "blue", Prefix: pfx(pin)}},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), PublicKey: pub, Site: certSite, Gateway: certGateway})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ann := Announcement{PublicKey: testKey(t, seed), Endpoint: netip.MustParseAddrPort("203.0.113.9:51820"), Site: "b",
+			Role: Role{Gateway: true}, Blocks: []Slice{sl("blue", block)}, Cert: cert.Marshal(), Counter: 1}
+		tags, err := ann.SignedTags(name, func(p []byte) []byte { return identity.SignPayload(priv, p) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Member{Name: name, Status: StatusAlive, Tags: tags}
+	}
+	remote := []Member{
+		gateway("b1", 2, "b", true, "10.42.16.0/20", "10.42.16.0/20"),  // honest
+		gateway("c1", 3, "c", true, "10.42.16.0/20", "10.42.16.0/20"),  // certified for site c
+		gateway("b2", 4, "b", false, "10.42.16.0/20", "10.42.16.0/20"), // not certified as a gateway
+		gateway("b3", 5, "b", true, "10.42.16.0/20", "10.42.32.0/20"),  // a block outside its pin
+	}
+	st := ComputeTopology(local, nil, remote, nil)
+	want := map[string]string{"c1": `certificate is for site "c"`, "b2": "does not allow", "b3": "block blue=10.42.32.0/20"}
+	for _, r := range st.Rejected {
+		if w, ok := want[r.Member]; ok && strings.Contains(r.Reason, w) {
+			delete(want, r.Member)
+		} else {
+			t.Errorf("rejected %s: %s", r.Member, r.Reason)
+		}
+	}
+	for name, w := range want {
+		t.Errorf("%s was not refused (want a reason with %q)", name, w)
+	}
+	if len(st.Sites) != 1 || st.Sites[0].Name != "b" || st.Sites[0].Remote != "b1" {
+		t.Errorf("sites %+v, want site b through b1", st.Sites)
+	}
+}
