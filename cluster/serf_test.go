@@ -134,6 +134,14 @@ func TestJoinKeepsReachingForASeedWhenOthersJoinedFirst(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	// Merged, c stops joining: no stream opened for longer than its
+	// longest backoff (push/pull runs every 30 s here).
+	time.Sleep(time.Second)
+	dials := tr["c"].Dials()
+	time.Sleep(maxJoinBackoff + 2*time.Second)
+	if n := tr["c"].Dials() - dials; n > 0 {
+		t.Errorf("c opened %d streams after it merged: it keeps joining", n)
+	}
 }
 
 // syncBuffer is a log sink safe for serf's goroutines.

@@ -71,6 +71,9 @@ type GatewayProbe struct {
 	// reports it.
 	Failing  int  `json:"failing"`
 	Reported bool `json:"reported"`
+	// Silent: in the last round nothing answered, not even the gateway
+	// itself (it is down, or probes cannot be sent: see the log).
+	Silent bool `json:"silent,omitempty"`
 }
 
 // Identity is this host's standing under the cluster CA.

@@ -44,24 +44,21 @@ type announcer struct {
 	// milliseconds, forced to increase, so it keeps growing across
 	// restarts without any saved state.
 	counter uint64
-	// stale is set when an announcement failed to go out, or when the
-	// probes changed reports; the loop (re)sends it, so peers never stay
-	// on an old key.
+	// stale is set when an announcement failed to go out; the loop
+	// retries it, so peers never stay on an old key.
 	stale bool
-	// reports are this host's reports of its site's gateways that do not
-	// forward (probe.go), announced in the site pool.
-	reports []mesh.Report
 }
 
-// setReports replaces the gateway reports; the next pass announces them.
-func (a *announcer) setReports(r []mesh.Report) bool {
+// reportSigner signs gateway reports with the host's certified key; nil
+// without a CA.
+func (a *announcer) reportSigner() func([]byte) []byte {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if slices.Equal(a.reports, r) {
-		return false
+	if !a.id.Enabled() {
+		return nil
 	}
-	a.reports, a.stale = r, true
-	return true
+	key := a.id.Key
+	return func(p []byte) []byte { return identity.SignPayload(key, p) }
 }
 
 func newAnnouncer(cfg *config.Config, key wgtypes.Key, endpoint netip.AddrPort) *announcer {
@@ -190,7 +187,6 @@ func (a *announcer) tags() (map[string]string, error) {
 	defer a.mu.Unlock()
 	ann := a.baseLocked()
 	ann.Endpoint = a.endpoint
-	ann.Reports = a.reports
 	for _, seg := range a.me.Segments {
 		if seg.Subnet.IsValid() {
 			ann.Slices = append(ann.Slices, mesh.Slice{Segment: seg.Name, Prefix: seg.Subnet, ClaimedAt: seg.ClaimedAt})

@@ -72,6 +72,9 @@ type Daemon struct {
 	// a gateway's of the reports naming it (see probe.go).
 	prober  *prober
 	ejector *ejector
+	inbox   *inbox
+	// probeErrOnce logs the first probe that could not be sent at all.
+	probeErrOnce sync.Once
 
 	// Set by Start.
 	under    Underlay
@@ -143,7 +146,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(),
+		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 
@@ -299,7 +302,7 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 		AdvertiseAddr: d.under.Advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
-		Log: d.log, OnEvent: d.directory.receive,
+		Log: d.log, OnEvent: d.onSiteEvent,
 	}, d.Kick)
 	if err != nil {
 		return err

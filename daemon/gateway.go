@@ -70,13 +70,14 @@ func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 		return nil
 	}
 	now := time.Now()
-	if d.ejector.update(st.Reports, otherGateway(st, local.Name), now) {
+	d.takeReports(st, local, now)
+	if d.ejector.decide(local.Name, st.Probers, st.Gateways, now) {
 		_, by, until := d.ejector.ejected(now)
-		d.log.Warn("site member's probes find no forwarding through this gateway; draining so the site's traffic takes another gateway",
+		d.log.Warn("the site's probes find no forwarding through this gateway; draining so the site's traffic takes another gateway",
 			"reported_by", by, "for", until.Sub(now).Round(time.Second))
 	}
 	if by := d.ejector.takeDeclined(); by != "" {
-		d.log.Warn("site member's probes find no forwarding through this gateway, but it is the site's only usable gateway; not draining", "reported_by", by)
+		d.log.Warn("the site's probes find no forwarding through this gateway, but no other gateway could take its traffic; not draining", "reported_by", by)
 	}
 	why := d.drainReason(now)
 	d.mu.Lock()

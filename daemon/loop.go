@@ -354,9 +354,6 @@ func (d *Daemon) logRejections(prev, st *mesh.State) {
 	}
 }
 
-// startWatchers restores routes and rules someone else deletes,
-// resubscribing when the kernel drops the subscription (e.g. ENOBUFS
-// after a burst).
 // startProbes runs the gateway probes (probe.go) until Close.
 func (d *Daemon) startProbes(ctx context.Context) {
 	pctx, stop := context.WithCancel(ctx)
@@ -368,6 +365,9 @@ func (d *Daemon) startProbes(ctx context.Context) {
 	}()
 }
 
+// startWatchers restores routes and rules someone else deletes,
+// resubscribing when the kernel drops the subscription (e.g. ENOBUFS
+// after a burst).
 func (d *Daemon) startWatchers(ctx context.Context) {
 	wctx, stop := context.WithCancel(ctx)
 	done := make(chan struct{})

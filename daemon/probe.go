@@ -15,13 +15,15 @@ import (
 
 // A gateway that is alive in gossip but does not forward (a firewall
 // reload that dropped the FORWARD chain, a wedged data path) is found by
-// probes through it: a few hosts of its site (mesh.Probe says which, and
-// why these addresses) ping the remote gateways at the far end of its WAN
-// tunnels every probeInterval. When it keeps answering them itself but
-// none of their pings cross it, they report it in their announcements,
-// and the gateway drains for a while, as it does when its IP forwarding
-// is off: both ends of its pairs of sites move to another gateway. After
-// the ejection it carries traffic again and is probed again; one that is
+// probes through it: the site's probers (mesh.Probe says who, and why
+// these addresses) ping the remote gateways at the far end of its WAN
+// tunnels every probeInterval, and the gateway's own mesh address. When
+// pings through it keep failing while the comparison says it is the
+// gateway (it answers itself, or another gateway of the site forwards),
+// they report it in a signed site-pool event. A gateway that every prober
+// reported drains for a while, as it does when its IP forwarding is off:
+// both ends of its pairs of sites move to another gateway. After the
+// ejection it carries traffic again and is probed again; one that is
 // still broken is reported again and ejected for twice as long, as
 // outlier ejection in a load balancer works (it cannot be probed while it
 // carries nothing, so time is the only retest).
@@ -36,14 +38,17 @@ const (
 	// targets, at least two of them must have failed, so one remote
 	// gateway going away is not blamed on this one.
 	stuckRounds = 5
-	// reReportEvery renews a report that had no effect: the gateway was
-	// already ejected on an older report when it came, or was the site's
-	// only usable one.
+	// reReportEvery renews a report while the gateway still carries
+	// traffic and still forwards nothing: the other prober's report must
+	// meet it within reportFresh, and a gateway that was the site's only
+	// usable one when the first came may have company now.
 	reReportEvery = 10 * time.Second
-	// clearRounds good rounds in a row withdraw a report.
-	clearRounds = 3
+	// reportFresh is how long a gateway counts a report.
+	reportFresh = 15 * time.Second
 	// maxProbedGateways bounds the echoes of one round.
 	maxProbedGateways = 8
+	// maxInbox bounds the report events queued for the loop.
+	maxInbox = 64
 
 	ejectBase = 30 * time.Second
 	ejectMax  = 5 * time.Minute
@@ -52,30 +57,27 @@ const (
 	ejectForgetAfter = 10 * time.Minute
 )
 
-// gatewayProbe is what one host knows of one gateway's forwarding.
+// gatewayProbe is what one prober knows of one gateway's forwarding.
 type gatewayProbe struct {
-	since  time.Time // first round in the plan
-	round  int
-	fails  int // rounds in a row the gateway answered but forwarded nothing
-	goods  int // rounds in a row a target answered through it
-	failed map[netip.Addr]bool
+	since      time.Time // first round in the plan
+	round      int
+	fails      int // failed rounds in a row that point at the gateway
+	failed     map[netip.Addr]bool
+	reportedAt time.Time
+	// silent: in the last round neither the gateway nor the remote
+	// gateway answered.
+	silent bool
 }
 
-// prober is the probing host's side: results per gateway and the reports
-// they led to. The probe goroutine writes it, status reads it.
+// prober is the probing host's side. The probe goroutine writes it,
+// status reads it.
 type prober struct {
-	mu sync.Mutex
-	gw map[string]*gatewayProbe
-	// reports are this host's current reports, gateway -> At;
-	// reportedAt is when each was last made.
-	reports    map[string]uint64
-	reportedAt map[string]time.Time
-	made       int
+	mu   sync.Mutex
+	gw   map[string]*gatewayProbe
+	made int
 }
 
-func newProber() *prober {
-	return &prober{gw: map[string]*gatewayProbe{}, reports: map[string]uint64{}, reportedAt: map[string]time.Time{}}
-}
+func newProber() *prober { return &prober{gw: map[string]*gatewayProbe{}} }
 
 // target picks this round's remote gateway for pr, in turn.
 func (p *prober) target(pr mesh.Probe, now time.Time) netip.Addr {
@@ -90,53 +92,66 @@ func (p *prober) target(pr mesh.Probe, now time.Time) netip.Addr {
 	return pr.Targets[g.round%len(pr.Targets)]
 }
 
-// observe records one round's result for pr and reports whether this
-// host's reports changed.
-func (p *prober) observe(pr mesh.Probe, target netip.Addr, viaOK, targetOK bool, now time.Time) bool {
+// roundResult is one gateway's outcome in one round.
+type roundResult struct {
+	target          netip.Addr
+	viaOK, targetOK bool
+}
+
+// observe takes a whole round, one result per gateway of plan, and
+// returns the gateways to report now. A failed round counts against a
+// gateway only with evidence that the gateway is at fault: it answered
+// itself, or another gateway forwarded in the same round. When nothing
+// works, the fault is more likely this host's or the site's uplink.
+func (p *prober) observe(plan []mesh.Probe, results []roundResult, now time.Time) []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	g := p.gw[pr.Gateway]
-	if g == nil || now.Sub(g.since) < probeGrace {
-		return false
-	}
-	name := pr.Gateway
-	switch {
-	case targetOK:
-		g.fails, g.goods = 0, g.goods+1
-		clear(g.failed)
-		if _, reported := p.reports[name]; reported && g.goods >= clearRounds {
-			delete(p.reports, name)
-			delete(p.reportedAt, name)
-			return true
+	var report []string
+	for i, pr := range plan {
+		g := p.gw[pr.Gateway]
+		r := results[i]
+		if g == nil {
+			continue
 		}
-	case viaOK:
-		g.goods, g.fails = 0, g.fails+1
-		g.failed[target] = true
+		g.silent = !r.viaOK && !r.targetOK
+		if now.Sub(g.since) < probeGrace {
+			continue
+		}
+		otherOK := slices.ContainsFunc(results, func(o roundResult) bool { return o.targetOK && o != r })
+		switch {
+		case r.targetOK:
+			g.fails = 0
+			clear(g.failed)
+			g.reportedAt = time.Time{}
+			continue
+		case r.viaOK || otherOK:
+			g.fails++
+			g.failed[r.target] = true
+		default:
+			g.fails = 0
+			clear(g.failed)
+			continue
+		}
 		if g.fails < stuckRounds || len(g.failed) < min(2, len(pr.Targets)) {
-			return false
+			continue
 		}
-		if at, reported := p.reports[name]; reported && now.Sub(p.reportedAt[name]) < reReportEvery {
-			return false
-		} else {
-			p.reports[name] = max(at+1, uint64(now.Unix()))
+		// Reporting every gateway of the site at once would drain none
+		// usefully: with several probed, one must still work.
+		if len(plan) > 1 && !otherOK {
+			continue
 		}
-		p.reportedAt[name] = now
-		p.made++
-		return true
-	default:
-		// The gateway itself does not answer: the tunnel to it is down,
-		// which gossip and the handshakes show; it says nothing of its
-		// forwarding.
-		g.goods = 0
+		if now.Sub(g.reportedAt) >= reReportEvery {
+			g.reportedAt = now
+			p.made++
+			report = append(report, pr.Gateway)
+		}
 	}
-	return false
+	return report
 }
 
 // retain forgets the results of gateways no longer probed (draining, or
-// no longer assigned a pair), and the reports of gateways that left the
-// site. Reports of a draining gateway stay: it may come back still
-// broken.
-func (p *prober) retain(plan []mesh.Probe, siteMembers map[string]bool) bool {
+// no longer assigned a pair).
+func (p *prober) retain(plan []mesh.Probe) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for name := range p.gw {
@@ -144,29 +159,25 @@ func (p *prober) retain(plan []mesh.Probe, siteMembers map[string]bool) bool {
 			delete(p.gw, name)
 		}
 	}
-	changed := false
-	for name := range p.reports {
-		if !siteMembers[name] {
-			delete(p.reports, name)
-			delete(p.reportedAt, name)
-			changed = true
-		}
-	}
-	return changed
 }
 
-func (p *prober) current() []mesh.Report {
+// status describes the gateways in plan, and counts the reports made.
+func (p *prober) status(plan []mesh.Probe, now time.Time) ([]control.GatewayProbe, int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]mesh.Report, 0, len(p.reports))
-	for _, name := range slices.Sorted(maps.Keys(p.reports)) {
-		out = append(out, mesh.Report{Gateway: name, At: p.reports[name]})
+	var out []control.GatewayProbe
+	for _, pr := range plan {
+		gp := control.GatewayProbe{Gateway: pr.Gateway, Targets: len(pr.Targets)}
+		if g := p.gw[pr.Gateway]; g != nil {
+			gp.Failing, gp.Silent = g.fails, g.silent
+			gp.Reported = !g.reportedAt.IsZero() && now.Sub(g.reportedAt) < reportFresh
+		}
+		out = append(out, gp)
 	}
-	return out
+	return out, p.made
 }
 
-// probeLoop runs the probe rounds until ctx ends, on a host that has
-// something to probe.
+// probeLoop runs the probe rounds until ctx ends.
 func (d *Daemon) probeLoop(ctx context.Context) {
 	tick := time.NewTicker(probeInterval)
 	defer tick.Stop()
@@ -187,144 +198,183 @@ func (d *Daemon) probeRound(ctx context.Context) {
 	if st == nil {
 		return
 	}
-	members := map[string]bool{}
-	for _, p := range st.Peers {
-		if !p.WAN {
-			members[p.Name] = true
-		}
-	}
-	changed := d.prober.retain(st.Probes, members)
-	src := MeshAddr(d.ann.local())
+	d.prober.retain(st.Probes)
+	local := d.ann.local()
+	src := MeshAddr(local)
 	plan := st.Probes[:min(len(st.Probes), maxProbedGateways)]
-	if src.IsValid() && len(plan) > 0 {
-		type result struct {
-			target          netip.Addr
-			viaOK, targetOK bool
-		}
-		now := time.Now()
-		results := make([]result, len(plan))
-		var wg sync.WaitGroup
-		for i, pr := range plan {
-			results[i].target = d.prober.target(pr, now)
-			wg.Add(2)
-			go func() {
-				defer wg.Done()
-				results[i].viaOK = d.echo(ctx, src, pr.Via) == nil
-			}()
-			go func() {
-				defer wg.Done()
-				results[i].targetOK = d.echo(ctx, src, results[i].target) == nil
-			}()
-		}
-		wg.Wait()
-		if ctx.Err() != nil {
-			return
-		}
-		now = time.Now()
-		for i, pr := range plan {
-			r := results[i]
-			if d.prober.observe(pr, r.target, r.viaOK, r.targetOK, now) {
-				changed = true
-				if _, reported := d.prober.reportsOf(pr.Gateway); reported {
-					d.log.Warn("gateway answers but forwards none of the probes through it; reporting it so that it drains",
-						"gateway", pr.Gateway, "remote_gateways", len(pr.Targets))
-				} else {
-					d.log.Info("gateway forwards again; report withdrawn", "gateway", pr.Gateway)
-				}
-			}
-		}
+	if !src.IsValid() || len(plan) == 0 {
+		return
 	}
-	if changed && d.ann.setReports(d.prober.current()) {
-		d.Kick()
+	now := time.Now()
+	results := make([]roundResult, len(plan))
+	var wg sync.WaitGroup
+	for i, pr := range plan {
+		results[i].target = d.prober.target(pr, now)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			results[i].viaOK = d.echo(ctx, src, pr.Via)
+		}()
+		go func() {
+			defer wg.Done()
+			results[i].targetOK = d.echo(ctx, src, results[i].target)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	for _, gw := range d.prober.observe(plan, results, time.Now()) {
+		r := mesh.Report{Reporter: local.Name, Gateway: gw, At: uint64(time.Now().Unix())}
+		if err := d.members.Broadcast(mesh.ReportEvent, r.Encode(d.ann.reportSigner())); err != nil {
+			d.log.Warn("could not report a gateway that forwards nothing", "gateway", gw, "err", err)
+			continue
+		}
+		d.log.Warn("gateway forwards none of the probes through it; reporting it to the site so that it drains", "gateway", gw)
 	}
 }
 
-// status describes the gateways in plan, and counts the reports made.
-func (p *prober) status(plan []mesh.Probe) ([]control.GatewayProbe, int) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	var out []control.GatewayProbe
-	for _, pr := range plan {
-		gp := control.GatewayProbe{Gateway: pr.Gateway, Targets: len(pr.Targets)}
-		if g := p.gw[pr.Gateway]; g != nil {
-			gp.Failing = g.fails
-		}
-		_, gp.Reported = p.reports[pr.Gateway]
-		out = append(out, gp)
-	}
-	return out, p.made
-}
-
-func (p *prober) reportsOf(gateway string) (uint64, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	at, ok := p.reports[gateway]
-	return at, ok
-}
-
-func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) error {
+// echo sends one probe; an error other than a missing reply (no
+// permission for ICMP sockets, no route) is logged once per kind, since
+// it would otherwise make every probe look like a dead gateway.
+func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) bool {
 	ctx, cancel := context.WithTimeout(ctx, probeWait)
 	defer cancel()
-	return d.sys.Echo(ctx, src, dst)
+	err := d.sys.Echo(ctx, src, dst)
+	if err != nil && ctx.Err() == nil {
+		d.probeErrOnce.Do(func() {
+			d.log.Warn("gateway probes cannot be sent; gateways that stop forwarding will not be found", "err", err)
+		})
+	}
+	return err == nil
 }
 
-// ejector is the reported gateway's side: it drains on a new report,
-// unless draining would leave its site without a gateway. Owned by the
-// loop; status reads it under mu.
+// onSiteEvent dispatches the site pool's user events; it runs on the
+// membership's event goroutine and must not block.
+func (d *Daemon) onSiteEvent(name string, payload []byte) {
+	switch name {
+	case eventGateway:
+		d.directory.receive(name, payload)
+	case mesh.ReportEvent:
+		if d.inbox.add(payload) {
+			d.Kick()
+		}
+	}
+}
+
+// inbox queues report events for the loop, which verifies them against
+// the state it computes.
+type inbox struct {
+	mu    sync.Mutex
+	items [][]byte
+}
+
+func (in *inbox) add(p []byte) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if len(in.items) >= maxInbox {
+		return false
+	}
+	in.items = append(in.items, slices.Clone(p))
+	return true
+}
+
+func (in *inbox) take() [][]byte {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	items := in.items
+	in.items = nil
+	return items
+}
+
+// ejector is a gateway's side: the reports it accepted, and its ejection.
+// Owned by the loop; status reads it under mu.
 type ejector struct {
 	mu sync.Mutex
-	// seen is the newest report time taken into account per reporter. A
-	// report made before this process started counts once: a restart may
-	// have fixed the problem, and then the gateway is back, probed and
-	// cleared after one ejection.
-	seen     map[string]uint64
+	// fresh holds, per gateway of the site, when each prober's latest
+	// report naming it arrived.
+	fresh map[string]map[string]time.Time
+	// lastAt is each reporter's newest report time about each gateway
+	// (key reporter "\n" gateway): an older one is a replay.
+	lastAt   map[string]uint64
 	until    time.Time
 	by       string
 	count    int // ejections in a row, for the doubling
 	lastEnd  time.Time
 	total    int
-	declined string // why the last report was not acted on, for the log
+	declined string // reporters of a report not acted on, for the log
 }
 
-func newEjector() *ejector { return &ejector{seen: map[string]uint64{}} }
+func newEjector() *ejector {
+	return &ejector{fresh: map[string]map[string]time.Time{}, lastAt: map[string]uint64{}}
+}
 
-// update takes the reports naming this gateway and whether another
-// gateway of the site could take its traffic, and reports whether the
-// ejection started.
-func (e *ejector) update(reports []mesh.GatewayReport, canMove bool, now time.Time) (started bool) {
+// add takes a verified report; replays and reports dated far in the
+// future (which would make every later one look old) are dropped.
+func (e *ejector) add(r mesh.Report, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	for _, r := range reports {
-		if r.At <= e.seen[r.Reporter] {
-			continue
-		}
-		e.seen[r.Reporter] = r.At
-		switch {
-		case now.Before(e.until):
-		case !canMove:
-			e.declined = r.Reporter
-		default:
-			if !e.lastEnd.IsZero() && now.Sub(e.lastEnd) > ejectForgetAfter {
-				e.count = 0
-			}
-			e.until = now.Add(min(ejectBase<<e.count, ejectMax))
-			e.by, e.count, e.lastEnd = r.Reporter, e.count+1, e.until
-			e.total++
-			started = true
-		}
+	key := r.Reporter + "\n" + r.Gateway
+	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(5*time.Minute).Unix()) {
+		return
 	}
-	return started
+	e.lastAt[key] = r.At
+	if e.fresh[r.Gateway] == nil {
+		e.fresh[r.Gateway] = map[string]time.Time{}
+	}
+	e.fresh[r.Gateway][r.Reporter] = now
 }
 
-// ejected reports whether this gateway drains on a report now, and who
-// made it.
+// decide drains this gateway when every prober of the site reported it
+// within reportFresh and another usable gateway, reported by none, can
+// take its traffic: reports that name every gateway at once (the site's
+// uplink went down) drain none. It reports whether an ejection started.
+func (e *ejector) decide(me string, probers, usable []string, now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for gw, by := range e.fresh {
+		for r, at := range by {
+			if now.Sub(at) > reportFresh {
+				delete(by, r)
+			}
+		}
+		if len(by) == 0 {
+			delete(e.fresh, gw)
+		}
+	}
+	mine := e.fresh[me]
+	if now.Before(e.until) || len(probers) == 0 || len(mine) == 0 {
+		return false
+	}
+	for _, p := range probers {
+		if _, ok := mine[p]; !ok {
+			return false
+		}
+	}
+	reporters := strings.Join(slices.Sorted(maps.Keys(mine)), ", ")
+	if !slices.ContainsFunc(usable, func(g string) bool { return g != me && len(e.fresh[g]) == 0 }) {
+		e.declined = reporters
+		return false
+	}
+	if !e.lastEnd.IsZero() && now.Sub(e.lastEnd) > ejectForgetAfter {
+		e.count = 0
+	}
+	e.until = now.Add(min(ejectBase<<min(e.count, 4), ejectMax))
+	e.by, e.count, e.lastEnd = reporters, e.count+1, e.until
+	e.total++
+	delete(e.fresh, me) // spent: another ejection needs new reports
+	return true
+}
+
+// ejected reports whether this gateway drains on reports now, on whose,
+// and until when.
 func (e *ejector) ejected(now time.Time) (bool, string, time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return now.Before(e.until), e.by, e.until
 }
 
-// takeDeclined returns the reporter of a report not acted on since the
+// takeDeclined returns the reporters of reports not acted on since the
 // last call, for the log.
 func (e *ejector) takeDeclined() string {
 	e.mu.Lock()
@@ -340,10 +390,17 @@ func (e *ejector) ejections() int {
 	return e.total
 }
 
-// otherGateway reports whether the site has a usable gateway besides
-// this host.
-func otherGateway(st *mesh.State, me string) bool {
-	return slices.ContainsFunc(st.Gateways, func(g string) bool { return g != me })
+// takeReports verifies the queued report events against st and feeds
+// the accepted ones to the ejector (gateways only).
+func (d *Daemon) takeReports(st *mesh.State, local mesh.Local, now time.Time) {
+	for _, p := range d.inbox.take() {
+		r, err := st.VerifyReport(local, p)
+		if err != nil {
+			d.log.Debug("gateway report refused", "err", err)
+			continue
+		}
+		d.ejector.add(r, now)
+	}
 }
 
 // drainReason says why this gateway drains, for status and the log.

@@ -365,13 +365,13 @@ func TestGatewayThatStopsForwardingIsBypassed(t *testing.T) {
 	// report is withdrawn once probes cross it again.
 	dp.setBroken(pairA, false)
 	eventually(t, ejectBase+15*time.Second, "site b back on "+pairA, servedBy(pairA))
-	eventually(t, 15*time.Second, "a2 withdraws its report", func() error {
+	eventually(t, 15*time.Second, "a2 finds "+pairA+" forwarding again", func() error {
 		for _, p := range run["a2"].d.Status().Probes {
-			if p.Reported {
-				return fmt.Errorf("a2 still reports %s", p.Gateway)
+			if p.Gateway == pairA && p.Failing == 0 && !p.Reported {
+				return nil
 			}
 		}
-		return nil
+		return fmt.Errorf("a2's probes: %+v", run["a2"].d.Status().Probes)
 	})
 	if st := run[pairA].d.Status(); st.Node.Draining || st.Ejections != 1 {
 		t.Errorf("%s after the fix: draining %v, %d ejections", pairA, st.Node.Draining, st.Ejections)

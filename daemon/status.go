@@ -31,7 +31,7 @@ func (d *Daemon) Status() control.Status {
 		out.Node.DrainReason = drainWhy
 	}
 	if st != nil {
-		out.Probes, out.ProbeReports = d.prober.status(st.Probes)
+		out.Probes, out.ProbeReports = d.prober.status(st.Probes, time.Now())
 	}
 	for _, what := range sortedKeys(missing) {
 		out.Missing = append(out.Missing, what+": "+missing[what])

@@ -15,7 +15,6 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/segment"
 )
 
@@ -42,9 +41,6 @@ const (
 	tagBlocks   = "b"
 	tagObserved = "o"
 	tagRelays   = "x"
-	// tagReports carries a host's reports of its site's gateways that its
-	// probes found not forwarding.
-	tagReports = "w"
 
 	announceVersion = "1"
 	// maxSlices bounds what one member can make every host process.
@@ -90,26 +86,11 @@ type Announcement struct {
 	// Relays names the sites this gateway reaches through a transit site
 	// because no direct path works.
 	Relays []string
-	// Reports name gateways of this member's site that its probes found
-	// not forwarding: each makes the named gateway drain for a while, so
-	// the site's traffic moves to another.
-	Reports []Report
 	// Set when the cluster has a CA.
 	Cert      []byte
 	Counter   uint64
 	Signature []byte
 }
-
-// Report says that Gateway, a gateway of the reporter's site, answered
-// the reporter's probes itself but forwarded none of them to the far end
-// of its WAN tunnels, as of unix time At. A later At is a new report.
-type Report struct {
-	Gateway string
-	At      uint64
-}
-
-// maxReports bounds the reports one member can make every host parse.
-const maxReports = 4
 
 // DefaultSite is the site of every host that names none: a cluster
 // without [site] is one site, as meshd has always been.
@@ -300,38 +281,6 @@ func (a Announcement) addSiteTags(tags map[string]string) {
 	if len(a.Relays) > 0 {
 		tags[tagRelays] = strings.Join(a.Relays, ",")
 	}
-	if len(a.Reports) > 0 {
-		// Names hold no whitespace, so a space separates reports and the
-		// last '@' ends a name.
-		parts := make([]string, len(a.Reports))
-		for i, r := range a.Reports {
-			parts[i] = r.Gateway + "@" + strconv.FormatUint(r.At, 10)
-		}
-		tags[tagReports] = strings.Join(parts, " ")
-	}
-}
-
-func decodeReports(s string) ([]Report, error) {
-	parts := strings.Split(s, " ")
-	if len(parts) > maxReports {
-		return nil, fmt.Errorf("%d gateway reports, at most %d", len(parts), maxReports)
-	}
-	out := make([]Report, 0, len(parts))
-	for _, p := range parts {
-		i := strings.LastIndexByte(p, '@')
-		if i < 0 {
-			return nil, fmt.Errorf("gateway report %q is not name@time", p)
-		}
-		at, err := strconv.ParseUint(p[i+1:], 10, 64)
-		if err != nil || at == 0 {
-			return nil, fmt.Errorf("gateway report %q has a bad time", p)
-		}
-		if err := identity.ValidName(p[:i]); err != nil {
-			return nil, fmt.Errorf("gateway report: %w", err)
-		}
-		out = append(out, Report{Gateway: p[:i], At: at})
-	}
-	return out, nil
 }
 
 // decodeSiteTags reads the multi-site fields; all are optional.
@@ -380,11 +329,6 @@ func decodeSiteTags(a *Announcement, tags map[string]string) error {
 			if err := segment.CheckName(r); err != nil {
 				return fmt.Errorf("relayed site: %w", err)
 			}
-		}
-	}
-	if w, ok := tags[tagReports]; ok {
-		if a.Reports, err = decodeReports(w); err != nil {
-			return err
 		}
 	}
 	return nil

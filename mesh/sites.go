@@ -349,27 +349,16 @@ func (t *topology) gossipTunnels() {
 // host.
 const probersPerSite = 2
 
-// probes fills in what this host probes, and, on a gateway, the reports
-// naming it.
+// probes fills in who probes the site's gateways, and what this host
+// probes if it is one of them.
 func (t *topology) probes() {
 	t.st.Gateways = sortedKeys(t.localGateways)
-	site := t.local.SiteName()
-	if t.local.Gateway {
-		for _, p := range t.st.Peers {
-			d := t.st.decoded[p.Name]
-			if p.WAN || d == nil || d.err != nil {
-				continue
-			}
-			for _, r := range d.ann.Reports {
-				if r.Gateway == t.local.Name {
-					t.st.Reports = append(t.st.Reports, GatewayReport{Reporter: p.Name, At: r.At})
-				}
-			}
-		}
-		return
+	if len(t.st.Gateways) < 2 {
+		return // nothing to move to
 	}
-	if len(t.st.Gateways) < 2 || !slices.Contains(t.probers(site), t.local.Name) {
-		return // nothing to move to, or others probe
+	t.st.Probers = t.probers(t.local.SiteName())
+	if !slices.Contains(t.st.Probers, t.local.Name) {
+		return
 	}
 	for _, g := range t.st.Gateways {
 		d := t.st.decoded[g]
@@ -416,6 +405,7 @@ func (t *topology) probers(site string) []string {
 		out = append(out, best)
 		hosts = slices.DeleteFunc(hosts, func(h string) bool { return h == best })
 	}
+	slices.Sort(out)
 	return out
 }
 

@@ -19,8 +19,6 @@ type genCluster struct {
 	nat                    func(site int) bool
 	// down marks gateways that failed, by name.
 	down map[string]bool
-	// reports are the gateway reports each host announces, by name.
-	reports map[string][]Report
 }
 
 var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
@@ -55,7 +53,6 @@ func (g *genCluster) announcement(site, h int, wan bool) Announcement {
 	}
 	if !wan {
 		a.Slices = []Slice{{Segment: "blue", Prefix: genSlice(site, h)}}
-		a.Reports = g.reports[hostName(site, h)]
 		return a
 	}
 	a.Blocks = []Slice{{Segment: "blue", Prefix: genBlock(site)}}
@@ -436,34 +433,21 @@ func TestSymmetricNATRelaysAtOnce(t *testing.T) {
 	}
 }
 
-func TestGatewayReportsRoundTrip(t *testing.T) {
-	a := Announcement{PublicKey: genKey(1, 1), Endpoint: netip.MustParseAddrPort("192.0.2.1:51820"), Site: "eu",
-		Reports: []Report{{Gateway: "gw@eu-1", At: 1700000000}, {Gateway: "gw2", At: 1}}}
-	tags, err := a.Tags()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := DecodeTags(tags)
-	if err != nil || !slices.Equal(got.Reports, a.Reports) {
-		t.Fatalf("decoded %v, %v; want %v", got.Reports, err, a.Reports)
-	}
-	for _, bad := range []string{"gw", "gw@", "gw@0", "gw@-1", "@5", "gw@x", "a@1 b@2 c@3 d@4 e@5", "gw\u200b@5"} {
-		tags["w"] = bad
-		if _, err := DecodeTags(tags); err == nil || !strings.Contains(err.Error(), "report") && !strings.Contains(err.Error(), "name") {
-			t.Errorf("reports %q: accepted or unclear error %v", bad, err)
-		}
-	}
-}
-
 // In a site with two gateways, two hosts that are not gateways (the same
 // two, whichever host computes it) probe each gateway through the remote
-// gateways at the far end of the pairs it serves; gateways probe nothing
-// and see the reports naming them.
+// gateways at the far end of the pairs it serves; gateways probe nothing.
 func TestProbePlan(t *testing.T) {
 	g := &genCluster{sites: 4, hosts: 6, gateways: 2}
 	probers := map[string]bool{}
+	var agreed []string
 	for h := range g.hosts {
 		st := g.compute(t, 0, h)
+		if h == 0 {
+			agreed = st.Probers
+		}
+		if !slices.Equal(st.Probers, agreed) || len(agreed) != probersPerSite {
+			t.Fatalf("%s sees probers %v, %s saw %v", hostName(0, h), st.Probers, hostName(0, 0), agreed)
+		}
 		if want := []string{hostName(0, 0), hostName(0, 1)}; !slices.Equal(st.Gateways, want) {
 			t.Fatalf("%s: site gateways %v, want %v", hostName(0, h), st.Gateways, want)
 		}
@@ -502,14 +486,10 @@ func TestProbePlan(t *testing.T) {
 	if len(probers) != probersPerSite {
 		t.Errorf("probers %v, want %d hosts", probers, probersPerSite)
 	}
-
-	// A report by a site member reaches the gateway it names, only.
-	g.reports = map[string][]Report{hostName(0, 4): {{Gateway: hostName(0, 1), At: 42}}}
-	if got := g.compute(t, 0, 1).Reports; !slices.Equal(got, []GatewayReport{{Reporter: hostName(0, 4), At: 42}}) {
-		t.Errorf("reported gateway sees %v", got)
-	}
-	if got := g.compute(t, 0, 0).Reports; len(got) != 0 {
-		t.Errorf("the other gateway sees %v", got)
+	for p := range probers {
+		if !slices.Contains(agreed, p) {
+			t.Errorf("%s probes but is not among the probers %v", p, agreed)
+		}
 	}
 
 	// One gateway: nothing to move to, so nothing is probed.

@@ -146,12 +146,10 @@ type State struct {
 	// Gateways are this site's gateways that carry traffic now (not
 	// draining), this host included when it is one; sorted.
 	Gateways []string
-	// Probes are the site's gateways this host checks for forwarding;
-	// see Probe.
-	Probes []Probe
-	// Reports are the site members' reports naming this host, a gateway,
-	// as not forwarding; sorted by reporter.
-	Reports []GatewayReport
+	// Probers are the hosts of this site that probe its gateways (see
+	// Probe); Probes what this host probes, if it is one of them.
+	Probers []string
+	Probes  []Probe
 }
 
 // Probe asks this host to check that Gateway, a gateway of its site,
@@ -170,11 +168,6 @@ type Probe struct {
 	Targets []netip.Addr
 }
 
-// GatewayReport is a Report naming this host, and who made it.
-type GatewayReport struct {
-	Reporter string
-	At       uint64
-}
 
 // Slices returns the accepted peers' slices of segment: what a new claim
 // must stay clear of. Rejected announcements do not count, so a member

@@ -23,21 +23,30 @@ import (
 const DefaultWait = time.Second
 
 // Echo sends one echo request from src to dst and waits for its reply
-// until ctx ends (at most DefaultWait without a deadline). It needs
-// CAP_NET_RAW. Every call has its own raw socket and a random identifier,
-// so concurrent probes never take each other's replies.
-func Echo(ctx context.Context, src, dst netip.Addr) error {
+// until ctx ends (at most DefaultWait without a deadline). It uses an
+// unprivileged ICMP socket where net.ipv4.ping_group_range allows one,
+// and a raw socket (CAP_NET_RAW) otherwise. Every call has its own socket
+// and a random identifier, so concurrent probes never take each other's
+// replies.
+func Echo(ctx context.Context, src, dst netip.Addr) error { return echo(ctx, src, dst, true) }
+
+func echo(ctx context.Context, src, dst netip.Addr, rawFallback bool) error {
 	src, dst = src.Unmap(), dst.Unmap()
 	if src.Is4() != dst.Is4() {
 		return fmt.Errorf("echo %s from %s: address families differ", dst, src)
 	}
-	network, proto := "ip4:icmp", 1
+	datagram, raw, proto := "udp4", "ip4:icmp", 1
 	req, rep := icmp.Type(ipv4.ICMPTypeEcho), icmp.Type(ipv4.ICMPTypeEchoReply)
 	if dst.Is6() {
-		network, proto = "ip6:ipv6-icmp", 58
+		datagram, raw, proto = "udp6", "ip6:ipv6-icmp", 58
 		req, rep = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
 	}
-	conn, err := icmp.ListenPacket(network, src.String())
+	conn, err := icmp.ListenPacket(datagram, src.String())
+	var to net.Addr = &net.UDPAddr{IP: dst.AsSlice()}
+	if err != nil && rawFallback {
+		conn, err = icmp.ListenPacket(raw, src.String())
+		to = &net.IPAddr{IP: dst.AsSlice()}
+	}
 	if err != nil {
 		return fmt.Errorf("echo %s from %s: %w", dst, src, err)
 	}
@@ -60,7 +69,7 @@ func Echo(ctx context.Context, src, dst netip.Addr) error {
 	if err != nil {
 		return err
 	}
-	if _, err := conn.WriteTo(b, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
+	if _, err := conn.WriteTo(b, to); err != nil {
 		return fmt.Errorf("echo %s from %s: %w", dst, src, err)
 	}
 	buf := make([]byte, 1500)
@@ -82,13 +91,20 @@ func Echo(ctx context.Context, src, dst netip.Addr) error {
 }
 
 // isReply matches the reply to this request: a raw socket also receives
-// every other ICMP message that reaches the host.
+// every other ICMP message that reaches the host. A datagram socket gets
+// only replies to its own identifier, which the kernel sets to the
+// socket's port, so only the sequence is compared there.
 func isReply(b []byte, from net.Addr, proto int, rep icmp.Type, dst netip.Addr, id, seq int) bool {
-	ia, ok := from.(*net.IPAddr)
-	if !ok {
+	var ip net.IP
+	switch a := from.(type) {
+	case *net.IPAddr:
+		ip = a.IP
+	case *net.UDPAddr:
+		ip, id = a.IP, -1
+	default:
 		return false
 	}
-	a, ok := netip.AddrFromSlice(ia.IP)
+	a, ok := netip.AddrFromSlice(ip)
 	if !ok || a.Unmap() != dst {
 		return false
 	}
@@ -97,5 +113,5 @@ func isReply(b []byte, from net.Addr, proto int, rep icmp.Type, dst netip.Addr, 
 		return false
 	}
 	e, ok := m.Body.(*icmp.Echo)
-	return ok && e.ID == id && e.Seq == seq
+	return ok && (id < 0 || e.ID == id) && e.Seq == seq
 }

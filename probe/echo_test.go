@@ -105,3 +105,23 @@ func TestEchoRefusesMixedFamilies(t *testing.T) {
 		t.Fatalf("got %v", err)
 	}
 }
+
+// Where net.ipv4.ping_group_range lets meshd's group open ICMP datagram
+// sockets, probes need no CAP_NET_RAW.
+func TestEchoOverAnUnprivilegedICMPSocket(t *testing.T) {
+	ns := newNetns(t)
+	if out, err := exec.Command("ip", "netns", "exec", ns, "sh", "-c", "echo 0 2147483647 > /proc/sys/net/ipv4/ping_group_range").CombinedOutput(); err != nil {
+		t.Fatalf("ping_group_range: %v: %s", err, out)
+	}
+	src := netip.MustParseAddr("10.99.0.1")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := inNetns(t, ns, func() error { return echo(ctx, src, src, false) }); err != nil {
+		t.Fatalf("echo over a datagram socket: %v", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if err := inNetns(t, ns, func() error { return echo(ctx, src, netip.MustParseAddr("10.97.0.5"), false) }); err == nil {
+		t.Fatal("an unanswered echo over a datagram socket succeeded")
+	}
+}

@@ -320,8 +320,11 @@ func printProbes(out io.Writer, probes []control.GatewayProbe) {
 	parts := make([]string, len(probes))
 	for i, p := range probes {
 		state := "forwards"
-		if p.Failing > 0 {
+		switch {
+		case p.Failing > 0:
 			state = fmt.Sprintf("forwarded nothing for %d rounds", p.Failing)
+		case p.Silent:
+			state = "no answer at all (down, or probes cannot be sent: see the log)"
 		}
 		if p.Reported {
 			state += ", reported"
