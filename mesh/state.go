@@ -168,7 +168,6 @@ type Probe struct {
 	Targets []netip.Addr
 }
 
-
 // Slices returns the accepted peers' slices of segment: what a new claim
 // must stay clear of. Rejected announcements do not count, so a member
 // that announces junk cannot block every claim.
