@@ -297,26 +297,23 @@ func (m *Membership) joinLoop(ctx context.Context) {
 	if len(m.join) == 0 {
 		return
 	}
+	// A seed list usually names this host too; joining itself "succeeds"
+	// and proves nothing, so merging is judged on the other seeds.
+	seeds := m.otherSeeds(ctx)
 	const firstRetry = 500 * time.Millisecond
 	backoff := firstRetry
-	alone, merged := true, false
+	alone, merged := true, len(seeds) == 0
 	aloneSince := time.Now()
 	var lastWarn time.Time
 	for {
 		others := m.aliveOthers()
-		if others > 0 && !merged {
-			merged = m.seedIsMember()
-		}
 		switch {
 		case others == 0:
 			if !alone {
 				m.log.Warn("no other live member; retrying the seeds", "seeds", m.join)
 				aloneSince, lastWarn = time.Now(), time.Now()
 			}
-			alone, merged = true, false
-			// A seed list usually contains this host itself, which
-			// "succeeds" without ending the isolation, so success alone
-			// does not reset the backoff: finding another member does.
+			alone, merged = true, len(seeds) == 0
 			n, err := m.serf.Join(m.join, true)
 			if err != nil && n == 0 {
 				m.log.Debug("join failed", "seeds", m.join, "err", err)
@@ -332,15 +329,20 @@ func (m *Membership) joinLoop(ctx context.Context) {
 			}
 			backoff = min(backoff*2, maxJoinBackoff)
 		case !merged:
-			// Joined by others, but no seed among them yet.
 			if alone {
-				m.log.Info("joined by other members; still reaching for the seeds", "members", len(m.serf.Members()), "seeds", m.join)
+				m.log.Info("joined by other members; still reaching for the seeds", "members", len(m.serf.Members()), "seeds", seeds)
 				alone = false
 			}
-			n, err := m.serf.Join(m.join, true)
-			if err != nil && n == 0 {
-				m.log.Debug("join failed", "seeds", m.join, "err", err)
+			// A join that reached a seed exchanged full state with it:
+			// the two groups are one from then on.
+			n, err := m.serf.Join(seeds, true)
+			if n > 0 {
+				merged = true
+				m.log.Info("joined cluster", "members", len(m.serf.Members()))
+				backoff = firstRetry
+				break
 			}
+			m.log.Debug("join failed", "seeds", seeds, "err", err)
 			backoff = min(backoff*2, maxJoinBackoff)
 		default:
 			if alone {
@@ -356,56 +358,46 @@ func (m *Membership) joinLoop(ctx context.Context) {
 	}
 }
 
-// seedIsMember reports whether a seed is a live member other than this
-// host, or whether none could be: a list naming only this host.
-func (m *Membership) seedIsMember() bool {
+// otherSeeds are the seeds that are not this host (as far as its
+// advertised address and the seeds' names tell).
+func (m *Membership) otherSeeds(ctx context.Context) []string {
 	local := m.serf.LocalMember()
-	alive := map[netip.AddrPort]bool{}
-	for _, mem := range m.serf.Members() {
-		if mem.Status != serf.StatusAlive || mem.Name == local.Name {
-			continue
-		}
-		if a, ok := netip.AddrFromSlice(mem.Addr); ok {
-			alive[netip.AddrPortFrom(a.Unmap(), mem.Port)] = true
-		}
-	}
 	localAddr, _ := netip.AddrFromSlice(local.Addr)
 	self := netip.AddrPortFrom(localAddr.Unmap(), local.Port)
-	onlySelf := true
+	var out []string
 	for _, seed := range m.join {
-		for _, ap := range resolveSeed(seed) {
-			if alive[ap] {
-				return true
-			}
-			if ap != self && !(ap.Addr().IsUnspecified() && ap.Port() == self.Port()) {
-				onlySelf = false
+		isSelf := false
+		for _, ap := range resolveSeed(ctx, seed) {
+			if ap == self || (ap.Addr().IsUnspecified() && ap.Port() == self.Port()) {
+				isSelf = true
 			}
 		}
+		if !isSelf {
+			out = append(out, seed)
+		}
 	}
-	return onlySelf
+	return out
 }
 
 // seedLookupTimeout bounds the name lookup of a seed given by name.
 const seedLookupTimeout = 2 * time.Second
 
 // resolveSeed turns a seed (host:port, as the config normalised it) into
-// addresses; a name that does not resolve gives a placeholder that matches
-// no member, so the host keeps trying it.
-func resolveSeed(seed string) []netip.AddrPort {
+// addresses; a name that does not resolve gives none.
+func resolveSeed(ctx context.Context, seed string) []netip.AddrPort {
 	if ap, err := netip.ParseAddrPort(seed); err == nil {
 		return []netip.AddrPort{netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
 	}
 	host, portText, err := net.SplitHostPort(seed)
 	port, perr := strconv.ParseUint(portText, 10, 16)
-	unknown := []netip.AddrPort{netip.AddrPortFrom(netip.IPv6Unspecified(), 0)}
 	if err != nil || perr != nil {
-		return unknown
+		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), seedLookupTimeout)
+	ctx, cancel := context.WithTimeout(ctx, seedLookupTimeout)
 	defer cancel()
 	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-	if err != nil || len(addrs) == 0 {
-		return unknown
+	if err != nil {
+		return nil
 	}
 	out := make([]netip.AddrPort, len(addrs))
 	for i, a := range addrs {

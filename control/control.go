@@ -48,9 +48,32 @@ type Status struct {
 	// Failovers counts how often another site moved to another gateway
 	// (of this site or of its own) since meshd started.
 	Failovers int `json:"gateway_failovers"`
+	// Probes are this host's checks of its site's gateways (only a few
+	// hosts of a site with several gateways probe them).
+	Probes []GatewayProbe `json:"gateway_probes,omitempty"`
+	// Ejections counts how often this gateway drained because its site's
+	// probes found it forwarding nothing; ProbeReports how often this
+	// host reported a gateway so.
+	Ejections    int `json:"gateway_ejections"`
+	ProbeReports int `json:"gateway_reports"`
 	// Identity is this host's certificate and trust mode; absent when
 	// the cluster runs without a CA.
 	Identity *Identity `json:"identity,omitempty"`
+}
+
+// GatewayProbe is one gateway of this host's site as its probes see it.
+type GatewayProbe struct {
+	Gateway string `json:"gateway"`
+	// Targets is how many remote gateways are probed through it.
+	Targets int `json:"targets"`
+	// Failing counts the rounds in a row in which the gateway answered
+	// but forwarded none of the probes; Reported is set while this host
+	// reports it.
+	Failing  int  `json:"failing"`
+	Reported bool `json:"reported"`
+	// Silent: in the last round nothing answered, not even the gateway
+	// itself (it is down, or probes cannot be sent: see the log).
+	Silent bool `json:"silent,omitempty"`
 }
 
 // Identity is this host's standing under the cluster CA.
@@ -155,6 +178,8 @@ type Node struct {
 	Site     string `json:"site"`
 	Gateway  bool   `json:"gateway"`
 	Draining bool   `json:"draining,omitempty"`
+	// DrainReason says why a draining gateway drains.
+	DrainReason string `json:"drain_reason,omitempty"`
 	// NAT is a gateway without a public address; Observed is where the
 	// public gateways see its tunnels come from.
 	NAT      bool   `json:"nat,omitempty"`

@@ -49,6 +49,18 @@ type announcer struct {
 	stale bool
 }
 
+// reportSigner signs gateway reports with the host's certified key; nil
+// without a CA.
+func (a *announcer) reportSigner() func([]byte) []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.id.Enabled() {
+		return nil
+	}
+	key := a.id.Key
+	return func(p []byte) []byte { return identity.SignPayload(key, p) }
+}
+
 func newAnnouncer(cfg *config.Config, key wgtypes.Key, endpoint netip.AddrPort) *announcer {
 	a := &announcer{id: cfg.Identity, me: localNode(cfg, key.PublicKey()), key: key, endpoint: endpoint, multi: cfg.Site.Multi()}
 	if cfg.Site.Gateway && cfg.WAN.AdvertiseAddr.IsValid() {

@@ -68,6 +68,13 @@ type Daemon struct {
 	// of its WAN tunnels (see paths for who owns what).
 	directory *directory
 	paths     *paths
+	// prober is a probing host's record of its site's gateways, ejector
+	// a gateway's of the reports naming it (see probe.go).
+	prober  *prober
+	ejector *ejector
+	inbox   *inbox
+	// probeErrOnce logs the first probe that could not be sent at all.
+	probeErrOnce sync.Once
 
 	// Set by Start.
 	under    Underlay
@@ -116,6 +123,8 @@ type Daemon struct {
 	reconciles int
 	failovers  int
 	lastErr    error
+	// drainWhy says why this gateway drains ("" when it does not).
+	drainWhy string
 	// missing names what a health check found gone and not yet put
 	// back; status --check fails while it is not empty.
 	missing map[string]string
@@ -137,7 +146,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true,
+		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 
@@ -215,6 +224,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.startWatchers(ctx)
+	if cfg.Site.Multi() && !cfg.Site.Gateway {
+		d.startProbes(ctx)
+	}
 	if err := d.startControl(ctx, cfg); err != nil {
 		return err
 	}
@@ -290,7 +302,7 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 		AdvertiseAddr: d.under.Advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
-		Log: d.log, OnEvent: d.directory.receive,
+		Log: d.log, OnEvent: d.onSiteEvent,
 	}, d.Kick)
 	if err != nil {
 		return err

@@ -54,6 +54,9 @@ type testHost struct {
 	wanPool *recordingCluster
 	// tune sets the gossip's transport and timers; nil is fastGossip.
 	tune func(memberlist.Transport) func(*serf.Config)
+	// echo answers the daemon's gateway probes; nil fails them all, as a
+	// host without routes would.
+	echo func(src, dst netip.Addr) error
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -267,6 +270,12 @@ func (h *testHost) system() System {
 			return rc, nil
 		},
 		ConfigWriter: func(dir string) ConfigWriter { return cni.NewWriter(dir) },
+		Echo: func(ctx context.Context, src, dst netip.Addr) error {
+			if h.echo == nil {
+				return errors.New("no route")
+			}
+			return h.echo(src, dst)
+		},
 	}
 }
 

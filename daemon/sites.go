@@ -232,20 +232,34 @@ type paths struct {
 	// WAN peer (the loop's).
 	configured map[string]time.Time
 	noDirect   []string
+	// decideAt is when the loop must look again at a direct tunnel still
+	// waiting for its first handshake (the loop's; zero when none waits):
+	// passes follow events, and none may come when the deadline passes.
+	decideAt time.Time
 	// lastAsk and observed belong to whoever holds mu: the loop starts a
 	// whoami query, a goroutine stores its answer.
 	lastAsk   time.Time
 	observed  netip.AddrPort
 	symmetric bool
+	// answers is how many public gateways answered the last query, and
+	// firstAsk when the first query went out.
+	answers  int
+	firstAsk time.Time
 }
 
 // askDue reports whether a whoami query is due, and notes that one is
-// starting: soon while nothing is known, then every whoamiEvery.
+// starting: soon while nothing is known, and while fewer than two public
+// gateways answered during the first minute (a symmetric NAT only shows
+// as two gateways seeing different ports, and a public gateway whose
+// tunnel is not up yet has nothing to say); then every whoamiEvery.
 func (p *paths) askDue(now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.firstAsk.IsZero() {
+		p.firstAsk = now
+	}
 	every := whoamiEvery
-	if !p.observed.IsValid() {
+	if !p.observed.IsValid() || (p.answers < 2 && now.Sub(p.firstAsk) < time.Minute) {
 		every = 3 * time.Second
 	}
 	if now.Sub(p.lastAsk) < every {
@@ -255,9 +269,16 @@ func (p *paths) askDue(now time.Time) bool {
 	return true
 }
 
-func (p *paths) setObserved(ep netip.AddrPort, symmetric bool) (changed bool) {
+// setObserved stores a whoami answer. Whether the NAT is symmetric only
+// changes on two answers or more: one gateway alone (the others' tunnels
+// down for a moment) cannot show that its mapping differs from theirs.
+func (p *paths) setObserved(ep netip.AddrPort, symmetric bool, answers int) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.answers = answers
+	if answers < 2 {
+		symmetric = p.symmetric
+	}
 	changed = p.observed != ep || p.symmetric != symmetric
 	p.observed, p.symmetric = ep, symmetric
 	return changed
@@ -347,6 +368,7 @@ func (p *paths) handshakeAt(key wgtypes.Key) time.Time {
 // relayed until the daemon restarts: retrying a path both NATs already
 // refused would only break the working relay now and then.
 func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []string {
+	p.decideAt = time.Time{}
 	live := map[string]bool{}
 	for _, peer := range st.Peers {
 		// Only where both ends sit behind NAT can a direct tunnel fail
@@ -358,12 +380,19 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 		live[peer.Name] = true
 		first, ok := p.configured[peer.Name]
 		if !ok {
+			first = now
 			p.configured[peer.Name] = now
-			continue
 		}
-		if now.Sub(first) > directTimeout && p.handshakeAt(peer.PublicKey).Before(first) {
+		if !p.handshakeAt(peer.PublicKey).Before(first) {
+			continue // the direct tunnel came up
+		}
+		if now.Sub(first) > directTimeout {
 			p.noDirect = append(p.noDirect, peer.Site)
 			slices.Sort(p.noDirect)
+			continue
+		}
+		if due := first.Add(directTimeout + time.Millisecond); p.decideAt.IsZero() || due.Before(p.decideAt) {
+			p.decideAt = due
 		}
 	}
 	maps.DeleteFunc(p.configured, func(name string, _ time.Time) bool { return !live[name] })
@@ -374,15 +403,16 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 // tunnels come from, and keeps the answer most of them gave. Answers that
 // disagree on the port mean a symmetric NAT: a new mapping for every
 // destination, which no hole punching gets through.
-func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, err error) {
+func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, answered int, err error) {
 	answers, err := wan.Ask(queryWhoami, []byte(key.String()), map[string]string{"r": "^g$"}, 3*time.Second)
 	if err != nil {
-		return netip.AddrPort{}, false, err
+		return netip.AddrPort{}, false, 0, err
 	}
 	votes := map[netip.AddrPort]int{}
 	for _, a := range answers {
 		if ap, err := netip.ParseAddrPort(string(a.Payload)); err == nil {
 			votes[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]++
+			answered++
 		}
 	}
 	for ap, n := range votes {
@@ -390,5 +420,5 @@ func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric boo
 			best = ap
 		}
 	}
-	return best, len(votes) > 1, nil
+	return best, len(votes) > 1, answered, nil
 }

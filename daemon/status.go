@@ -19,14 +19,20 @@ import (
 // counters; everything else is the reconciler's last result.
 func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
-	st, members, reconciles, lastErr, failovers := d.state, d.lastSeen, d.reconciles, d.lastErr, d.failovers
+	st, members, reconciles, lastErr, failovers, drainWhy := d.state, d.lastSeen, d.reconciles, d.lastErr, d.failovers, d.drainWhy
 	missing := d.missing
 	cfg, dev := d.cfg, d.dev
 	d.mu.Unlock()
 	local := d.ann.local()
 
 	out := control.Status{Node: d.nodeStatus(cfg, dev, local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{},
-		Repairs: d.repairs.snapshot(), Failovers: failovers}
+		Repairs: d.repairs.snapshot(), Failovers: failovers, Ejections: d.ejector.ejections()}
+	if out.Node.Draining {
+		out.Node.DrainReason = drainWhy
+	}
+	if st != nil {
+		out.Probes, out.ProbeReports = d.prober.status(st.Probes, time.Now())
+	}
 	for _, what := range sortedKeys(missing) {
 		out.Missing = append(out.Missing, what+": "+missing[what])
 	}

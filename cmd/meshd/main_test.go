@@ -137,3 +137,31 @@ func TestHostErrorIsAUsageExit(t *testing.T) {
 		t.Fatalf("exitCode(%v) = %d, want %d", err, got, exitUsage)
 	}
 }
+
+// A site's gateway and prober show, in the table, why the gateway drains
+// and what the probes see.
+func TestStatusShowsGatewayDrainingAndProbes(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "meshd.sock")
+	st := control.Status{
+		Node: control.Node{Name: "a2", Mode: "userspace", Interface: "mesh0", Site: "a", Gateway: true, Draining: true,
+			DrainReason: "probes by a3, a4 found no forwarding through it; back in 25s"},
+		Sites:  []control.Site{{Name: "b", Blocks: []string{"blue=10.42.16.0/20"}, Gateway: "a1", Remote: "b1"}},
+		Probes: []control.GatewayProbe{{Gateway: "a1", Targets: 2}, {Gateway: "a2", Targets: 1, Failing: 6, Reported: true}, {Gateway: "a5", Targets: 1, Silent: true}},
+	}
+	srv, err := control.Listen(sock, fakeDaemon(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	out, _ := execute(t, "status", "--socket", sock)
+	for _, want := range []string{
+		"gateway (draining: probes by a3, a4 found no forwarding through it; back in 25s)",
+		"a1 forwards (2 remote gateways probed)",
+		"a2 forwarded nothing for 6 rounds, reported",
+		"a5 no answer at all",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
+	}
+}

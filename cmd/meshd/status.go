@@ -146,7 +146,11 @@ func printStatus(out io.Writer, st *control.Status) {
 		if n.Gateway {
 			role = "gateway"
 			if n.Draining {
-				role += " (draining: cannot forward)"
+				why := n.DrainReason
+				if why == "" {
+					why = "cannot forward"
+				}
+				role += " (draining: " + why + ")"
 			}
 			if n.NAT {
 				role += " behind NAT"
@@ -177,6 +181,7 @@ func printStatus(out io.Writer, st *control.Status) {
 	}
 	tw.Flush()
 	printSites(out, st.Sites)
+	printProbes(out, st.Probes)
 	if len(st.Rejected) > 0 {
 		fmt.Fprintln(out, "\nrejected announcements:")
 		for _, r := range st.Rejected {
@@ -305,4 +310,26 @@ func printSites(out io.Writer, sites []control.Site) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, strings.Join(s.Blocks, ","), path)
 	}
 	tw.Flush()
+}
+
+// printProbes shows this host's checks of its site's gateways, one line.
+func printProbes(out io.Writer, probes []control.GatewayProbe) {
+	if len(probes) == 0 {
+		return
+	}
+	parts := make([]string, len(probes))
+	for i, p := range probes {
+		state := "forwards"
+		switch {
+		case p.Failing > 0:
+			state = fmt.Sprintf("forwarded nothing for %d rounds", p.Failing)
+		case p.Silent:
+			state = "no answer at all (down, or probes cannot be sent: see the log)"
+		}
+		if p.Reported {
+			state += ", reported"
+		}
+		parts[i] = fmt.Sprintf("%s %s (%d remote gateways probed)", p.Gateway, state, p.Targets)
+	}
+	fmt.Fprintf(out, "gateway probes: %s\n", strings.Join(parts, "; "))
 }

@@ -118,8 +118,13 @@ type Transport struct {
 	closeOnce sync.Once
 	closed    chan struct{}
 
-	sent atomic.Int64 // bytes written, datagrams and streams alike
+	sent  atomic.Int64 // bytes written, datagrams and streams alike
+	dials atomic.Int64 // streams opened: joins and push/pull
 }
+
+// Dials is how many streams the member opened (each join and each
+// push/pull opens one).
+func (t *Transport) Dials() int64 { return t.dials.Load() }
 
 // Sent is how many bytes the member has sent, gossip datagrams and
 // push/pull streams together, whether or not they arrived: what it would
@@ -176,6 +181,7 @@ func (t *Transport) DialTimeout(a string, timeout time.Duration) (net.Conn, erro
 // DialAddressTimeout opens a stream, as a TCP connect would, failing when
 // the peer is cut off, closed, or does not accept in time.
 func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	t.dials.Add(1)
 	dest, err := t.net.route(t, a)
 	if err != nil {
 		return nil, err
