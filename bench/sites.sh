@@ -91,8 +91,9 @@ fi
 if [ "$WHAT" != throughput ]; then
   JSON_ARGS=()
   [ -n "$JSON" ] && mkdir -p "$JSON" && JSON_ARGS=(-json "$JSON/converge.json")
-  # Start <= 300 s; per repetition a join <= 90 s and a failover with its
-  # restart <= 300 s.
-  run $((600 + C * 420)) converge -r "$C" -meshd "$W/meshd" "${ARGS[@]}" "${JSON_ARGS[@]}" || rc=$?
+  # Start <= 360 s; per repetition a join <= 90 s and a failover <= 700 s
+  # (waiting up to 6 min for gateways drained by the previous one, then the
+  # kill and the restart).
+  run $((600 + C * 800)) converge -r "$C" -meshd "$W/meshd" "${ARGS[@]}" "${JSON_ARGS[@]}" || rc=$?
 fi
 exit $rc

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl"
@@ -63,25 +65,35 @@ type failResult struct {
 	MovedBack      bool    `json:"moved_back"`
 	FailbackMedian float64 `json:"failback_silence_median_s"`
 	FailbackMax    float64 `json:"failback_silence_max_s"`
-	Other          float64 `json:"other_cpu_pct"`
-	Err            string  `json:"error,omitempty"`
+	// SettleWait is how long the repetition waited for every gateway to
+	// stop draining before it started; Drained lists the gateways that
+	// drained from the kill to the end of the failback, with meshd's
+	// reason.
+	SettleWait float64  `json:"settle_wait_s"`
+	Drained    []string `json:"drained"`
+	Other      float64  `json:"other_cpu_pct"`
+	Err        string   `json:"error,omitempty"`
 }
 
 type cvReport struct {
-	Date       string       `json:"date"`
-	Kernel     string       `json:"kernel"`
-	CPUs       int          `json:"cpus"`
-	CPUModel   string       `json:"cpu_model"`
-	Go         string       `json:"go"`
-	Sites      int          `json:"sites"`
-	Hosts      int          `json:"hosts_per_site"`
-	Gateways   int          `json:"gateways_per_site"`
-	StartSites float64      `json:"start_all_route_all_sites_s"`
-	StartPods  float64      `json:"start_cross_site_pods_answer_s"`
-	JoinEvery  float64      `json:"join_probe_interval_s"`
-	FailEvery  float64      `json:"fail_probe_interval_s"`
-	Joins      []joinResult `json:"joins"`
-	Fails      []failResult `json:"failovers"`
+	Date       string  `json:"date"`
+	Kernel     string  `json:"kernel"`
+	CPUs       int     `json:"cpus"`
+	CPUModel   string  `json:"cpu_model"`
+	Go         string  `json:"go"`
+	Sites      int     `json:"sites"`
+	Hosts      int     `json:"hosts_per_site"`
+	Gateways   int     `json:"gateways_per_site"`
+	StartSites float64 `json:"start_all_route_all_sites_s"`
+	// StartSitesMedian is the median host's time, StartSlowest the
+	// slowest hosts with theirs.
+	StartSitesMedian float64      `json:"start_route_all_sites_median_s"`
+	StartSlowest     []string     `json:"start_slowest"`
+	StartPods        float64      `json:"start_cross_site_pods_answer_s"`
+	JoinEvery        float64      `json:"join_probe_interval_s"`
+	FailEvery        float64      `json:"fail_probe_interval_s"`
+	Joins            []joinResult `json:"joins"`
+	Fails            []failResult `json:"failovers"`
 }
 
 func cmdConverge(ctx context.Context, args []string) error {
@@ -141,11 +153,11 @@ func runConverge(ctx context.Context, f cvFlags) error {
 		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), Go: runtime.Version(),
 		Sites: 3, Hosts: f.hosts, Gateways: f.gateways, JoinEvery: f.joinEvery.Seconds(), FailEvery: f.failEvery.Seconds(),
 	}
-	if rep.StartSites, rep.StartPods, err = cl.start(ctx); err != nil {
+	if err := cl.start(ctx, rep); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "%d meshd started: every host routes every site after %.2f s, sampled cross-site pods answer after %.2f s\n",
-		len(cl.steadyHost), rep.StartSites, rep.StartPods)
+	fmt.Fprintf(os.Stderr, "%d meshd started: every host routes every site after %.2f s (median host %.2f s; slowest %s), sampled cross-site pods answer after %.2f s\n",
+		len(cl.steadyHost), rep.StartSites, rep.StartSitesMedian, strings.Join(rep.StartSlowest, ", "), rep.StartPods)
 	wg, err := wgctrl.New()
 	if err != nil {
 		return fmt.Errorf("wgctrl: %w", err)
@@ -182,21 +194,28 @@ func runConverge(ctx context.Context, f cvFlags) error {
 }
 
 // start starts every host but the newcomers at once and returns when
-// every host routes every other site, and when a sample of cross-site pod
-// pairs answers (every pod to one pod of each other site).
-func (cl *convergeLab) start(ctx context.Context) (sites, pods float64, err error) {
+// every host routes every other site (and which hosts took longest), and
+// when a sample of cross-site pod pairs answers (every pod to one pod of
+// each other site).
+func (cl *convergeLab) start(ctx context.Context, rep *cvReport) error {
 	t0 := time.Now()
 	if err := startMeshd(cl.bin, cl.steadyHost); err != nil {
-		return 0, 0, err
+		return err
 	}
-	if err := waitSites(ctx, cl.l, cl.steadyHost, 180*time.Second); err != nil {
-		return 0, 0, fmt.Errorf("sites never converged: %w", err)
+	// Up to the site directory's full refresh (2 min) and then some: a
+	// host that missed a relayed announcement waits for it.
+	times, err := siteTimes(ctx, cl.l, cl.steadyHost, t0, 240*time.Second)
+	if err != nil {
+		return fmt.Errorf("sites never converged: %w", err)
 	}
-	sites = time.Since(t0).Seconds()
+	rep.StartSites = time.Since(t0).Seconds()
+	rep.StartSitesMedian = median(slices.Collect(maps.Values(times)))
+	rep.StartSlowest = slowest(times, 5)
 	if err := waitAnswered(ctx, cl.crossSiteSample(), 120*time.Second); err != nil {
-		return 0, 0, fmt.Errorf("cross-site pods: %w", err)
+		return fmt.Errorf("cross-site pods: %w", err)
 	}
-	return sites, time.Since(t0).Seconds(), nil
+	rep.StartPods = time.Since(t0).Seconds()
+	return nil
 }
 
 // crossSiteSample: every running host's pod pings one pod of each other

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 )
 
 func describeJoin(j joinResult) string {
@@ -17,6 +18,12 @@ func describeJoin(j joinResult) string {
 func describeFail(f failResult) string {
 	s := fmt.Sprintf("killed %s (pair a-b with %s), now via %s: back median %.2f s max %.2f s, gap median %.2f s max %.2f s, %d requests lost over %d streams; restarted, pair moved back: %v, longest silence median %.2f s max %.2f s; others %.0f%% CPU",
 		f.Victim, f.Remote, f.NewGateway, f.BackMedian, f.BackMax, f.GapMedian, f.GapMax, f.Lost, f.Streams, f.MovedBack, f.FailbackMedian, f.FailbackMax, f.Other)
+	if f.SettleWait >= 2 {
+		s += fmt.Sprintf("; waited %.0f s before for drained gateways", f.SettleWait)
+	}
+	if len(f.Drained) > 0 {
+		s += "; drained meanwhile: " + strings.Join(f.Drained, "; ")
+	}
 	if f.Err != "" {
 		s += " FAILED: " + f.Err
 	}
@@ -48,8 +55,8 @@ func printConverge(w io.Writer, rep *cvReport) {
 	fmt.Fprintf(w, "\nsitebench converge — %s, kernel %s, %d CPUs (%s), %s\n", rep.Date, rep.Kernel, rep.CPUs, rep.CPUModel, rep.Go)
 	fmt.Fprintf(w, "%d sites x %d hosts (%d gateways each, public, LAN timers), userspace wireguard-go; %d repetitions; echo every %.0f ms (new host) / %.0f ms (failover)\n",
 		rep.Sites, rep.Hosts, rep.Gateways, len(rep.Joins), 1000*rep.JoinEvery, 1000*rep.FailEvery)
-	fmt.Fprintf(w, "start: %d meshd at once; every host routes every other site after %.2f s; sampled cross-site pod pairs answer after %.2f s\n",
-		rep.Sites*rep.Hosts, rep.StartSites, rep.StartPods)
+	fmt.Fprintf(w, "start: %d meshd at once; every host routes every other site after %.2f s (median host %.2f s; slowest %s); sampled cross-site pod pairs answer after %.2f s\n",
+		rep.Sites*rep.Hosts, rep.StartSites, rep.StartSitesMedian, strings.Join(rep.StartSlowest, ", "), rep.StartPods)
 	fmt.Fprintln(w, "Seconds, median over repetitions (min-max).")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| new host in site b | meshd up | reachable, median probe | reachable from all of site a | site a's devices unchanged |")

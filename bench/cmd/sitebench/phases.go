@@ -137,27 +137,28 @@ func (cl *convergeLab) devicePeers(wg *wgctrl.Client, hosts []*lab.Host) string 
 // failover SIGKILLs the gateway of site a that serves the pair (a, b)
 // while every plain host of a pings one of b and the other way round,
 // measures when the streams flow again, then restarts the gateway and
-// measures the silence while the pair settles again.
+// measures the silence while the pair settles again. Gateways that
+// drained meanwhile (meshd's gateway probes) are recorded.
 func (cl *convergeLab) failover(ctx context.Context, f cvFlags) (res failResult) {
+	waited, err := cl.settle(ctx, 6*time.Minute)
+	res.SettleWait = waited.Seconds()
+	if err != nil {
+		res.Err = "before: " + err.Error()
+		return res
+	}
 	watcher := cl.plainHosts(cl.a)[0]
-	victim, remote, err := cl.serving(watcher)
+	ss, victim, err := cl.steadyPair(ctx, f, watcher, &res)
 	if err != nil {
-		res.Err = err.Error()
-		return res
-	}
-	res.Victim, res.Remote = victim.Name(), remote
-	ss, err := startProbes(cl.pairProbes(), f.failEvery)
-	if err != nil {
-		res.Err = err.Error()
-		return res
-	}
-	defer ss.Stop()
-	if err := waitSteady(ctx, ss, 2*time.Second, 30*time.Second); err != nil {
 		res.Err = "before the kill: " + err.Error()
 		return res
 	}
+	defer ss.Stop()
 	others := startOtherLoad(benchNetns(prefixConverge), 500*time.Millisecond)
-	defer func() { res.Other = others.read() }()
+	drains := cl.watchDrains()
+	defer func() {
+		res.Other = others.read()
+		res.Drained = drains.stop()
+	}()
 	kill := time.Now()
 	if err := victim.Kill(); err != nil {
 		res.Err = err.Error()
@@ -178,6 +179,102 @@ func (cl *convergeLab) failover(ctx context.Context, f cvFlags) (res failResult)
 		res.Err = "failback: " + err.Error()
 	}
 	return res
+}
+
+// steadyPair starts the streams and waits until they flow without loss,
+// then checks that the gateway serving (a, b) is still the one it was
+// when they started: a pair that moved meanwhile (a drain, a failback)
+// would make the kill measure nothing, so it starts over, at most three
+// times.
+func (cl *convergeLab) steadyPair(ctx context.Context, f cvFlags, watcher *lab.Host, res *failResult) (echoStreams, *lab.Host, error) {
+	var last error
+	for try := 0; try < 3; try++ {
+		victim, remote, err := cl.serving(watcher)
+		if err != nil {
+			return nil, nil, err
+		}
+		ss, err := startProbes(cl.pairProbes(), f.failEvery)
+		if err != nil {
+			return nil, nil, err
+		}
+		if last = waitSteady(ctx, ss, 2*time.Second, 30*time.Second); last == nil {
+			now, nowRemote, err := cl.serving(watcher)
+			if err == nil && now == victim && nowRemote == remote {
+				res.Victim, res.Remote = victim.Name(), remote
+				return ss, victim, nil
+			}
+			last = fmt.Errorf("the pair moved from %s-%s while the streams started", victim.Name(), remote)
+		}
+		ss.Stop()
+		fmt.Fprintf(os.Stderr, "  %v; again\n", last)
+	}
+	return nil, nil, last
+}
+
+// settle waits until no gateway of the lab drains, so one repetition's
+// aftermath (a gateway the probes drained for 30 s or more) does not
+// decide the next one's path. It returns how long it waited.
+func (cl *convergeLab) settle(ctx context.Context, timeout time.Duration) (time.Duration, error) {
+	t0 := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	err := lab.WaitFor(ctx, time.Second, func() error {
+		for _, s := range cl.l.Sites() {
+			for _, g := range s.Gateways() {
+				st, err := status(g)
+				if err != nil {
+					return fmt.Errorf("%s: %w", g.Name(), err)
+				}
+				if st.Node.Draining {
+					return fmt.Errorf("%s drains: %s", g.Name(), st.Node.DrainReason)
+				}
+			}
+		}
+		return nil
+	})
+	return time.Since(t0), err
+}
+
+// drainWatch polls every gateway's status and notes each that drains,
+// with the reason it gives.
+type drainWatch struct {
+	stopc chan struct{}
+	done  chan struct{}
+	seen  []string
+}
+
+func (cl *convergeLab) watchDrains() *drainWatch {
+	w := &drainWatch{stopc: make(chan struct{}), done: make(chan struct{})}
+	noted := map[string]bool{}
+	go func() {
+		defer close(w.done)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			for _, s := range cl.l.Sites() {
+				for _, g := range s.Gateways() {
+					st, err := status(g)
+					if err != nil || !st.Node.Draining || noted[g.Name()] {
+						continue
+					}
+					noted[g.Name()] = true
+					w.seen = append(w.seen, fmt.Sprintf("%s (site %s): %s", g.Name(), s.Name(), st.Node.DrainReason))
+				}
+			}
+			select {
+			case <-w.stopc:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return w
+}
+
+func (w *drainWatch) stop() []string {
+	close(w.stopc)
+	<-w.done
+	return w.seen
 }
 
 // serving is the gateway of site a that watcher routes site b through,

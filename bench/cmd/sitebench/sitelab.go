@@ -1,12 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -102,6 +104,43 @@ func waitSites(ctx context.Context, l *lab.Lab, hosts []*lab.Host, timeout time.
 		}
 		return nil
 	})
+}
+
+// siteTimes waits until every host routes every other site and returns
+// when each first did, in seconds after t0, so the slowest can be named.
+func siteTimes(ctx context.Context, l *lab.Lab, hosts []*lab.Host, t0 time.Time, timeout time.Duration) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	done := map[string]float64{}
+	err := lab.WaitFor(ctx, 500*time.Millisecond, func() error {
+		var last error
+		for _, h := range hosts {
+			if _, ok := done[h.Name()]; ok {
+				continue
+			}
+			if err := reachesSites(l, h); err != nil {
+				last = err
+				continue
+			}
+			done[h.Name()] = time.Since(t0).Seconds()
+		}
+		return last
+	})
+	return done, err
+}
+
+// slowest names the n hosts that took longest, slowest first.
+func slowest(times map[string]float64, n int) []string {
+	names := make([]string, 0, len(times))
+	for name := range times {
+		names = append(names, name)
+	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(times[b], times[a]) })
+	var out []string
+	for _, name := range names[:min(n, len(names))] {
+		out = append(out, fmt.Sprintf("%s %.1f s", name, times[name]))
+	}
+	return out
 }
 
 // probe is one echo stream to be: from a namespace to an address.
