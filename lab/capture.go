@@ -38,6 +38,14 @@ type Capture struct {
 // once it is capturing. ctx bounds only the start; the capture runs until
 // Stop or Close.
 func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
+	return l.StartCaptureFiltered(ctx, 0, "")
+}
+
+// StartCaptureFiltered is StartCapture keeping only the packets that match
+// a tcpdump filter expression ("" keeps all), each cut to snaplen bytes (0
+// keeps whole packets): a long capture of bulk traffic for, say, IP
+// fragments then stays small.
+func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter string) (*Capture, error) {
 	l.mu.Lock()
 	n := len(l.captures)
 	closed := l.closed
@@ -49,8 +57,12 @@ func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
 	// -Z root: tcpdump otherwise drops to user tcpdump, which cannot write
 	// into the lab's private directory. --immediate-mode and -U get every
 	// packet into the file without waiting for a buffer to fill.
-	cmd := exec.Command("ip", "netns", "exec", l.SwitchNS(),
-		"tcpdump", "-i", bridgeName, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", path)
+	argv := []string{"netns", "exec", l.SwitchNS(),
+		"tcpdump", "-i", bridgeName, "-n", "-s", strconv.Itoa(snaplen), "-U", "--immediate-mode", "-Z", "root", "-w", path}
+	if filter != "" {
+		argv = append(argv, filter)
+	}
+	cmd := exec.Command("ip", argv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
