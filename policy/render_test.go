@@ -21,7 +21,12 @@ func ctMask(bits uint32) string { return hex.EncodeToString(binaryutil.NativeEnd
 // mss rule is expression for expression what `nft --debug=netlink add
 // rule inet meshd mss oifname "mesh0" tcp flags & (syn | rst) == syn
 // counter tcp option maxseg size set rt mtu` prints (nft 1.0.6), which
-// TestClampNetns also checks against the kernel.
+// TestClampNetns also checks against the kernel. nft lists the fast path
+// as: ip saddr 10.42.0.0/16 ip daddr 10.42.0.0/16 accept at the head of
+// the policy chain; iifname "mesh0" ip saddr ... notrack and iifname !=
+// "mesh0" ip saddr ... fib daddr . mark oifname "mesh0" notrack in
+// notrack-prerouting; oifname "mesh0" ip saddr ... notrack in
+// notrack-output.
 func TestRenderGolden(t *testing.T) {
 	rs, err := Compile([]Segment{testSegs[0], testSegs[1], testSegs[2], testSegs[3]}, []Rule{
 		{From: "blue", To: "green", Ports: []string{"tcp/8080", "udp/53-60", "icmp"}},
@@ -58,10 +63,16 @@ func TestRenderGolden(t *testing.T) {
 		"chain input {type filter hook input priority 0 policy accept}",
 		"chain output {type filter hook output priority 0 policy accept}",
 		"chain mss {type filter hook forward priority -150 policy accept}",
+		"chain notrack-prerouting {type filter hook prerouting priority -300 policy accept}",
+		"chain notrack-output {type filter hook output priority -300 policy accept}",
 		"forward tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"forward tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"input tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"output tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
+		"policy segment:blue: " + v4 + blueS + blueD + accept,
+		"policy segment:green: " + v4 + greenS + greenD + accept,
+		"policy segment:blue6: " + v6 + b6S + b6D + accept,
+		"policy segment:green6: " + v6 + g6S + g6D + accept,
 		"policy established: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(6) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; " + accept,
 		"policy invalid: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(1) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; counter; drop",
 		"policy link-local: " + v6 + "payload load 16b @ network header + 24 => reg 1; bitwise reg 1 = (reg 1 & 0xffff" + strings.Repeat("0", 28) + ") ^ 0x" + strings.Repeat("0", 32) +
@@ -71,18 +82,28 @@ func TestRenderGolden(t *testing.T) {
 		"policy allow[0]: " + v4 + blueS + greenD + "meta load l4proto => reg 1; cmp eq reg 1 0x01; " + accept,
 		"policy allow[1]: " + v6 + b6S + host6D + "meta load l4proto => reg 1; cmp eq reg 1 0x3a; " + accept,
 		"policy allow[1]: " + v6 + b6S + host6D + "meta load l4proto => reg 1; cmp eq reg 1 0x06; " + accept,
-		"policy segment:blue: " + v4 + blueS + blueD + accept,
-		"policy segment:green: " + v4 + greenS + greenD + accept,
-		"policy segment:blue6: " + v6 + b6S + b6D + accept,
-		"policy segment:green6: " + v6 + g6S + g6D + accept,
 		"policy default-deny: counter; drop",
 		"mss mss-clamp: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; meta load l4proto => reg 1; cmp eq reg 1 0x06; " +
 			"payload load 1b @ transport header + 13 => reg 1; bitwise reg 1 = (reg 1 & 0x06) ^ 0x00; cmp eq reg 1 0x02; counter; " +
 			"rt load tcpmss => reg 1; byteorder reg 1 = hton(reg 1, 2, 2); exthdr write tcpopt reg 1 => 2b @ 2 + 2",
+		notrack(v4+blueS+blueD, ifname), notrack(v4+greenS+greenD, ifname), notrack(v6+b6S+b6D, ifname), notrack(v6+g6S+g6D, ifname),
 	}, "\n") + "\n"
 	if got := plan.String(); got != want {
 		t.Errorf("plan differs.\n got:\n%s\nwant:\n%s", got, want)
 	}
+}
+
+// notrack is the fast path's three rules for one segment, whose
+// same-segment match is within: from the tunnel; from elsewhere when the
+// route lookup says the packet leaves through the tunnel; and from the
+// host itself into the tunnel.
+func notrack(within, ifname string) string {
+	return strings.Join([]string{
+		"notrack-prerouting notrack-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; " + within + "notrack",
+		"notrack-prerouting notrack-out: meta load iifname => reg 1; cmp neq reg 1 " + ifname + "; " + within +
+			"fib daddr . mark oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
+		"notrack-output notrack-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; " + within + "notrack",
+	}, "\n")
 }
 
 func formatExprs(es []expr.Any) string {
