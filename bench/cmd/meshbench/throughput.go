@@ -48,7 +48,9 @@ var allModes = []modeInfo{
 	{"raw", "raw veth"},
 	{"wggo", "wireguard-go"},
 	{"wggonft", "wireguard-go + meshd's nftables"},
+	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
 	{"meshd", "meshd"},
+	{"meshdct", "meshd, no fast path"},
 	{"meshd100", "meshd +100 rules"},
 	{"nebula", "nebula"},
 }
@@ -102,6 +104,7 @@ type tpOptions struct {
 	underlay, wgMTU int
 	cryptoTime      time.Duration
 	jsonOut, prefix string
+	perfDir         string
 	maxOther, quiet float64
 }
 
@@ -116,7 +119,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	o := &tpOptions{}
 	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
 	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, meshd, meshd100, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshdct, meshd100, nebula")
 	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
 	fs.StringVar(&o.wggoBin, "wireguard-go", "", "standalone wireguard-go binary")
@@ -132,6 +135,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	fs.DurationVar(&o.cryptoTime, "crypto-time", 2*time.Second, "measuring time per crypto ceiling line (0 skips)")
 	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON here")
 	fs.StringVar(&o.prefix, "prefix", "mbtp", "lab name prefix")
+	fs.StringVar(&o.perfDir, "perf", "", "record a system-wide perf profile (cpu-clock, call graphs) of every measurement into this directory as MODE-TEST-rROUND.data")
 	fs.Float64Var(&o.maxOther, "max-other", 25, "rerun a measurement (at most twice) when other processes used more than this CPU% meanwhile; 0 never reruns")
 	fs.Float64Var(&o.quiet, "quiet", 15, "before each measurement wait (at most 60 s) until other processes use less than this CPU% for a second; 0 never waits")
 	if err := fs.Parse(args); err != nil {
@@ -154,7 +158,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 		}
 		o.tests = append(o.tests, benchTests(*udpRate)[i])
 	}
-	for _, b := range []*string{&o.meshdBin, &o.wggoBin, &o.nebula.bin, &o.nebula.cert} {
+	for _, b := range []*string{&o.meshdBin, &o.wggoBin, &o.nebula.bin, &o.nebula.cert, &o.perfDir} {
 		if *b != "" {
 			*b = mustAbs(*b)
 		}
@@ -169,6 +173,11 @@ func cmdThroughput(ctx context.Context, args []string) error {
 	}
 	if err := needRoot(); err != nil {
 		return err
+	}
+	if o.perfDir != "" {
+		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
+			return err
+		}
 	}
 	rep := &tpReport{
 		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
@@ -277,16 +286,17 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 	switch key {
 	case "raw":
 		return &rawTunnel{l: l, path: o.path}, ""
-	case "wggo", "wggonft":
+	case "wggo", "wggonft", "wggoct":
 		if o.wggoBin == "" {
 			return nil, "no -wireguard-go binary"
 		}
-		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, withPolicy: key == "wggonft"}, ""
-	case "meshd", "meshd100":
+		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable}[key]
+		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table}, ""
+	case "meshd", "meshd100", "meshdct":
 		if o.meshdBin == "" {
 			return nil, "no -meshd binary"
 		}
-		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg}
+		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg, tracked: key == "meshdct"}
 		if key == "meshd100" {
 			t.extra, t.wantRules = allowRules(100), 100
 		}
@@ -352,7 +362,11 @@ func (r *tpRun) measureCell(ctx context.Context, round int, tk testKind, m modeI
 	if mt := t.mtu(); mt > 0 {
 		r.rep.MTUs[m.label] = mt
 	}
-	if s, err := measureQuietly(ctx, r.l, t, tk, r.o.secs, r.mine, r.o.quiet, r.o.maxOther); err != nil {
+	perfOut := ""
+	if r.o.perfDir != "" {
+		perfOut = filepath.Join(r.o.perfDir, fmt.Sprintf("%s-%s-r%d.data", m.key, strings.ReplaceAll(tk.name, " ", ""), round+1))
+	}
+	if s, err := r.measureQuietly(ctx, t, tk, perfOut); err != nil {
 		fail("", err)
 	} else {
 		s.Round = round
@@ -379,22 +393,22 @@ func (r *tpRun) markUnavailable() {
 // measureQuietly waits for a quiet moment, measures, and reruns (at most
 // twice) when other processes still loaded the machine meanwhile, keeping
 // the least disturbed sample.
-func measureQuietly(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, mine map[uint64]bool, quiet, maxOther float64) (sample, error) {
+func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfOut string) (sample, error) {
 	var best sample
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
-		if quiet > 0 {
-			if o := waitQuiet(ctx, mine, quiet, 60*time.Second); o > quiet {
+		if r.o.quiet > 0 {
+			if o := waitQuiet(ctx, r.mine, r.o.quiet, 60*time.Second); o > r.o.quiet {
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
-		s, err := runIperf(ctx, l, t, tk, secs)
+		s, err := runIperf(ctx, r.l, t, tk, r.o.secs, perfOut)
 		if err != nil {
 			return s, err
 		}
 		if try == 0 || s.Other < best.Other {
 			best = s
 		}
-		if maxOther <= 0 || s.Other <= maxOther {
+		if r.o.maxOther <= 0 || s.Other <= r.o.maxOther {
 			break
 		}
 		fmt.Fprintf(os.Stderr, "  %-10s %6.2f Gbit/s but other processes used %.0f%% CPU meanwhile: rerun\n", tk.name, s.Gbps, s.Other)
@@ -460,7 +474,9 @@ type iperfSum struct {
 	Retransmits int64   `json:"retransmits"`
 }
 
-func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int) (sample, error) {
+// runIperf measures test tk through t for secs seconds; with perfOut, a
+// system-wide perf profile of those seconds is written there.
+func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, perfOut string) (sample, error) {
 	e := t.endpoints()
 	srv, err := startIperfServer(ctx, l, e.serverNS)
 	if err != nil {
@@ -470,10 +486,23 @@ func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int) 
 	tx0, checkTx := t.txBytes()
 	nss, _ := lab.ListNetns(l.Prefix())
 	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
+	var perf *lab.Process
+	if perfOut != "" {
+		if perf, err = lab.StartProcess(e.clientNS, perfOut+".log", "perf", "record", "-e", "cpu-clock", "-a", "-g", "-F", "499", "-o", perfOut); err != nil {
+			return sample{}, err
+		}
+	}
 	meter := newCPUMeter(t.pids()...)
 	res, runErr := iperfClient(ctx, l, e, secs, tk.args...)
 	tun, machine := meter.read()
 	other := others.read()
+	if perf != nil {
+		// SIGTERM makes perf stop and write its file; killing it would
+		// leave the file unreadable.
+		if err := perf.Stop(30 * time.Second); err != nil {
+			return sample{}, fmt.Errorf("perf record: %w", err)
+		}
+	}
 	if runErr != nil {
 		return sample{}, runErr
 	}

@@ -13,14 +13,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/lab"
-	"github.com/meshd/meshd/policy"
 )
 
 // Benchmark traffic runs on segment "blue"; "green" exists so that the
@@ -132,11 +129,8 @@ type wggoTunnel struct {
 	wg      *wgctrl.Client
 	procs   [2]*lab.Process
 	ifnames [2]string
-	// withPolicy installs meshd's own nftables table (the allow-list with
-	// no rules: segments, default deny, conntrack, MSS clamp) on both
-	// hosts, so the table's cost can be told apart from meshd's engine.
-	withPolicy bool
-	policies   [2]*policy.Enforcer
+	// table is installed on both hosts, as meshd would for its interface.
+	table tableKind
 }
 
 func wggoOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
@@ -187,45 +181,14 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	if t.withPolicy {
-		if err := t.installPolicy(); err != nil {
-			return err
+	if t.table != noTable {
+		for i := range 2 {
+			if err := installTable(t.l, t.l.Host(i+1), t.ifnames[i], t.table); err != nil {
+				return err
+			}
 		}
 	}
 	return waitReachable(ctx, t.endpoints(), 10*time.Second)
-}
-
-// installPolicy applies the table meshd would install for the lab's
-// segments with no [[allow]] rules, through the same policy package.
-func (t *wggoTunnel) installPolicy() error {
-	var segs []policy.Segment
-	for _, s := range t.l.Spec().Segments {
-		cidr, err := netip.ParsePrefix(s.CIDR)
-		if err != nil {
-			return err
-		}
-		segs = append(segs, policy.Segment{Name: s.Name, CIDR: cidr})
-	}
-	rs, err := policy.Compile(segs, nil)
-	if err != nil {
-		return err
-	}
-	for i := range 2 {
-		nsh, err := netns.GetFromName(t.l.Host(i + 1).NS())
-		if err != nil {
-			return err
-		}
-		conn, err := nftables.New(nftables.WithNetNSFd(int(nsh)))
-		nsh.Close()
-		if err != nil {
-			return fmt.Errorf("nftables in %s: %w", t.l.Host(i+1).NS(), err)
-		}
-		t.policies[i] = policy.NewEnforcer(conn, t.ifnames[i], nil)
-		if err := t.policies[i].Apply(rs); err != nil {
-			return fmt.Errorf("meshd's table on %s: %w", t.l.Host(i+1).NS(), err)
-		}
-	}
-	return nil
 }
 
 func prefixNet(p netip.Prefix) net.IPNet {
@@ -292,11 +255,8 @@ func (t *wggoTunnel) mtu() int { return t.mtuVal }
 
 func (t *wggoTunnel) teardown() error {
 	var errs []error
-	for i, p := range t.policies {
-		if p != nil {
-			errs = append(errs, p.Flush())
-			t.policies[i] = nil
-		}
+	if t.table != noTable {
+		errs = append(errs, removeTable(t.l.Host(1)), removeTable(t.l.Host(2)))
 	}
 	stopAll(t.procs[:])
 	for i, n := range t.ifnames {
@@ -318,8 +278,12 @@ type meshdTunnel struct {
 	// wantRules is how many [[allow]] rules extra holds; setup checks
 	// meshd reports them all loaded.
 	wantRules int
-	wg        *wgctrl.Client
-	mtuVal    int
+	// tracked replaces meshd's table with the one before the same-segment
+	// fast path once both meshd are up (meshd only installs its table at
+	// start and on reload).
+	tracked bool
+	wg      *wgctrl.Client
+	mtuVal  int
 }
 
 func (t *meshdTunnel) setup(ctx context.Context) error {
@@ -346,6 +310,13 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("meshd hosts not connected: %w\n%s", err, logTail(hosts[0].LogPath(), 10))
+	}
+	if t.tracked {
+		for _, h := range hosts {
+			if err := installTable(t.l, h, h.Interface(), trackedTable); err != nil {
+				return err
+			}
+		}
 	}
 	st, err := control.NewClient(hosts[0].ControlSocket()).Status()
 	if err != nil {
