@@ -4,10 +4,13 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PREFIX  ?= /usr/local
 BIN     := bin/meshd
 # Tools the tests drive; installed without recommends so apt does not pull
-# in a kernel and systemd.
-TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables containernetworking-plugins
+# in a kernel and systemd. The container runtimes (podman with its CNI
+# backend, Debian's docker.io, runc) and busybox-static (the containers'
+# rootfs) are for test/e2e's container tests and `make demo-containers`.
+TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables containernetworking-plugins \
+	podman docker.io runc busybox-static
 
-.PHONY: build deps demo test test-unit fuzz vm-test install clean
+.PHONY: build deps demo demo-containers test test-unit fuzz vm-test install clean
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/meshd
@@ -23,6 +26,14 @@ deps:
 
 demo: deps build
 	./$(BIN) demo
+
+# demo-containers starts real containers with podman (CNI) and Docker
+# (meshd's network plugin) on namespace hosts and shows them reaching
+# each other through the mesh: the end-to-end container tests, narrated.
+demo-containers: deps
+	@out=$$(mktemp); $(GO) test -count=1 -v -run '^Test(Podman|Docker)AcrossMesh$$' ./test/e2e/ >$$out 2>&1; rc=$$?; \
+	grep -E '^(=== RUN|--- |    containers_test.go:[0-9]+:   |ok|FAIL|PASS)' $$out; \
+	[ $$rc -eq 0 ] || tail -n 100 $$out; rm -f $$out; exit $$rc
 
 # test runs everything: unit tests, the namespace tests and the end-to-end
 # mesh tests. Run it as root; with CI=true nothing that needs root may skip.
@@ -49,7 +60,7 @@ vm-test:
 
 # test-unit runs only what needs no root.
 test-unit:
-	$(GO) test -count=1 ./config/... ./crypto/... ./mesh/... ./routes/... ./wgdev/... ./control/... ./cmd/...
+	$(GO) test -count=1 ./config/... ./crypto/... ./mesh/... ./routes/... ./wgdev/... ./control/... ./cmd/... ./cni/... ./cnm/...
 
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/meshd

@@ -1,7 +1,10 @@
 // Package cni writes CNI network configurations that attach containers to
 // meshd's segments: one conflist per segment, a Linux bridge on this host's
 // slice with host-local IPAM. meshd only writes and removes the files;
-// container runtimes run the standard plugins that read them.
+// container runtimes run the standard plugins that read them. Plan is the
+// address plan of one segment's bridge, shared with meshd's Docker driver
+// (package cnm), so containers of both runtimes get the same gateway,
+// pool and routes.
 package cni
 
 import (
@@ -10,7 +13,9 @@ import (
 	"hash/fnv"
 	"math/big"
 	"net/netip"
-	"regexp"
+	"slices"
+
+	"github.com/meshd/meshd/segment"
 )
 
 const (
@@ -68,9 +73,10 @@ type bridgePlugin struct {
 }
 
 type ipam struct {
-	Type   string      `json:"type"`
-	Ranges [][]ipRange `json:"ranges"`
-	Routes []route     `json:"routes"`
+	Type    string      `json:"type"`
+	DataDir string      `json:"dataDir,omitempty"`
+	Ranges  [][]ipRange `json:"ranges"`
+	Routes  []route     `json:"routes"`
 }
 
 type ipRange struct {
@@ -105,17 +111,29 @@ func BridgeName(segment string) string {
 	return bridgePrefix + head + "-" + sum
 }
 
-// segmentName matches config's rule; checked again because the name ends
-// up in a file name and an interface name.
-var segmentName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
+// Options are the settings every conflist of a host shares.
+type Options struct {
+	// MTU should be the WireGuard interface's: a pod sending larger
+	// packets would rely on fragmentation or PMTU discovery through the
+	// tunnel.
+	MTU int
+	// IPAMDir is host-local's dataDir, where it keeps one file per
+	// address in use; meshd's Docker driver reserves its addresses there
+	// too. "" leaves host-local's default (/var/lib/cni/networks).
+	IPAMDir string
+}
 
-// Render returns the conflist for seg with pods at the given MTU, which
-// should be the WireGuard interface's: a pod sending larger packets would
-// rely on fragmentation or PMTU discovery through the tunnel.
-func Render(seg Segment, mtu int) ([]byte, error) {
-	pool, err := addressPlan(seg, mtu)
+// Render returns the conflist for seg. all is every segment of this host
+// (seg included): pods get a route to each one of their address family,
+// so a flow an [[allow]] rule admits across segments has a way back.
+func Render(seg Segment, all []Segment, o Options) ([]byte, error) {
+	plan, err := NewPlan(seg, all, o.MTU)
 	if err != nil {
 		return nil, err
+	}
+	routes := make([]route, len(plan.Routes))
+	for i, r := range plan.Routes {
+		routes[i] = route{Dst: r.String(), GW: plan.Gateway.String()}
 	}
 	doc := conflist{
 		CNIVersion: SpecVersion,
@@ -123,20 +141,26 @@ func Render(seg Segment, mtu int) ([]byte, error) {
 		Meshd:      &marker{Managed: true, Segment: seg.Name},
 		Plugins: []any{bridgePlugin{
 			Type:   "bridge",
-			Bridge: BridgeName(seg.Name),
+			Bridge: plan.Bridge,
 			// The bridge holds the gateway address; meshd's per-segment
 			// routing takes over from there. No masquerading: pod
 			// addresses are routable across the mesh as they are.
 			IsGateway:   true,
 			IPMasq:      false,
 			HairpinMode: true,
-			MTU:         mtu,
+			MTU:         o.MTU,
 			IPAM: ipam{
-				Type:   "host-local",
-				Ranges: [][]ipRange{{pool}},
-				// Only the segment goes through the bridge gateway; a
-				// default route is the runtime's or another plugin's call.
-				Routes: []route{{Dst: seg.CIDR.String(), GW: pool.Gateway}},
+				Type:    "host-local",
+				DataDir: o.IPAMDir,
+				Ranges: [][]ipRange{{{
+					Subnet:     seg.Subnet.String(),
+					RangeStart: plan.RangeStart.String(),
+					Gateway:    plan.Gateway.String(),
+				}}},
+				// The overlay's segments go through the bridge gateway; a
+				// default route is the runtime's or another network's
+				// call (meshd does not masquerade to the outside).
+				Routes: routes,
 			},
 		}},
 	}
@@ -147,9 +171,35 @@ func Render(seg Segment, mtu int) ([]byte, error) {
 	return append(out, '\n'), nil
 }
 
-func addressPlan(seg Segment, mtu int) (ipRange, error) {
+// Plan is how one segment's containers attach on this host, whichever
+// runtime attaches them.
+type Plan struct {
+	Segment string
+	Bridge  string
+	Subnet  netip.Prefix // this host's slice: the bridge's subnet
+	Gateway netip.Addr   // on the bridge: the first address of the slice
+	// RangeStart is the first address handed to containers; the pool runs
+	// to the end of the slice (its broadcast address excluded for IPv4).
+	RangeStart netip.Addr
+	RangeEnd   netip.Addr
+	// Routes go through Gateway: the segment's own CIDR as two halves,
+	// then every other segment of the same address family.
+	Routes []netip.Prefix
+}
+
+// NewPlan computes seg's plan; all is every segment of this host.
+//
+// The own segment is routed as its two halves, one bit longer than any
+// segment CIDR, so a container attached to two segments (podman --network
+// a,b; docker network connect) reaches each segment through that
+// segment's own interface and source address whatever the order of
+// attachment: the other network's route to this segment's whole CIDR is
+// less specific. Plain CIDRs would collide: the bridge plugin appends the
+// second route and the kernel prefers it, and Docker fails the second
+// attachment with "file exists".
+func NewPlan(seg Segment, all []Segment, mtu int) (Plan, error) {
 	if err := validate(seg, mtu); err != nil {
-		return ipRange{}, fmt.Errorf("cni: segment %q: %w", seg.Name, err)
+		return Plan{}, fmt.Errorf("cni: segment %q: %w", seg.Name, err)
 	}
 	base := seg.Subnet.Addr()
 	hostBits := base.BitLen() - seg.Subnet.Bits()
@@ -157,15 +207,54 @@ func addressPlan(seg Segment, mtu int) (ipRange, error) {
 	if hostBits >= 63 || 1<<hostBits >= minPoolForOffset {
 		start = rangeOffset
 	}
-	return ipRange{
-		Subnet:     seg.Subnet.String(),
-		Gateway:    offset(base, 1).String(),
-		RangeStart: offset(base, int64(start)).String(),
-	}, nil
+	p := Plan{
+		Segment:    seg.Name,
+		Bridge:     BridgeName(seg.Name),
+		Subnet:     seg.Subnet,
+		Gateway:    offset(base, 1),
+		RangeStart: offset(base, int64(start)),
+		RangeEnd:   lastAddr(seg.Subnet),
+	}
+	if base.Is4() {
+		p.RangeEnd = p.RangeEnd.Prev() // the broadcast address
+	}
+	lo, hi := halves(seg.CIDR)
+	p.Routes = []netip.Prefix{lo, hi}
+	var others []netip.Prefix
+	for _, o := range all {
+		if o.Name != seg.Name && o.CIDR.IsValid() && o.CIDR.Addr().Is4() == base.Is4() {
+			others = append(others, o.CIDR)
+		}
+	}
+	slices.SortFunc(others, netip.Prefix.Compare)
+	p.Routes = append(p.Routes, slices.Compact(others)...)
+	return p, nil
+}
+
+// halves splits p into its two halves; validate guarantees p has at
+// least two host bits.
+func halves(p netip.Prefix) (netip.Prefix, netip.Prefix) {
+	bits := p.Bits() + 1
+	lo := netip.PrefixFrom(p.Addr(), bits)
+	hostBits := p.Addr().BitLen() - bits
+	hi := netip.PrefixFrom(offsetShifted(p.Addr(), hostBits), bits)
+	return lo, hi
+}
+
+// lastAddr is the highest address of p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	raw := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(raw)*8; i++ {
+		raw[i/8] |= 0x80 >> (i % 8)
+	}
+	a, _ := netip.AddrFromSlice(raw)
+	return a
 }
 
 func validate(seg Segment, mtu int) error {
-	if !segmentName.MatchString(seg.Name) {
+	// Checked again because the name ends up in a file name and an
+	// interface name.
+	if !segment.ValidName(seg.Name) {
 		return fmt.Errorf("invalid segment name")
 	}
 	if !seg.CIDR.IsValid() || !seg.Subnet.IsValid() {
@@ -193,9 +282,18 @@ func validate(seg Segment, mtu int) error {
 
 // offset returns a+n; big.Int keeps IPv6 arithmetic simple.
 func offset(a netip.Addr, n int64) netip.Addr {
+	return add(a, big.NewInt(n))
+}
+
+// offsetShifted returns a + 1<<shift.
+func offsetShifted(a netip.Addr, shift int) netip.Addr {
+	return add(a, new(big.Int).Lsh(big.NewInt(1), uint(shift)))
+}
+
+func add(a netip.Addr, n *big.Int) netip.Addr {
 	raw := a.AsSlice()
 	v := new(big.Int).SetBytes(raw)
-	v.Add(v, big.NewInt(n))
+	v.Add(v, n)
 	out := make([]byte, len(raw))
 	v.FillBytes(out)
 	r, _ := netip.AddrFromSlice(out)

@@ -17,24 +17,34 @@ var update = flag.Bool("update", false, "rewrite testdata/*.conflist from the cu
 var (
 	blue  = Segment{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.1.0/24")}
 	green = Segment{Name: "green-6", CIDR: netip.MustParsePrefix("fd42::/48"), Subnet: netip.MustParsePrefix("fd42:0:0:1::/64")}
+	red   = Segment{Name: "red", CIDR: netip.MustParsePrefix("10.43.0.0/16"), Subnet: netip.MustParsePrefix("10.43.7.0/24")}
+	amber = Segment{Name: "amber", CIDR: netip.MustParsePrefix("172.16.0.0/12"), Subnet: netip.MustParsePrefix("172.16.1.0/24")}
 )
 
+func opts(mtu int) Options { return Options{MTU: mtu} }
+
 func TestRenderGolden(t *testing.T) {
+	tiny := Segment{Name: "tiny", CIDR: netip.MustParsePrefix("10.9.0.0/24"), Subnet: netip.MustParsePrefix("10.9.0.16/28")}
+	long := Segment{Name: "production-east", CIDR: netip.MustParsePrefix("172.20.0.0/14"), Subnet: netip.MustParsePrefix("172.21.4.0/22")}
 	for _, tc := range []struct {
 		golden string
 		seg    Segment
-		mtu    int
+		all    []Segment
+		opts   Options
 	}{
-		{"blue-ipv4", blue, 1420},
-		{"green-ipv6", green, 1420},
+		{"blue-ipv4", blue, []Segment{blue}, opts(1420)},
+		{"green-ipv6", green, []Segment{green}, opts(1420)},
 		// Too small to skip the first addresses: the pool starts after
 		// the gateway.
-		{"small-ipv4", Segment{Name: "tiny", CIDR: netip.MustParsePrefix("10.9.0.0/24"), Subnet: netip.MustParsePrefix("10.9.0.16/28")}, 1380},
+		{"small-ipv4", tiny, []Segment{tiny}, opts(1380)},
 		// 15 characters: the bridge name needs the hashed form.
-		{"long-name", Segment{Name: "production-east", CIDR: netip.MustParsePrefix("172.20.0.0/14"), Subnet: netip.MustParsePrefix("172.21.4.0/22")}, 8920},
+		{"long-name", long, []Segment{long}, opts(8920)},
+		// Every IPv4 segment gets a route, sorted, the own one as halves;
+		// the IPv6 segment none; host-local's directory is set.
+		{"blue-with-others", blue, []Segment{red, green, blue, amber}, Options{MTU: 1420, IPAMDir: "/var/lib/cni/networks"}},
 	} {
 		t.Run(tc.golden, func(t *testing.T) {
-			got, err := Render(tc.seg, tc.mtu)
+			got, err := Render(tc.seg, tc.all, tc.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -57,10 +67,11 @@ func TestRenderGolden(t *testing.T) {
 
 // TestRenderIsConflist checks what runtimes rely on rather than bytes: a
 // spec 1.0.0 list whose plugin has type, bridge, MTU and a host-local pool
-// inside the slice.
+// inside the slice, and routes covering every segment of its family.
 func TestRenderIsConflist(t *testing.T) {
-	for _, seg := range []Segment{blue, green} {
-		doc, err := Render(seg, 1420)
+	all := []Segment{blue, green, red}
+	for _, seg := range all {
+		doc, err := Render(seg, all, opts(1420))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,8 +112,20 @@ func TestRenderIsConflist(t *testing.T) {
 		if r.Subnet != seg.Subnet || !seg.Subnet.Contains(r.Gateway) || !seg.Subnet.Contains(r.RangeStart) || !r.Gateway.Less(r.RangeStart) {
 			t.Errorf("%s: range %+v outside slice %s", seg.Name, r, seg.Subnet)
 		}
-		if len(p.IPAM.Routes) != 1 || p.IPAM.Routes[0].Dst != seg.CIDR || p.IPAM.Routes[0].GW != r.Gateway {
-			t.Errorf("%s: routes %+v, want only %s via %s", seg.Name, p.IPAM.Routes, seg.CIDR, r.Gateway)
+		for _, other := range all {
+			if other.CIDR.Addr().Is4() != seg.CIDR.Addr().Is4() {
+				continue
+			}
+			covered := false
+			for _, rt := range p.IPAM.Routes {
+				if rt.GW != r.Gateway {
+					t.Errorf("%s: route %+v not via the gateway %s", seg.Name, rt, r.Gateway)
+				}
+				covered = covered || other.CIDR.Contains(rt.Dst.Addr()) && rt.Dst.Bits() >= other.CIDR.Bits()
+			}
+			if !covered {
+				t.Errorf("%s: no route into segment %s (%s): %+v", seg.Name, other.Name, other.CIDR, p.IPAM.Routes)
+			}
 		}
 	}
 }
@@ -139,7 +162,7 @@ func TestRenderRejects(t *testing.T) {
 		"invalid prefix": {Segment{Name: "x"}, 1420, "valid prefixes"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := Render(tc.seg, tc.mtu)
+			_, err := Render(tc.seg, []Segment{tc.seg}, opts(tc.mtu))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("got %v, want an error containing %q", err, tc.want)
 			}
@@ -149,7 +172,7 @@ func TestRenderRejects(t *testing.T) {
 
 func TestWriteAndRemove(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "net.d") // Write creates it
-	paths, err := Write(dir, []Segment{blue, green}, 1420)
+	paths, err := Write(dir, []Segment{blue, green}, opts(1420))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +194,7 @@ func TestWriteAndRemove(t *testing.T) {
 
 	// A second Write with the same input changes nothing, not even mtimes.
 	before, _ := os.Stat(paths[0])
-	if _, err := Write(dir, []Segment{blue, green}, 1420); err != nil {
+	if _, err := Write(dir, []Segment{blue, green}, opts(1420)); err != nil {
 		t.Fatal(err)
 	}
 	if after, _ := os.Stat(paths[0]); !after.ModTime().Equal(before.ModTime()) {
@@ -191,10 +214,10 @@ func TestWriteAndRemove(t *testing.T) {
 
 func TestWritePrunesStaleSegments(t *testing.T) {
 	dir := t.TempDir()
-	if _, err := Write(dir, []Segment{blue, green}, 1420); err != nil {
+	if _, err := Write(dir, []Segment{blue, green}, opts(1420)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Write(dir, []Segment{blue}, 1400); err != nil {
+	if _, err := Write(dir, []Segment{blue}, opts(1400)); err != nil {
 		t.Fatal(err)
 	}
 	if got := list(t, dir); !slices.Equal(got, []string{"10-meshd-blue.conflist"}) {
@@ -217,10 +240,10 @@ func TestForeignFilesSurvive(t *testing.T) {
 	writeTestFile(t, hand, content)
 	writeTestFile(t, stale, content)
 
-	if _, err := Write(dir, []Segment{blue}, 1420); err == nil || !strings.Contains(err.Error(), "not written by meshd") {
+	if _, err := Write(dir, []Segment{blue}, opts(1420)); err == nil || !strings.Contains(err.Error(), "not written by meshd") {
 		t.Errorf("Write over a foreign file: %v", err)
 	}
-	if _, err := Write(dir, []Segment{green}, 1420); err != nil {
+	if _, err := Write(dir, []Segment{green}, opts(1420)); err != nil {
 		t.Fatal(err)
 	}
 	if err := Remove(dir, []Segment{blue, green}); err != nil {
@@ -236,13 +259,34 @@ func TestForeignFilesSurvive(t *testing.T) {
 	}
 }
 
+// TestWriteUnclaimed: a segment still claiming its slice gets no file (an
+// old one goes), but the others' containers get a route to it.
+func TestWriteUnclaimed(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Write(dir, []Segment{blue, red}, opts(1420)); err != nil {
+		t.Fatal(err)
+	}
+	unclaimed := Segment{Name: red.Name, CIDR: red.CIDR}
+	paths, err := Write(dir, []Segment{blue, unclaimed}, opts(1420))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(paths) != 1 || !slices.Equal(list(t, dir), []string{"10-meshd-blue.conflist"}) {
+		t.Errorf("paths %v, files %v; want blue's only", paths, list(t, dir))
+	}
+	doc, _ := os.ReadFile(paths[0])
+	if !strings.Contains(string(doc), `"dst": "10.43.0.0/16"`) {
+		t.Errorf("blue's conflist lacks the route to the unclaimed segment:\n%s", doc)
+	}
+}
+
 func TestWriteInvalidTouchesNothing(t *testing.T) {
 	dir := t.TempDir()
 	bad := Segment{Name: "bad", CIDR: blue.CIDR, Subnet: netip.MustParsePrefix("10.42.9.0/32")}
-	if _, err := Write(dir, []Segment{blue, bad}, 1420); err == nil {
+	if _, err := Write(dir, []Segment{blue, bad}, opts(1420)); err == nil {
 		t.Fatal("Write accepted a /32 slice")
 	}
-	if _, err := Write(dir, []Segment{blue, blue}, 1420); err == nil {
+	if _, err := Write(dir, []Segment{blue, blue}, opts(1420)); err == nil {
 		t.Fatal("Write accepted a duplicate segment")
 	}
 	if got := list(t, dir); len(got) != 0 {
@@ -251,7 +295,7 @@ func TestWriteInvalidTouchesNothing(t *testing.T) {
 }
 
 func TestDisabled(t *testing.T) {
-	if paths, err := Write("", []Segment{blue}, 1420); err != nil || paths != nil {
+	if paths, err := Write("", []Segment{blue}, opts(1420)); err != nil || paths != nil {
 		t.Errorf("Write(\"\") = %v, %v; want nothing", paths, err)
 	}
 	if err := Remove("", []Segment{blue}); err != nil {
@@ -277,4 +321,42 @@ func list(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// TestPlanMultiAttach: a container on two segments gets no two routes to
+// the same destination, and each segment's own routes are the more
+// specific, whichever network attached first.
+func TestPlanMultiAttach(t *testing.T) {
+	all := []Segment{blue, red}
+	pb, err := NewPlan(blue, all, 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := NewPlan(red, all, 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[netip.Prefix]string{}
+	for _, p := range []Plan{pb, pr} {
+		for _, r := range p.Routes {
+			if other, dup := seen[r]; dup {
+				t.Errorf("%s and %s both route %s", other, p.Segment, r)
+			}
+			seen[r] = p.Segment
+		}
+	}
+	want := []netip.Prefix{netip.MustParsePrefix("10.42.0.0/17"), netip.MustParsePrefix("10.42.128.0/17"), red.CIDR}
+	if !slices.Equal(pb.Routes, want) {
+		t.Errorf("blue routes %v, want %v", pb.Routes, want)
+	}
+	if pb.Gateway != netip.MustParseAddr("10.42.1.1") || pb.RangeStart != netip.MustParseAddr("10.42.1.10") || pb.RangeEnd != netip.MustParseAddr("10.42.1.254") {
+		t.Errorf("blue plan %+v", pb)
+	}
+	pg, err := NewPlan(green, []Segment{green}, 1420)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pg.RangeEnd != netip.MustParseAddr("fd42:0:0:1:ffff:ffff:ffff:ffff") {
+		t.Errorf("IPv6 range ends at %s, want the last address of the slice", pg.RangeEnd)
+	}
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/meshd/meshd/internal/fileio"
 )
 
 // Write puts one conflist per segment into dir and returns their paths.
@@ -17,11 +19,20 @@ import (
 // configured are removed, so a runtime cannot attach pods to a segment
 // this host stopped routing. An empty dir disables CNI configs: Write
 // does nothing.
-func Write(dir string, segs []Segment, mtu int) ([]string, error) {
+//
+// A segment without a slice yet (Subnet invalid: still being claimed)
+// gets no file, and an earlier one is removed; its CIDR is still routed
+// from the other segments' containers.
+//
+// meshd does not remove its files on shutdown: a runtime needs a
+// container's conflist to run CNI DEL (podman rm, a pod's teardown), and
+// a restart then rewrites the same bytes, so a runtime watching the
+// directory sees no change.
+func Write(dir string, segs []Segment, o Options) ([]string, error) {
 	if dir == "" {
 		return nil, nil
 	}
-	docs, err := renderAll(segs, mtu)
+	docs, err := renderAll(segs, o)
 	if err != nil {
 		return nil, err
 	}
@@ -31,8 +42,12 @@ func Write(dir string, segs []Segment, mtu int) ([]string, error) {
 	var paths []string
 	keep := map[string]bool{}
 	for _, s := range segs {
+		doc, ok := docs[s.Name]
+		if !ok {
+			continue
+		}
 		path := filepath.Join(dir, FileName(s.Name))
-		if err := writeFile(path, docs[s.Name]); err != nil {
+		if err := writeFile(path, doc); err != nil {
 			return paths, err
 		}
 		paths = append(paths, path)
@@ -42,8 +57,8 @@ func Write(dir string, segs []Segment, mtu int) ([]string, error) {
 }
 
 // Remove deletes the conflists of segs from dir, leaving any file of that
-// name meshd did not write. Missing files are not an error: Remove runs
-// on every shutdown, including after a failed start.
+// name meshd did not write. Missing files are not an error. It is for
+// uninstalling: the daemon keeps its files when it stops (see Write).
 func Remove(dir string, segs []Segment) error {
 	if dir == "" {
 		return nil
@@ -57,19 +72,24 @@ func Remove(dir string, segs []Segment) error {
 	return errors.Join(errs...)
 }
 
-func renderAll(segs []Segment, mtu int) (map[string][]byte, error) {
+func renderAll(segs []Segment, o Options) (map[string][]byte, error) {
 	docs := map[string][]byte{}
 	bridges := map[string]string{}
+	names := map[string]bool{}
 	for _, s := range segs {
-		if _, dup := docs[s.Name]; dup {
+		if names[s.Name] {
 			return nil, fmt.Errorf("cni: segment %q is listed twice", s.Name)
+		}
+		names[s.Name] = true
+		if !s.Subnet.IsValid() {
+			continue
 		}
 		b := BridgeName(s.Name)
 		if other, dup := bridges[b]; dup {
 			return nil, fmt.Errorf("cni: segments %q and %q would share bridge %s", other, s.Name, b)
 		}
 		bridges[b] = s.Name
-		doc, err := Render(s, mtu)
+		doc, err := Render(s, segs, o)
 		if err != nil {
 			return nil, err
 		}
@@ -91,42 +111,10 @@ func writeFile(path string, doc []byte) error {
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
 		return fmt.Errorf("cni: %w", err)
 	}
-	// The temporary name does not end in .conflist, so runtimes skip it.
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	// 0644: runtimes may read as another user. The temporary name does
+	// not end in .conflist, so runtimes skip it.
+	if err := fileio.WriteAtomic(path, doc, 0o644, fileio.Overwrite); err != nil {
 		return fmt.Errorf("cni: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // a no-op once renamed
-	if err := writeSynced(tmp, doc); err != nil {
-		return fmt.Errorf("cni: write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("cni: %w", err)
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-// writeSynced sets 0644 explicitly (CreateTemp makes 0600, and runtimes
-// may read as another user) and syncs before the rename makes it visible.
-func writeSynced(f *os.File, doc []byte) error {
-	_, err := f.Write(doc)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("cni: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("cni: sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -170,4 +158,16 @@ func isOwn(doc []byte) bool {
 	}
 	return json.Unmarshal(doc, &d) == nil && d.Meshd != nil && d.Meshd.Managed &&
 		strings.TrimSpace(d.Meshd.Segment) != ""
+}
+
+// Writer keeps one directory's conflists for the daemon.
+type Writer struct{ dir string }
+
+// NewWriter returns a writer for dir; an empty dir disables it.
+func NewWriter(dir string) *Writer { return &Writer{dir: dir} }
+
+// Write is the package-level Write for the writer's directory.
+func (w *Writer) Write(segs []Segment, o Options) error {
+	_, err := Write(w.dir, segs, o)
+	return err
 }

@@ -81,6 +81,8 @@ var defaults = []struct {
 	{keyKeyFile, ""},
 
 	{keyCNIConfDir, defaultCNIConfDir},
+	{keyCNIIPAMDir, defaultCNIIPAMDir},
+	{keyDockerPluginSocket, defaultDockerPluginSocket},
 	{keyMetricsListen, ""},
 }
 

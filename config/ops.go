@@ -4,18 +4,28 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
+	"strings"
 )
 
-// Operations keys: where meshd writes CNI network configs and where it
-// serves Prometheus metrics. Neither changes the data plane, so both
+// Operations keys: where meshd writes CNI network configs, where
+// containers' addresses are leased, where it serves Docker's network
+// plugin API and Prometheus metrics. None changes the mesh itself, so all
 // default to something harmless.
 const (
-	keyCNIConfDir    = "cni_conf_dir"
-	keyMetricsListen = "metrics.listen"
+	keyCNIConfDir         = "cni_conf_dir"
+	keyCNIIPAMDir         = "cni_ipam_dir"
+	keyDockerPluginSocket = "docker_plugin_socket"
+	keyMetricsListen      = "metrics.listen"
 
 	sectionMetrics    = "metrics"
 	defaultCNIConfDir = "/etc/cni/net.d"
+	// host-local's own default, so a conflist meshd wrote behaves as one
+	// without dataDir would.
+	defaultCNIIPAMDir = "/var/lib/cni/networks"
+	// Docker finds a plugin named NAME at /run/docker/plugins/NAME.sock.
+	defaultDockerPluginSocket = "/run/docker/plugins/meshd.sock"
 )
 
 // Metrics configures the Prometheus endpoint.
@@ -29,8 +39,36 @@ func (l *loader) ops(c *Config) *Error {
 	if c.CNIConfDir, e = l.cniConfDir(); e != nil {
 		return e
 	}
+	if c.CNIIPAMDir, e = l.absPath(keyCNIIPAMDir); e != nil {
+		return e
+	}
+	if c.DockerPluginSocket, e = l.dockerPluginSocket(); e != nil {
+		return e
+	}
 	c.Metrics.Listen, e = l.metricsListen()
 	return e
+}
+
+// dockerPluginSocket allows "" (no Docker driver). Docker takes the file
+// name without ".sock" as the plugin's name: -d NAME, --ipam-driver NAME.
+func (l *loader) dockerPluginSocket() (string, *Error) {
+	s, e := l.str(keyDockerPluginSocket)
+	if e != nil || s == "" {
+		return "", e
+	}
+	if s, e = l.absPath(keyDockerPluginSocket); e != nil {
+		return "", e
+	}
+	name := strings.TrimSuffix(filepath.Base(s), ".sock")
+	if !strings.HasSuffix(s, ".sock") || name == "" || strings.ContainsAny(name, " \t") {
+		return "", l.fail(keyDockerPluginSocket, fmt.Sprintf("%q does not end in NAME.sock", s),
+			"Docker finds plugins as NAME.sock; use "+defaultDockerPluginSocket+", or \"\" to disable the Docker driver")
+	}
+	if len(s) > maxSocketPath {
+		return "", l.fail(keyDockerPluginSocket, fmt.Sprintf("is %d bytes long; unix socket paths hold at most %d", len(s), maxSocketPath),
+			"use a shorter path")
+	}
+	return s, nil
 }
 
 // cniConfDir allows "" (no CNI configs) but otherwise insists on an

@@ -98,3 +98,38 @@ func TestOpsEnvBadValueNamesVariable(t *testing.T) {
 	_, err := Load(writeConfig(t, fullTOML))
 	checkError(t, err, keyMetricsListen, "MESHD_METRICS_LISTEN")
 }
+
+func TestContainerKeys(t *testing.T) {
+	isolate(t)
+	cfg := mustLoad(t, "cni_ipam_dir = \"/srv/leases/\"\ndocker_plugin_socket = \"/run/docker/plugins/mesh.sock\"\n"+fullTOML)
+	if cfg.CNIIPAMDir != "/srv/leases" || cfg.DockerPluginSocket != "/run/docker/plugins/mesh.sock" {
+		t.Errorf("got (%q, %q)", cfg.CNIIPAMDir, cfg.DockerPluginSocket)
+	}
+	if cfg := mustLoad(t, "docker_plugin_socket = \"\"\n"+fullTOML); cfg.DockerPluginSocket != "" {
+		t.Errorf("docker_plugin_socket \"\" should disable the driver, got %q", cfg.DockerPluginSocket)
+	}
+	t.Setenv("MESHD_DOCKER_PLUGIN_SOCKET", "/tmp/p/meshd.sock")
+	if cfg := mustLoad(t, fullTOML); cfg.DockerPluginSocket != "/tmp/p/meshd.sock" {
+		t.Errorf("env override: %q", cfg.DockerPluginSocket)
+	}
+}
+
+func TestContainerKeysInvalid(t *testing.T) {
+	for _, tc := range []struct {
+		name, line, key string
+		want            []string
+	}{
+		{"relative ipam dir", `cni_ipam_dir = "leases"`, keyCNIIPAMDir, []string{"not an absolute path", "/var/lib/cni/networks"}},
+		{"empty ipam dir", `cni_ipam_dir = ""`, keyCNIIPAMDir, []string{"not an absolute path"}},
+		{"relative socket", `docker_plugin_socket = "meshd.sock"`, keyDockerPluginSocket, []string{"not an absolute path"}},
+		{"no .sock", `docker_plugin_socket = "/run/docker/plugins/meshd"`, keyDockerPluginSocket, []string{"NAME.sock", `"" to disable`}},
+		{"only .sock", `docker_plugin_socket = "/run/docker/plugins/.sock"`, keyDockerPluginSocket, []string{"NAME.sock"}},
+		{"too long", `docker_plugin_socket = "/` + strings.Repeat("p", 110) + `/meshd.sock"`, keyDockerPluginSocket, []string{"107"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			isolate(t)
+			_, err := Load(writeConfig(t, tc.line+"\n"+fullTOML))
+			checkError(t, err, tc.key, tc.want...)
+		})
+	}
+}

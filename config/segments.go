@@ -3,13 +3,10 @@ package config
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
-)
 
-// Short and conservative so a name can be embedded in kernel object names
-// (15-byte limits) and log fields without quoting.
-var segmentName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
+	"github.com/meshd/meshd/segment"
+)
 
 func (l *loader) segments(c *Config) *Error {
 	tables, e := l.segmentTables()
@@ -83,9 +80,8 @@ func parseSegment(i int, t map[string]any) (Segment, *Error) {
 	if e != nil {
 		return Segment{}, e
 	}
-	if !segmentName.MatchString(name) {
-		return Segment{}, fail(segKey(i, segKeyName), fmt.Sprintf("%q is not a valid segment name", name),
-			"use 1 to 15 characters of a-z, 0-9 and '-', starting with a letter or digit")
+	if !segment.ValidName(name) {
+		return Segment{}, fail(segKey(i, segKeyName), fmt.Sprintf("%q is not a valid segment name", name), segment.NameFix)
 	}
 	seg.Name = name
 	if seg.CIDR, e = segPrefix(i, t, segKeyCIDR); e != nil {

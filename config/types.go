@@ -29,7 +29,13 @@ type Config struct {
 	Allow []policy.Rule
 	// CNIConfDir receives one CNI conflist per segment; "" disables them.
 	CNIConfDir string
-	Metrics    Metrics
+	// CNIIPAMDir is host-local's lease directory, shared with the Docker
+	// driver's address reservations.
+	CNIIPAMDir string
+	// DockerPluginSocket serves Docker's network and IPAM plugin API; ""
+	// disables it.
+	DockerPluginSocket string
+	Metrics            Metrics
 }
 
 // Cluster configures serf membership.

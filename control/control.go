@@ -31,6 +31,13 @@ type Status struct {
 	// (allow[i], segment:NAME, default-deny, invalid, established,
 	// link-local, mss-clamp).
 	Policy []PolicyCounter `json:"policy"`
+	// Repairs counts, by what was restored ("routes", "rules",
+	// "nftables", "interface", "interface-config", "uapi-socket",
+	// "peers"), how often meshd put back state someone else removed.
+	Repairs map[string]int `json:"repairs"`
+	// Missing lists state found gone and not yet restored, as
+	// "what: why"; status --check fails while it is not empty.
+	Missing []string `json:"missing,omitempty"`
 }
 
 // PolicyCounter is what one allow-list rule has matched since the last

@@ -15,6 +15,8 @@ import (
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/internal/fileio"
 )
 
 // KeyFileName is the private key's file name inside data_dir.
@@ -22,20 +24,14 @@ const KeyFileName = "wireguard.key"
 
 // KeyError says what is wrong with a key file and how to fix it; the CLI
 // maps it to exit code 2 because it is a configuration problem.
-type KeyError struct {
-	Path    string
-	Problem string
-	Fix     string
-}
-
-func (e *KeyError) Error() string {
-	return fmt.Sprintf("key file %s: %s; %s", e.Path, e.Problem, e.Fix)
-}
+type KeyError = fileio.Error
 
 // LoadOrCreatePrivateKey returns the WireGuard private key stored at path,
 // creating it (mode 0600, directory 0700) on first start. An existing key
 // that others can read is refused rather than silently fixed: a leaked key
-// must be replaced, not re-permissioned.
+// must be replaced, not re-permissioned. Only a path that does not exist
+// at all gets a new key: a symlink to a secret that is not mounted yet is
+// an error, because a silently new key changes the host's identity.
 func LoadOrCreatePrivateKey(path string) (key wgtypes.Key, created bool, err error) {
 	key, err = LoadPrivateKey(path)
 	if err == nil {
@@ -48,7 +44,7 @@ func LoadOrCreatePrivateKey(path string) (key wgtypes.Key, created bool, err err
 	if err != nil {
 		return wgtypes.Key{}, false, fmt.Errorf("generate WireGuard key: %w", err)
 	}
-	if err := writeSecret(path, key.String()+"\n"); err != nil {
+	if err := writeSecret(path, key, fileio.Exclusive); err != nil {
 		return wgtypes.Key{}, false, err
 	}
 	return key, true, nil
@@ -57,22 +53,26 @@ func LoadOrCreatePrivateKey(path string) (key wgtypes.Key, created bool, err err
 // LoadPrivateKey reads an existing private key. A missing file is returned
 // as an error wrapping fs.ErrNotExist.
 func LoadPrivateKey(path string) (wgtypes.Key, error) {
-	info, err := os.Stat(path)
+	raw, err := fileio.ReadRegular(path, fileio.MaxKeySize)
 	if err != nil {
 		return wgtypes.Key{}, err
 	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+	// ReadRegular has checked the file is regular, so the mode check is
+	// about the key, not a directory's execute bits.
+	if info, err := os.Stat(path); err == nil && !fileio.Private(info) {
 		return wgtypes.Key{}, &KeyError{Path: path,
-			Problem: fmt.Sprintf("mode %04o lets other users read the private key", perm),
+			Problem: fmt.Sprintf("mode %04o lets other users read the private key", info.Mode().Perm()),
 			Fix:     "treat the key as leaked: delete the file so meshd creates a new one, or chmod 600 it if you are sure it never leaked"}
-	}
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return wgtypes.Key{}, err
 	}
 	key, err := wgtypes.ParseKey(strings.TrimSpace(string(raw)))
 	if err != nil {
 		return wgtypes.Key{}, &KeyError{Path: path, Problem: "not a base64 WireGuard private key",
+			Fix: "delete it so meshd creates a new one, or write the output of `wg genkey` into it"}
+	}
+	// An all-zero key is what a truncated or zero-filled secret decodes
+	// to; every host using it would share one identity.
+	if key == (wgtypes.Key{}) {
+		return wgtypes.Key{}, &KeyError{Path: path, Problem: "holds an all-zero private key",
 			Fix: "delete it so meshd creates a new one, or write the output of `wg genkey` into it"}
 	}
 	return key, nil
@@ -80,39 +80,14 @@ func LoadPrivateKey(path string) (wgtypes.Key, error) {
 
 // WritePrivateKey replaces the key at path atomically (key rotation).
 func WritePrivateKey(path string, key wgtypes.Key) error {
-	return writeSecret(path, key.String()+"\n")
+	return writeSecret(path, key, fileio.Overwrite)
 }
 
-// writeSecret writes through a temporary file and rename so a crash never
-// leaves a truncated key behind.
-func writeSecret(path, content string) error {
+func writeSecret(path string, key wgtypes.Key, replace fileio.Replace) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create key directory: %w", err)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".key-*")
-	if err != nil {
-		return fmt.Errorf("create key file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return fmt.Errorf("chmod key file: %w", err)
-	}
-	if _, err := tmp.WriteString(content); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write key file: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("sync key file: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("close key file: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("install key file: %w", err)
-	}
-	return nil
+	return fileio.WriteAtomic(path, []byte(key.String()+"\n"), 0o600, replace)
 }
 
 // NewGossipKey returns a fresh base64 AES-256 key for serf's gossip

@@ -1,7 +1,7 @@
 // Package daemon wires meshd's parts together: it creates them in a fixed
 // order, runs the single reconciler goroutine, and tears everything down in
-// the reverse order. All decisions live in mesh (pure); all OS effects in
-// wgdev and routes.
+// the reverse order. All decisions live in mesh (pure); all OS effects
+// reach the host through the small interfaces of System.
 package daemon
 
 import (
@@ -9,48 +9,21 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
-	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
-	"golang.org/x/sys/unix"
-	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/metrics"
-	"github.com/meshd/meshd/policy"
-	"github.com/meshd/meshd/routes"
 	"github.com/meshd/meshd/wgdev"
 )
-
-const (
-	// resyncInterval bounds how long drift made by someone else (a peer
-	// removed with `wg`, a route flushed by hand) survives.
-	resyncInterval = 30 * time.Second
-	// coalesce lets a burst of serf events (a host joining produces
-	// several) become one reconcile.
-	coalesce   = 50 * time.Millisecond
-	maxBackoff = 30 * time.Second
-)
-
-// cluster is what the reconciler needs from membership; *mesh.Membership
-// implements it and tests substitute a fake.
-type cluster interface {
-	Members() []mesh.Member
-	SetTags(map[string]string) error
-	LamportTime() uint64
-}
 
 // Options carries what the daemon needs from its caller besides the
 // config.
@@ -62,190 +35,231 @@ type Options struct {
 	Hangup <-chan struct{}
 }
 
-// Daemon is one running meshd.
+// Daemon is one meshd. New builds it without touching the host; Start
+// creates everything in a fixed order; Run reconciles until its context
+// ends; Close removes what Start created, in reverse.
+//
+// Ownership: fields under "set by New" never change. Fields under "set
+// by Start" are written before Run starts the loop and only read after,
+// except where a comment names the loop as their owner. mu guards the
+// fields the control socket and metrics read while the loop runs.
 type Daemon struct {
-	opts  Options
-	cfg   *config.Config
-	log   *slog.Logger
-	key   wgtypes.Key
-	local mesh.Local
-	mtu   int
-	// endpointAddr is what this host announces as its WireGuard endpoint.
-	endpointAddr netip.AddrPort
-	// counter orders this host's signed announcements; see tags.
-	counter uint64
-	// announceDirty is set when an announcement failed to go out; the
-	// reconciler retries it, so peers never stay on a stale key.
-	announceDirty bool
-	// provisional names segments claimed while this host saw no other
-	// member: their Lamport time says nothing about the cluster, so they
-	// are re-stamped once the host has joined.
-	provisional map[string]bool
-	// stopping is closed when the reconciler exits, so requests for it
-	// fail fast instead of waiting out their timeout.
-	stopping chan struct{}
-	// fullDue asks the next pass to read the kernel and the device back
-	// instead of trusting the last state reached (someone else changed
-	// them).
-	fullDue atomic.Bool
-	// keepaliveTimer brings the reconciler back for deferred keepalives.
-	keepaliveTimer *time.Timer
-
-	dev     wgdev.Device
-	wg      *wgctrl.Client
-	peers   *wgdev.PeerSync
-	routes  *routes.Manager
-	members cluster
-	// membership is the serf agent behind members, for leave and the
-	// gossip keyring.
-	membership *mesh.Membership
-	ctrl       *control.Server
-	policy     *policy.Enforcer
-	metrics    *metrics.Metrics
-	kick       chan struct{}
-	// requests run on the reconciler goroutine: everything that changes
-	// the data plane or this host's identity goes through it.
+	// Set by New.
+	sys  System
+	opts Options
+	log  *slog.Logger
+	// kick asks the loop for a pass; full asks that pass to read the
+	// device and the kernel back. Both are safe from any goroutine.
+	kick chan struct{}
+	full atomic.Bool
+	// requests run on the loop goroutine: everything that changes the
+	// data plane or this host's identity goes through it.
 	requests chan request
+	// stopping is closed when the loop exits, so requests for it fail
+	// fast instead of waiting out their timeout.
+	stopping chan struct{}
+	repairs  *repairs
 
+	// Set by Start.
+	under    Underlay
+	router   Router
+	enforcer Enforcer
+	cni      ConfigWriter
+	members  Cluster
+	ctrl     *control.Server
+	metrics  *metrics.Metrics
+	ann      *announcer
+	claims   *claimer
+	// peers is the loop's: per-peer deltas against the device.
+	peers *wgdev.PeerSync
+	// keepaliveTimer is the loop's; it brings the loop back for deferred
+	// keepalives.
+	keepaliveTimer *time.Timer
+	// healthTicks is the loop's count of health checks.
+	healthTicks int
 	// teardown holds the undo step of every resource created so far, run
-	// in reverse order on shutdown or when startup fails half-way.
-	teardown []func() error
+	// in reverse order by Close (also when Start fails half-way).
+	teardown []step
 
-	mu         sync.Mutex // guards the fields below, read by status queries
+	mu sync.Mutex
+	// cfg is replaced by reload (the loop), read by status.
+	cfg *config.Config
+	// dev is replaced when the loop recreates a deleted interface.
+	dev Device
+	// The loop's results, for status.
 	state      *mesh.State
 	lastSeen   []mesh.Member
 	reconciles int
 	lastErr    error
+	// missing names what a health check found gone and not yet put
+	// back; status --check fails while it is not empty.
+	missing map[string]string
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// step is one teardown action with a name for the log.
+type step struct {
+	name string
+	undo func() error
+}
+
+// New returns a daemon for cfg that will reach the host through sys.
+// Nothing is created until Start.
+func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon {
+	return &Daemon{
+		sys: sys, opts: opts, log: log, cfg: cfg,
+		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
+		repairs: newRepairs(), missing: map[string]string{},
+	}
 }
 
 // Run starts meshd and blocks until ctx is cancelled, then leaves the
 // cluster and removes everything it created.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options) error {
-	d := &Daemon{opts: opts, cfg: cfg, log: log, kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{})}
-	if err := d.start(ctx); err != nil {
-		if terr := d.shutdown(); terr != nil {
-			log.Error("cleanup after failed start", "err", terr)
+	d := New(cfg, log, HostSystem(), opts)
+	if err := d.Start(ctx); err != nil {
+		if cerr := d.Close(); cerr != nil {
+			log.Error("cleanup after failed start", "err", cerr)
 		}
 		return err
 	}
-	log.Info("meshd running", "interface", d.dev.Name(), "mode", string(d.dev.Kind()),
-		"endpoint", d.endpointAddr, "key", crypto.Fingerprint(d.key.PublicKey()))
-	d.loop(ctx)
-	close(d.stopping)
-	log.Info("shutting down")
-	return d.shutdown()
+	err := d.Run(ctx)
+	return errors.Join(err, d.Close())
 }
 
-func (d *Daemon) start(ctx context.Context) error {
-	cfg := d.cfg
-	lock, err := lockNamespace()
+// Start creates everything in a fixed order. The allow-list goes in
+// before the interface exists, so the tunnel never carries unfiltered
+// traffic; routes and rules before the cluster is joined, so no packet to
+// the overlay can take the underlay. On error, Close undoes what was
+// created.
+func (d *Daemon) Start(ctx context.Context) error {
+	cfg := d.config()
+	lock, err := d.sys.Lock()
 	if err != nil {
 		return err
 	}
-	d.defer_(lock.Close)
+	d.undo("namespace lock", lock.Close)
 	warnReadable(d.log, cfg.Cluster.GossipKeyFile)
-	key, created, err := crypto.LoadOrCreatePrivateKey(filepath.Join(cfg.DataDir, crypto.KeyFileName))
+	keyPath := filepath.Join(cfg.DataDir, crypto.KeyFileName)
+	key, created, err := crypto.LoadOrCreatePrivateKey(keyPath)
 	if err != nil {
 		return err
 	}
 	if created {
-		d.log.Info("created WireGuard private key", "path", filepath.Join(cfg.DataDir, crypto.KeyFileName))
+		d.log.Info("created WireGuard private key", "path", keyPath)
 	}
-	d.key = key
-	under, err := resolveUnderlay(cfg)
-	if err != nil {
+	if d.under, err = d.sys.Underlay(cfg); err != nil {
 		return err
 	}
-	d.mtu = under.mtu
-	d.local = localNode(cfg, key.PublicKey())
-	d.endpointAddr = under.endpoint
-	if err := d.loadClaims(); err != nil {
+	d.ann = newAnnouncer(cfg, key, d.under.Endpoint)
+	d.claims = newClaimer(cfg, d.log)
+	if err := d.claims.load(d.ann); err != nil {
 		return err
 	}
 
-	// A crashed run may have left routes and rules; they are found by
-	// their protocol mark, with no saved state.
-	// Route netlink only: a bare NewHandle also opens XFRM and netfilter
-	// sockets, loading modules meshd never uses and failing where they
-	// cannot be loaded.
-	nl, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	// A crashed run may have left routes, rules and the nftables table;
+	// they are found by their marks, with no saved state.
+	router, closeRouter, err := d.sys.Router(d.log)
 	if err != nil {
-		return fmt.Errorf("open netlink: %w", err)
+		return err
 	}
-	d.defer_(func() error { nl.Close(); return nil })
-	if err := routes.Cleanup(nl); err != nil {
+	d.undo("netlink handle", closeRouter.Close)
+	if err := router.Set(nil); err != nil {
 		return fmt.Errorf("remove routes left by an earlier run: %w", err)
 	}
+	d.router = router
+	if err := d.startEnforcer(cfg); err != nil {
+		return err
+	}
+	if err := d.openDevice(key); err != nil {
+		return err
+	}
+	initial := mesh.Compute(d.ann.local(), nil, nil)
+	d.undo("routes", func() error { return d.router.Set(nil) })
+	if err := d.router.Set(&initial.Routes); err != nil {
+		return fmt.Errorf("install segment routes: %w", err)
+	}
+	d.cni = d.sys.ConfigWriter(cfg.CNIConfDir)
+	if err := d.startContainers(); err != nil {
+		return err
+	}
+	d.startWatchers(ctx)
+	if err := d.startControl(ctx, cfg); err != nil {
+		return err
+	}
+	if err := d.join(cfg, key); err != nil {
+		return err
+	}
+	return d.claims.claimMissing(ctx, d.ann, d.members)
+}
 
-	// The allow-list goes in before the interface exists, so there is no
-	// moment in which the tunnel carries unfiltered traffic.
+func (d *Daemon) startEnforcer(cfg *config.Config) error {
 	ruleset, err := cfg.Policy()
 	if err != nil {
 		return err
 	}
-	nft, err := nftables.New()
+	enf, closeEnf, err := d.sys.Enforcer(cfg.WireGuard.Interface, d.log)
 	if err != nil {
-		return fmt.Errorf("open nftables: %w", err)
+		return err
 	}
-	d.defer_(nft.CloseLasting)
-	// A batch sent to a kernel without nf_tables is answered with one
-	// error ack that the library keeps waiting past; a plain dump fails
-	// at once, with the reason.
-	if _, err := nft.ListTables(); err != nil {
-		return fmt.Errorf("nf_tables is not usable on this kernel (allow-lists need it; load the nf_tables module): %w", err)
-	}
-	if err := policy.Cleanup(nft); err != nil {
+	d.undo("nftables handle", closeEnf.Close)
+	if err := enf.Flush(); err != nil {
 		return fmt.Errorf("remove the nftables table left by an earlier run: %w", err)
 	}
-	d.policy = policy.NewEnforcer(nft, cfg.WireGuard.Interface, d.log)
-	if err := d.policy.Apply(ruleset); err != nil {
+	d.enforcer = enf
+	d.undo("allow-list", enf.Flush)
+	if err := enf.Apply(ruleset); err != nil {
 		return fmt.Errorf("install allow-list: %w", err)
 	}
-	d.defer_(d.policy.Flush)
+	return nil
+}
 
-	d.dev, err = wgdev.Open(wgdev.Options{Name: cfg.WireGuard.Interface, Mode: wgdev.Mode(cfg.WireGuard.Mode), MTU: d.mtu, Log: d.log})
+// openDevice creates the interface and gives it this host's identity.
+// Peers are the loop's business.
+func (d *Daemon) openDevice(key wgtypes.Key) error {
+	cfg := d.config()
+	dev, err := d.sys.Device(d.deviceOptions())
 	if err != nil {
 		return err
 	}
-	d.defer_(d.dev.Close)
-	d.wg, err = wgctrl.New()
-	if err != nil {
-		return fmt.Errorf("open wgctrl: %w", err)
-	}
-	d.defer_(d.wg.Close)
-	if err := wgdev.Configure(d.wg, d.dev.Name(), key, cfg.WireGuard.ListenPort); err != nil {
+	d.setDevice(dev)
+	d.undo("WireGuard interface", func() error { return d.device().Close() })
+	if err := wgdev.Configure(dev, dev.Name(), key, cfg.WireGuard.ListenPort); err != nil {
 		return err
 	}
-	d.peers = wgdev.NewPeerSync(d.wg, d.dev.Name(), d.log)
+	d.peers = wgdev.NewPeerSync(dev, dev.Name(), d.log)
+	return nil
+}
 
-	d.routes = routes.New(nl, d.log)
-	d.defer_(func() error { return d.routes.Set(nil) })
-	initial := mesh.Compute(d.local, nil, nil)
-	if err := d.routes.Set(&initial.Routes); err != nil {
-		return fmt.Errorf("install segment routes: %w", err)
+func (d *Daemon) deviceOptions() wgdev.Options {
+	cfg := d.config()
+	return wgdev.Options{
+		Name: cfg.WireGuard.Interface, Mode: wgdev.Mode(cfg.WireGuard.Mode), MTU: d.under.MTU, Log: d.log,
+		OnRepair: d.repairs.note,
 	}
-	d.defer_(d.removeCNI)
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	d.defer_(func() error { stopWatch(); return nil })
-	go d.watchRoutes(watchCtx)
+}
 
-	d.ctrl, err = control.Listen(cfg.ControlSocket, d)
+func (d *Daemon) startControl(ctx context.Context, cfg *config.Config) error {
+	ctrl, err := control.Listen(cfg.ControlSocket, d)
 	if err != nil {
 		return err
 	}
-	d.defer_(d.ctrl.Close)
-	d.ctrl.Handle("POST /v1/reload", d.serveReload)
-	if err := d.startMetrics(ctx); err != nil {
-		return err
-	}
+	d.ctrl = ctrl
+	d.undo("control socket", ctrl.Close)
+	newAPI(d).register(ctrl)
+	return d.startMetrics(ctx)
+}
 
-	tags, err := d.tags()
+func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
+	tags, err := d.ann.tags()
 	if err != nil {
 		return err
 	}
-	d.membership, err = mesh.JoinCluster(mesh.MembershipConfig{
+	members, err := d.sys.Join(cluster.MembershipConfig{
 		NodeName: cfg.NodeName, BindAddr: cfg.Cluster.BindAddr, BindPort: cfg.Cluster.BindPort,
-		AdvertiseAddr: under.advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
+		AdvertiseAddr: d.under.Advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
 		Log: d.log,
@@ -253,49 +267,59 @@ func (d *Daemon) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.members = d.membership
-	d.defer_(d.membership.Leave)
-	d.registerTrustEndpoints()
-	return d.claimMissing(ctx)
+	d.members = members
+	d.ann.cluster = members
+	d.undo("cluster membership", members.Leave)
+	d.log.Info("meshd running", "interface", d.device().Name(), "mode", string(d.device().Kind()),
+		"endpoint", d.under.Endpoint, "key", crypto.Fingerprint(key.PublicKey()))
+	return nil
 }
 
-// watchRoutes restores routes someone else deletes, resubscribing when
-// the kernel drops the subscription (e.g. ENOBUFS after a burst).
-func (d *Daemon) watchRoutes(ctx context.Context) {
-	for ctx.Err() == nil {
-		if err := routes.Watch(ctx, netns.None(), d.kickFull); err != nil && ctx.Err() == nil {
-			d.log.Warn("route watch interrupted; resubscribing", "err", err)
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
+func (d *Daemon) undo(name string, fn func() error) {
+	d.teardown = append(d.teardown, step{name, fn})
+}
+
+// shutdownBudget bounds Close: SIGTERM must end the process within 5 s
+// even when a dependency hangs, and the command adds its own margin.
+const shutdownBudget = 4 * time.Second
+
+// stepReserve is what Close keeps back for each teardown step still to
+// come when one step runs long.
+const stepReserve = 100 * time.Millisecond
+
+// Close undoes Start in reverse: serf leave (peers drop us at once),
+// control socket, CNI configs, routes, device, allow-list, handles. A
+// step that hangs is abandoned when the budget runs out, so the steps
+// after it still run. Safe to call twice.
+func (d *Daemon) Close() error {
+	d.closeOnce.Do(func() {
+		deadline := time.Now().Add(shutdownBudget)
+		var errs []error
+		for i := len(d.teardown) - 1; i >= 0; i-- {
+			s := d.teardown[i]
+			// Every step after this one keeps a little time of its own.
+			if err := runBounded(s.undo, time.Until(deadline)-time.Duration(i)*stepReserve); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", s.name, err))
 			}
 		}
-	}
+		d.teardown = nil
+		d.closeErr = errors.Join(errs...)
+	})
+	return d.closeErr
 }
 
-// warnReadable flags a gossip key other users can read. It is a warning,
-// not a refusal: 'meshd keygen gossip > FILE' under the usual umask makes
-// such a file, and refusing it would break the documented first start.
-func warnReadable(log *slog.Logger, path string) {
-	if info, err := os.Stat(path); err == nil && info.Mode().Perm()&0o077 != 0 {
-		log.Warn("gossip key file is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
-			"path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
+// runBounded gives one teardown step at least its share of what is left;
+// a step that takes longer keeps running, but Close moves on.
+func runBounded(fn func() error, share time.Duration) error {
+	share = max(share, stepReserve)
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(share):
+		return fmt.Errorf("did not finish within %s; moved on", share.Round(time.Millisecond))
 	}
-}
-
-func (d *Daemon) defer_(undo func() error) { d.teardown = append(d.teardown, undo) }
-
-// shutdown undoes start in reverse: serf leave (peers drop us at once),
-// control socket, routes, WireGuard client, device.
-func (d *Daemon) shutdown() error {
-	var errs []error
-	for i := len(d.teardown) - 1; i >= 0; i-- {
-		if err := d.teardown[i](); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	d.teardown = nil
-	return errors.Join(errs...)
 }
 
 // Kick asks the reconciler for a pass without blocking the caller (serf's
@@ -307,129 +331,27 @@ func (d *Daemon) Kick() {
 	}
 }
 
-// kickFull asks for a pass that reads the kernel back: a route meshd owns
-// was deleted by someone else.
+// kickFull asks for a pass that reads the kernel and the device back:
+// something meshd owns was changed by someone else.
 func (d *Daemon) kickFull() {
-	d.fullDue.Store(true)
+	d.full.Store(true)
 	d.Kick()
 }
 
-// loop is the only goroutine that changes peers and routes.
-func (d *Daemon) loop(ctx context.Context) {
-	resync := time.NewTicker(resyncInterval)
-	defer resync.Stop()
-	retry := time.NewTimer(0) // first pass at once
-	backoff := time.Second
-	d.fullDue.Store(true)
-	for {
-		select {
-		case <-ctx.Done():
-			retry.Stop()
-			return
-		case <-d.kick:
-			time.Sleep(coalesce)
-		case <-resync.C:
-			d.fullDue.Store(true)
-		case <-retry.C:
-		case <-d.opts.Hangup:
-			if err := d.reload(); err != nil {
-				d.log.Error("reload failed; keeping the running configuration", "err", err)
-			}
-			continue
-		case req := <-d.requests:
-			req.answer <- req.fn()
-			continue
-		}
-		if err := d.reconcile(); err != nil {
-			d.fullDue.Store(true) // the state reached is unknown
-			d.log.Error("reconcile failed; retrying", "in", backoff, "err", err)
-			retry.Reset(backoff)
-			backoff = min(backoff*2, maxBackoff)
-			continue
-		}
-		backoff = time.Second
-	}
-}
-
-func (d *Daemon) reconcile() (err error) {
-	began := time.Now()
-	defer func() { d.metrics.ObserveReconcile(time.Since(began), err) }()
-	members := d.members.Members()
-	d.mu.Lock()
-	prev := d.state
-	local := d.local
-	d.mu.Unlock()
-	local.Now = time.Now()
-	st := mesh.Compute(local, members, prev)
-	d.logRejections(prev, &st)
-	var claimErr error
-	if restamp := d.restampDue(members); restamp || len(st.Lost) > 0 {
-		if restamp {
-			claimErr = d.restamp(st.Lost)
-		}
-		// Yield first: routing a slice another host owns would split it.
-		// A failed re-claim must not stop peers and routes from following
-		// the membership: the lost slice is simply not routed meanwhile.
-		if len(st.Lost) > 0 {
-			claimErr = errors.Join(claimErr, d.claim(st.Lost, &st))
-		}
-		local = d.localCopy()
-		local.Now = time.Now()
-		st = mesh.Compute(local, members, prev)
-	}
-	if d.announceDirty {
-		claimErr = errors.Join(claimErr, d.publish())
-	}
-	// Membership events apply the difference from the last state reached;
-	// resyncs, repairs and retries read the device and the kernel back.
-	var peerErr, routeErr error
-	if full := d.fullDue.Swap(false) || prev == nil; full {
-		peerErr, routeErr = d.peers.Set(st.Peers), d.routes.Set(&st.Routes)
-	} else {
-		peerErr, routeErr = d.peers.SetFrom(prev.Peers, st.Peers), d.routes.SetFrom(&prev.Routes, &st.Routes)
-	}
-	err = errors.Join(claimErr, peerErr, routeErr, d.syncCNI(local))
+func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.state, d.lastSeen, d.lastErr = &st, members, err
-	d.reconciles++
-	d.wakeForKeepalives()
-	return err
+	return d.cfg
 }
 
-// wakeForKeepalives kicks the reconciler when a new peer's deferred
-// keepalive falls due (see wgdev.KeepaliveDelay).
-func (d *Daemon) wakeForKeepalives() {
-	next := d.peers.NextKeepalive()
-	if next.IsZero() {
-		return
-	}
-	if d.keepaliveTimer == nil {
-		d.keepaliveTimer = time.AfterFunc(time.Until(next), d.Kick)
-		return
-	}
-	d.keepaliveTimer.Reset(time.Until(next))
+func (d *Daemon) device() Device {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dev
 }
 
-// logRejections logs each refused announcement once, not at every pass.
-func (d *Daemon) logRejections(prev, st *mesh.State) {
-	for _, r := range st.Rejected {
-		if prev != nil && slices.Contains(prev.Rejected, r) {
-			continue
-		}
-		d.log.Warn("announcement rejected", "member", r.Member, "reason", r.Reason)
-	}
-}
-
-func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
-	l := mesh.Local{
-		Name: cfg.NodeName, PublicKey: pub, Link: cfg.WireGuard.Interface,
-		TableBase: cfg.Routing.TableBase, RulePriority: cfg.Routing.RulePriority,
-		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
-		CA:        cfg.Identity.CA,
-	}
-	for _, s := range cfg.Segments {
-		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
-	}
-	return l
+func (d *Daemon) setDevice(dev Device) {
+	d.mu.Lock()
+	d.dev = dev
+	d.mu.Unlock()
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"syscall"
 )
@@ -12,7 +13,7 @@ import (
 // same namespace would otherwise start by "cleaning up" the first one's
 // routes, rules and nftables table, since it finds them by their marks;
 // this lock makes it stop before it touches anything.
-func lockNamespace() (net.Listener, error) {
+func lockNamespace() (io.Closer, error) {
 	ln, err := net.Listen("unix", "@meshd-netns-lock")
 	if errors.Is(err, syscall.EADDRINUSE) {
 		return nil, errors.New("another meshd is already running in this network namespace; stop it first (two daemons would fight over the same routes and nftables table)")

@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 
-	"github.com/meshd/meshd/cni"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/metrics"
 )
@@ -11,37 +10,24 @@ import (
 // startMetrics serves Prometheus metrics when [metrics] listen is set. A
 // port that cannot be bound fails startup rather than running blind.
 func (d *Daemon) startMetrics(ctx context.Context) error {
-	if d.cfg.Metrics.Listen == "" {
+	cfg := d.config()
+	if cfg.Metrics.Listen == "" {
 		return nil
 	}
 	m := metrics.New(d.Status)
 	mctx, stop := context.WithCancel(ctx)
-	if err := metrics.Serve(mctx, d.cfg.Metrics.Listen, m.Registry(), d.log); err != nil {
+	if err := metrics.Serve(mctx, cfg.Metrics.Listen, m.Registry(), d.log); err != nil {
 		stop()
 		return err
 	}
-	d.defer_(func() error { stop(); return nil })
+	d.undo("metrics listener", func() error { stop(); return nil })
 	d.metrics = m
 	return nil
 }
 
 // syncCNI runs every reconcile: claimed slices appear after the join and
-// move when lost, and the CNI configs must follow the slice held now.
+// move when lost, and the CNI configs must follow the slice held now. The
+// files stay when meshd stops (see cni.Write).
 func (d *Daemon) syncCNI(local mesh.Local) error {
-	var segs []cni.Segment
-	for _, s := range local.Segments {
-		if s.Subnet.IsValid() {
-			segs = append(segs, cni.Segment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
-		}
-	}
-	_, err := cni.Write(d.cfg.CNIConfDir, segs, d.mtu)
-	return err
-}
-
-func (d *Daemon) removeCNI() error {
-	segs := make([]cni.Segment, len(d.cfg.Segments))
-	for i, s := range d.cfg.Segments {
-		segs[i] = cni.Segment{Name: s.Name}
-	}
-	return cni.Remove(d.cfg.CNIConfDir, segs)
+	return d.cni.Write(cniSegments(local), d.cniOptions())
 }

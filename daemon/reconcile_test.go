@@ -1,27 +1,55 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
+	"sync"
 	"testing"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
-	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/cluster"
+	"github.com/meshd/meshd/internal/clustertest"
+	"github.com/meshd/meshd/internal/routestest"
+	"github.com/meshd/meshd/internal/wgdevtest"
 	"github.com/meshd/meshd/mesh"
-	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
-	"github.com/meshd/meshd/wgdev"
-	"github.com/meshd/meshd/wgdev/wgdevtest"
 )
 
-type fakeCluster struct{ members []mesh.Member }
+// fakeCluster is a membership whose members the test sets directly, for
+// clusters too large to gossip in a unit test.
+type fakeCluster struct {
+	mu      sync.Mutex
+	members []mesh.Member
+	failed  chan error
+}
 
-func (f *fakeCluster) Members() []mesh.Member          { return f.members }
+func newFakeCluster() *fakeCluster { return &fakeCluster{failed: make(chan error)} }
+
+func (f *fakeCluster) Members() []mesh.Member {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.members)
+}
+func (f *fakeCluster) set(i int, m mesh.Member) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if i == len(f.members) {
+		f.members = append(f.members, m)
+	} else {
+		f.members[i] = m
+	}
+}
 func (f *fakeCluster) SetTags(map[string]string) error { return nil }
 func (f *fakeCluster) LamportTime() uint64             { return 1 }
+func (f *fakeCluster) KeyringOp(string, string) (*cluster.KeyResponse, error) {
+	return nil, errors.New("no keyring")
+}
+func (f *fakeCluster) Failed() <-chan error { return f.failed }
+func (f *fakeCluster) Leave() error         { return nil }
 
 func memberN(t testing.TB, i int, slice netip.Prefix) mesh.Member {
 	t.Helper()
@@ -39,25 +67,25 @@ func sliceN(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
 }
 
-// newTestDaemon wires the real reconciler to fakes of serf, the WireGuard
-// device and netlink.
+// newTestDaemon starts a real daemon on a fake host whose membership is
+// set directly, with n members besides itself; the tests call the
+// reconcile pass themselves.
 func newTestDaemon(t testing.TB, n int) (*Daemon, *fakeCluster, *wgdevtest.Client, *routestest.Fake) {
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	cfg := &config.Config{NodeName: "self", Routing: config.Routing{TableBase: 100, RulePriority: 31000},
-		WireGuard: config.WireGuard{Interface: "mesh0"},
-		Segments:  []config.Segment{{Name: "blue", CIDR: netip.MustParsePrefix("10.0.0.0/8"), Subnet: netip.MustParsePrefix("10.255.255.0/24"), HostPrefix: 24}}}
-	wg := wgdevtest.NewClient()
-	nl := routestest.NewFake()
-	nl.AddLink("mesh0")
-	cl := &fakeCluster{}
+	cl := newFakeCluster()
 	for i := 1; i <= n; i++ {
 		cl.members = append(cl.members, memberN(t, i, sliceN(i)))
 	}
-	var self wgtypes.Key
-	self[0] = 0xff
-	d := &Daemon{cfg: cfg, log: log, kick: make(chan struct{}, 1), local: localNode(cfg, self),
-		peers: wgdev.NewPeerSync(wg, "mesh0", log), routes: routes.New(nl, log), members: cl}
-	return d, cl, wg, nl
+	h := newBenchHost(t)
+	sys := h.system()
+	sys.Join = func(cluster.MembershipConfig, func()) (Cluster, error) { return cl, nil }
+	d := New(h.config(h.bigSegmentConfig()), slog.New(slog.DiscardHandler), sys, Options{})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	// Start installed the segment's own routes; the tests count from here.
+	h.nl.TakeOps()
+	return d, cl, h.link("mesh0").Client, h.nl
 }
 
 // One member changing in a 1,000-member cluster costs O(1) device and
@@ -81,7 +109,7 @@ func TestOneMemberChangeCostsConstantOps(t *testing.T) {
 	}
 
 	// h0500 moves to another slice.
-	cl.members[499] = memberN(t, 500, sliceN(2000))
+	cl.set(499, memberN(t, 500, sliceN(2000)))
 	if err := d.reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +122,9 @@ func TestOneMemberChangeCostsConstantOps(t *testing.T) {
 
 	// h0700 fails.
 	before = wg.Ops()
-	cl.members[699].Status = mesh.StatusFailed
+	m := cl.Members()[699]
+	m.Status = mesh.StatusFailed
+	cl.set(699, m)
 	if err := d.reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +137,7 @@ func TestOneMemberChangeCostsConstantOps(t *testing.T) {
 
 	// A newcomer joins.
 	before = wg.Ops()
-	cl.members = append(cl.members, memberN(t, 1001, sliceN(1001)))
+	cl.set(1000, memberN(t, 1001, sliceN(1001)))
 	if err := d.reconcile(); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +156,7 @@ func BenchmarkReconcileOneChange1000(b *testing.B) {
 	}
 	b.ResetTimer()
 	for i := range b.N {
-		cl.members[499] = memberN(b, 500, sliceN(2000+i%2))
+		cl.set(499, memberN(b, 500, sliceN(2000+i%2)))
 		if err := d.reconcile(); err != nil {
 			b.Fatal(err)
 		}
@@ -140,4 +170,35 @@ func BenchmarkReconcileInitial1000(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func newBenchHost(t testing.TB) *testHost {
+	return newTestHost(t, clustertest.NewNetwork(), "self")
+}
+
+// bigSegmentConfig has one segment big enough for thousands of /24
+// slices; this host owns the last one.
+func (h *testHost) bigSegmentConfig() string {
+	return fmt.Sprintf(`node_name = "self"
+data_dir = %q
+control_socket = %q
+cni_conf_dir = ""
+docker_plugin_socket = ""
+
+[cluster]
+bind_addr = %q
+gossip_key_file = %q
+
+[wireguard]
+interface = "mesh0"
+
+[routing]
+table_base = 100
+rule_priority = 31000
+
+[[segments]]
+name = "blue"
+cidr = "10.0.0.0/8"
+subnet = "10.255.255.0/24"
+`, h.dir+"/data", h.dir+"/meshd.sock", h.addr, gossipKeyFile(h.t))
 }

@@ -8,6 +8,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/mesh"
@@ -19,15 +20,21 @@ import (
 func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
 	st, members, reconciles, lastErr := d.state, d.lastSeen, d.reconciles, d.lastErr
-	local := d.local // rotate-key and claims replace these under d.mu
+	missing := d.missing
+	cfg, dev := d.cfg, d.dev
 	d.mu.Unlock()
+	local := d.ann.local()
 
-	out := control.Status{Node: d.nodeStatus(local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{}}
+	out := control.Status{Node: d.nodeStatus(cfg, dev, local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{},
+		Repairs: d.repairs.snapshot()}
+	for _, what := range sortedKeys(missing) {
+		out.Missing = append(out.Missing, what+": "+missing[what])
+	}
 	if lastErr != nil {
 		out.LastError = lastErr.Error()
 	}
 	live := map[wgtypes.Key]wgtypes.Peer{}
-	if dev, err := d.wg.Device(d.dev.Name()); err == nil {
+	if dev, err := dev.Device(dev.Name()); err == nil {
 		for _, p := range dev.Peers {
 			live[p.PublicKey] = p
 		}
@@ -45,7 +52,7 @@ func (d *Daemon) Status() control.Status {
 		}
 		out.Peers = append(out.Peers, ps)
 	}
-	if counters, err := d.policy.Counters(); err == nil {
+	if counters, err := d.enforcer.Counters(); err == nil {
 		for _, c := range counters {
 			out.Policy = append(out.Policy, control.PolicyCounter{Label: c.Label, Action: c.Action, Reason: c.Reason, Packets: c.Packets, Bytes: c.Bytes})
 		}
@@ -78,13 +85,13 @@ func fillPeer(ps *control.Peer, p mesh.Peer, live wgtypes.Peer, now time.Time) {
 	ps.RxBytes, ps.TxBytes = live.ReceiveBytes, live.TransmitBytes
 }
 
-func (d *Daemon) nodeStatus(local mesh.Local) control.Node {
+func (d *Daemon) nodeStatus(cfg *config.Config, dev Device, local mesh.Local) control.Node {
 	pub := local.PublicKey
 	n := control.Node{
 		Name: local.Name, PublicKey: pub.String(), Fingerprint: crypto.Fingerprint(pub),
-		Mode: string(d.dev.Kind()), Interface: d.dev.Name(), ListenPort: d.cfg.WireGuard.ListenPort,
-		MTU: d.mtu, Endpoint: d.endpointAddr.String(),
-		Gossip: netip.AddrPortFrom(d.cfg.Cluster.BindAddr, uint16(d.cfg.Cluster.BindPort)).String(),
+		Mode: string(dev.Kind()), Interface: dev.Name(), ListenPort: cfg.WireGuard.ListenPort,
+		MTU: d.under.MTU, Endpoint: d.under.Endpoint.String(),
+		Gossip: netip.AddrPortFrom(cfg.Cluster.BindAddr, uint16(cfg.Cluster.BindPort)).String(),
 	}
 	for i, s := range local.Segments {
 		n.Segments = append(n.Segments, control.Segment{Name: s.Name, CIDR: s.CIDR.String(), Subnet: s.Subnet.String(), Table: local.TableBase + i})

@@ -17,37 +17,31 @@ const (
 	fallbackMTU  = 1420
 )
 
-type underlay struct {
-	advertise netip.Addr
-	endpoint  netip.AddrPort
-	mtu       int
-}
-
 // resolveUnderlay fills in what the config left to the host: the address
 // to advertise, the WireGuard endpoint, and the tunnel MTU. The MTU comes
 // from the interface that carries the endpoint address, so a 1400-byte
 // underlay gets a 1340-byte tunnel without anyone doing arithmetic.
-func resolveUnderlay(cfg *config.Config) (underlay, error) {
-	var u underlay
-	u.advertise = cfg.Cluster.AdvertiseAddr
-	if !u.advertise.IsValid() {
+func resolveUnderlay(cfg *config.Config) (Underlay, error) {
+	var u Underlay
+	u.Advertise = cfg.Cluster.AdvertiseAddr
+	if !u.Advertise.IsValid() {
 		if !cfg.Cluster.BindAddr.IsUnspecified() {
-			u.advertise = cfg.Cluster.BindAddr
+			u.Advertise = cfg.Cluster.BindAddr
 		} else {
 			a, err := firstGlobalAddr()
 			if err != nil {
 				return u, err
 			}
-			u.advertise = a
+			u.Advertise = a
 		}
 	}
-	u.endpoint = cfg.WireGuard.Endpoint
-	if !u.endpoint.IsValid() {
-		u.endpoint = netip.AddrPortFrom(u.advertise, uint16(cfg.WireGuard.ListenPort))
+	u.Endpoint = cfg.WireGuard.Endpoint
+	if !u.Endpoint.IsValid() {
+		u.Endpoint = netip.AddrPortFrom(u.Advertise, uint16(cfg.WireGuard.ListenPort))
 	}
-	u.mtu = cfg.WireGuard.MTU
-	if u.mtu == 0 {
-		u.mtu = autoMTU(u.endpoint.Addr())
+	u.MTU = cfg.WireGuard.MTU
+	if u.MTU == 0 {
+		u.MTU = autoMTU(u.Endpoint.Addr())
 	}
 	return u, nil
 }

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"time"
+
+	"github.com/meshd/meshd/segment"
 )
 
 // File names inside a CA directory and a host directory.
@@ -108,7 +110,7 @@ func (ca *CA) Sign(c Cert) (*Cert, error) {
 		PublicKey: slices.Clone(c.PublicKey),
 	}
 	if len(c.Subnets) > 0 {
-		out.Subnets = slices.SortedFunc(slices.Values(c.Subnets), compareSlice)
+		out.Subnets = slices.SortedFunc(slices.Values(c.Subnets), segment.Compare)
 	}
 	body, err := out.body()
 	if err != nil {

@@ -15,12 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strings"
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/meshd/meshd/segment"
 )
 
 // Limits of the certificate format. They bound what a remote host can make
@@ -43,8 +44,6 @@ const maxUnix = 253402300799
 // ed25519 key, so no signed message can be replayed as another kind.
 const certDomain = "meshd-cert-v1\x00"
 
-var segmentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
-
 // Verification failures callers tell apart to explain why a host was refused.
 var (
 	ErrBadSignature = errors.New("not signed by this cluster's CA")
@@ -53,14 +52,9 @@ var (
 	ErrNotAllowed   = errors.New("slice not allowed by certificate")
 )
 
-// Slice is a host's share of one segment. It mirrors mesh.Slice; identity
-// cannot import mesh because mesh verifies announcements with identity.
-type Slice struct {
-	Segment string
-	Prefix  netip.Prefix
-}
-
-func (s Slice) String() string { return s.Segment + "=" + s.Prefix.String() }
+// Slice is a host's share of one segment; a pin never carries a claim
+// time.
+type Slice = segment.Slice
 
 // Cert binds a host name and its allowed segments to the host's signing key.
 type Cert struct {
@@ -165,7 +159,7 @@ func (c *Cert) checkSubnets() error {
 		if err := canonicalPrefix(p.Prefix); err != nil {
 			return fmt.Errorf("subnet %s: %w", p, err)
 		}
-		if i > 0 && compareSlice(c.Subnets[i-1], p) >= 0 {
+		if i > 0 && segment.Compare(c.Subnets[i-1], p) >= 0 {
 			return fmt.Errorf("subnets must be sorted and unique, got %s after %s", p, c.Subnets[i-1])
 		}
 		pinned[p.Segment] = true
@@ -226,12 +220,7 @@ func ValidName(s string) error {
 
 // ValidSegment reports whether s is a segment name, with the same rule the
 // config and the announcement decoder use.
-func ValidSegment(s string) error {
-	if !segmentNameRE.MatchString(s) {
-		return fmt.Errorf("segment name %q must match %s", s, segmentNameRE)
-	}
-	return nil
-}
+func ValidSegment(s string) error { return segment.CheckName(s) }
 
 // ParseSlice parses "segment=cidr" in canonical form.
 func ParseSlice(s string) (Slice, error) {
@@ -250,16 +239,6 @@ func ParseSlice(s string) (Slice, error) {
 		return Slice{}, fmt.Errorf("%q: %w (did you mean %s?)", s, err, p.Masked())
 	}
 	return Slice{Segment: name, Prefix: p}, nil
-}
-
-func compareSlice(a, b Slice) int {
-	if c := strings.Compare(a.Segment, b.Segment); c != 0 {
-		return c
-	}
-	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-		return c
-	}
-	return a.Prefix.Bits() - b.Prefix.Bits()
 }
 
 // Verify checks the CA's signature first, so validity details are only ever

@@ -11,19 +11,12 @@ import (
 	"path/filepath"
 
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/internal/fileio"
 )
 
 // FileError says what is wrong with a certificate or key file and how to fix
 // it; like crypto.KeyError it is a configuration problem, not a crash.
-type FileError struct {
-	Path    string
-	Problem string
-	Fix     string
-}
-
-func (e *FileError) Error() string {
-	return fmt.Sprintf("%s: %s; %s", e.Path, e.Problem, e.Fix)
-}
+type FileError = fileio.Error
 
 // LoadHost reads a host's certificate and key and checks they belong
 // together. It does not verify the certificate against a CA.
@@ -92,11 +85,14 @@ func refuseExisting(path string) error {
 // loadPrivateKey refuses keys others can read instead of fixing the mode:
 // a key that may have leaked must be replaced, not re-permissioned.
 func loadPrivateKey(path, blockType, fix string) (ed25519.PrivateKey, error) {
+	if _, err := readFile(path); err != nil {
+		return nil, err
+	}
 	info, err := os.Stat(path)
 	if err != nil {
 		return nil, err
 	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
+	if perm := info.Mode().Perm(); !fileio.Private(info) {
 		return nil, &crypto.KeyError{Path: path,
 			Problem: fmt.Sprintf("mode %04o lets other users read the private key", perm), Fix: fix}
 	}
@@ -114,7 +110,7 @@ func loadPrivateKey(path, blockType, fix string) (ed25519.PrivateKey, error) {
 // readPEM insists on exactly one block of the expected type, so a
 // concatenated or mislabelled file is reported instead of half-used.
 func readPEM(path, blockType string) ([]byte, error) {
-	raw, err := os.ReadFile(path)
+	raw, err := readFile(path)
 	if err != nil {
 		return nil, err
 	}
@@ -135,38 +131,13 @@ func encodePEM(blockType string, b []byte) []byte {
 }
 
 // writeFile goes through a temporary file so a crash never leaves a
-// truncated key; without replace it links instead of renaming, which fails
-// atomically if the target appeared meanwhile.
+// truncated key; without replace it fails atomically if the target
+// appeared meanwhile.
 func writeFile(path string, data []byte, perm fs.FileMode, replace bool) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("create %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if err := fillFile(tmp, data, perm); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if replace {
-		err = os.Rename(tmp.Name(), path)
-	} else {
-		err = os.Link(tmp.Name(), path)
-	}
-	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("%s: %w", path, fs.ErrExist)
-	}
-	if err != nil {
-		return fmt.Errorf("install %s: %w", path, err)
-	}
-	return nil
+	return fileio.WriteAtomic(path, data, perm, fileio.Replace(replace))
 }
 
-func fillFile(f *os.File, data []byte, perm fs.FileMode) error {
-	err := f.Chmod(perm)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	return errors.Join(err, f.Close())
+// readFile bounds what a certificate or key path can make meshd read.
+func readFile(path string) ([]byte, error) {
+	return fileio.ReadRegular(path, fileio.MaxCertSize)
 }

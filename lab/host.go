@@ -91,6 +91,15 @@ func (h *Host) LogPath() string { return filepath.Join(h.Dir(), "meshd.log") }
 // ControlSocket is the control_socket of the host's config.
 func (h *Host) ControlSocket() string { return filepath.Join(h.Dir(), "meshd.sock") }
 
+// IPAMDir is the cni_ipam_dir of the host's config: host-local's leases
+// of its containers, apart from the machine's /var/lib/cni/networks.
+func (h *Host) IPAMDir() string { return filepath.Join(h.Dir(), "ipam") }
+
+// DockerPluginSocket is the docker_plugin_socket of the host's config. A
+// dockerd of this host finds it when that directory is mounted over its
+// /run/docker/plugins (every host's meshd has its own).
+func (h *Host) DockerPluginSocket() string { return filepath.Join(h.Dir(), "plugins", "meshd.sock") }
+
 // DataDir is the data_dir of the host's config.
 func (h *Host) DataDir() string { return filepath.Join(h.Dir(), "data") }
 
@@ -103,6 +112,8 @@ func (h *Host) Config(extra string) string {
 	p("data_dir = %s", tomlString(h.DataDir()))
 	p("control_socket = %s", tomlString(h.ControlSocket()))
 	p("cni_conf_dir = %s", tomlString(filepath.Join(h.Dir(), "cni")))
+	p("cni_ipam_dir = %s", tomlString(h.IPAMDir()))
+	p("docker_plugin_socket = %s", tomlString(h.DockerPluginSocket()))
 	p("log_level = %s", tomlString("debug"))
 	p("")
 	p("[cluster]")

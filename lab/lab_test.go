@@ -104,6 +104,8 @@ func TestConfigRendering(t *testing.T) {
 data_dir = "/srv/lab/h1/data"
 control_socket = "/srv/lab/h1/meshd.sock"
 cni_conf_dir = "/srv/lab/h1/cni"
+cni_ipam_dir = "/srv/lab/h1/ipam"
+docker_plugin_socket = "/srv/lab/h1/plugins/meshd.sock"
 log_level = "debug"
 
 [cluster]

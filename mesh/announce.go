@@ -9,12 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/segment"
 )
 
 // Serf tags carrying the announcement. Names are one letter because serf
@@ -39,21 +40,10 @@ const (
 	maxTagBytes = 440
 )
 
-var segmentNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,14}$`)
-
 // Slice is a host's share of one segment.
-type Slice struct {
-	Segment string
-	Prefix  netip.Prefix
-	// ClaimedAt is the serf Lamport time at which the host claimed a slice
-	// it was not configured with; 0 for a configured subnet. Conflicting
-	// claims go to the earlier claim, then the lower name.
-	ClaimedAt uint64
-}
+type Slice = segment.Slice
 
-func (s Slice) String() string { return s.Segment + "=" + s.Prefix.String() }
-
-func (s Slice) encode() string {
+func encodeSlice(s Slice) string {
 	if s.ClaimedAt == 0 {
 		return s.String()
 	}
@@ -81,7 +71,7 @@ func (a Announcement) Tags() (map[string]string, error) {
 func (a Announcement) SignedTags(name string, sign func(payload []byte) []byte) (map[string]string, error) {
 	parts := make([]string, len(a.Slices))
 	for i, s := range a.Slices {
-		parts[i] = s.encode()
+		parts[i] = encodeSlice(s)
 	}
 	tags := map[string]string{
 		tagVersion:  announceVersion,
@@ -200,7 +190,7 @@ func decodeSlices(s string) ([]Slice, error) {
 	out := make([]Slice, 0, len(parts))
 	for _, p := range parts {
 		name, rest, ok := strings.Cut(p, "=")
-		if !ok || !segmentNameRE.MatchString(name) {
+		if !ok || !segment.ValidName(name) {
 			return nil, fmt.Errorf("slice %q is not segment=cidr", p)
 		}
 		cidr, at, claimed := strings.Cut(rest, "@")
@@ -220,16 +210,6 @@ func decodeSlices(s string) ([]Slice, error) {
 		}
 		out = append(out, Slice{Segment: name, Prefix: prefix, ClaimedAt: claimedAt})
 	}
-	slices.SortFunc(out, compareSlice)
+	slices.SortFunc(out, segment.Compare)
 	return out, nil
-}
-
-func compareSlice(a, b Slice) int {
-	if c := strings.Compare(a.Segment, b.Segment); c != 0 {
-		return c
-	}
-	if c := a.Prefix.Addr().Compare(b.Prefix.Addr()); c != 0 {
-		return c
-	}
-	return a.Prefix.Bits() - b.Prefix.Bits()
 }

@@ -17,11 +17,11 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/internal/routestest"
+	"github.com/meshd/meshd/internal/wgdevtest"
 	"github.com/meshd/meshd/mesh"
 	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
 	"github.com/meshd/meshd/wgdev"
-	"github.com/meshd/meshd/wgdev/wgdevtest"
 )
 
 // A segment big enough for thousands of /24 slices: member i owns slice

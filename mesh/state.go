@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
-	"github.com/meshd/meshd/routes"
 )
 
 // Status is a member's serf state as meshd reports it.
@@ -83,7 +81,7 @@ type Rejection struct {
 // which announcements were refused.
 type State struct {
 	Peers    []Peer // sorted by name
-	Routes   routes.Config
+	Routes   RouteConfig
 	Rejected []Rejection // sorted by member
 	// Lost names this host's claimed segments whose slice an earlier claim
 	// of another host now holds: the host must claim another.
@@ -388,7 +386,7 @@ func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
 // address without a live owner never falls through to the underlay.
 // Rules select the table by source (pods of the segment) and by
 // destination (anything on this host talking to the segment).
-func routesFor(local Local, peers []Peer, lost []string) routes.Config {
+func routesFor(local Local, peers []Peer, lost []string) RouteConfig {
 	// Counted first: a thousand routes appended one by one would regrow
 	// the slice a dozen times.
 	n := 0
@@ -402,24 +400,24 @@ func routesFor(local Local, peers []Peer, lost []string) routes.Config {
 			}
 		}
 	}
-	cfg := routes.Config{
+	cfg := RouteConfig{
 		Link:   local.Link,
-		Routes: make([]routes.Route, 0, n),
-		Rules:  make([]routes.Rule, 0, 2*len(local.Segments)),
+		Routes: make([]Route, 0, n),
+		Rules:  make([]Rule, 0, 2*len(local.Segments)),
 	}
 	for i, seg := range local.Segments {
 		table := local.TableBase + i
 		cfg.Rules = append(cfg.Rules,
-			routes.Rule{Priority: local.RulePriority, Table: table, From: seg.CIDR},
-			routes.Rule{Priority: local.RulePriority + 1, Table: table, To: seg.CIDR})
-		cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: seg.CIDR, Kind: routes.Unreachable})
+			Rule{Priority: local.RulePriority, Table: table, From: seg.CIDR},
+			Rule{Priority: local.RulePriority + 1, Table: table, To: seg.CIDR})
+		cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: seg.CIDR, Kind: Unreachable})
 		if seg.Subnet.IsValid() && !slices.Contains(lost, seg.Name) {
-			cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: seg.Subnet, Kind: routes.Throw})
+			cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: seg.Subnet, Kind: Throw})
 		}
 		for _, p := range peers {
 			for _, s := range p.Slices {
 				if s.Segment == seg.Name {
-					cfg.Routes = append(cfg.Routes, routes.Route{Table: table, Dst: s.Prefix, Kind: routes.Tunnel, Peer: p.Name})
+					cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: s.Prefix, Kind: Tunnel, Peer: p.Name})
 				}
 			}
 		}

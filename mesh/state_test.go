@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
-	"github.com/meshd/meshd/routes"
 )
 
 func testKey(t testing.TB, seed byte) wgtypes.Key {
@@ -71,18 +69,18 @@ func TestComputeTwoPeersExactState(t *testing.T) {
 			t.Errorf("peer %d = %+v\nwant %+v", i, st.Peers[i], want[i])
 		}
 	}
-	wantRoutes := routes.Config{
+	wantRoutes := RouteConfig{
 		Link: "mesh0",
-		Routes: []routes.Route{
-			{Table: 100, Dst: pfx("10.42.0.0/16"), Kind: routes.Unreachable},
-			{Table: 100, Dst: pfx("10.42.1.0/24"), Kind: routes.Throw},
-			{Table: 100, Dst: pfx("10.42.2.0/24"), Kind: routes.Tunnel, Peer: "h2"},
-			{Table: 100, Dst: pfx("10.42.3.0/24"), Kind: routes.Tunnel, Peer: "h3"},
-			{Table: 101, Dst: pfx("fd42::/48"), Kind: routes.Unreachable},
-			{Table: 101, Dst: pfx("fd42:0:0:1::/64"), Kind: routes.Throw},
-			{Table: 101, Dst: pfx("fd42:0:0:2::/64"), Kind: routes.Tunnel, Peer: "h2"},
+		Routes: []Route{
+			{Table: 100, Dst: pfx("10.42.0.0/16"), Kind: Unreachable},
+			{Table: 100, Dst: pfx("10.42.1.0/24"), Kind: Throw},
+			{Table: 100, Dst: pfx("10.42.2.0/24"), Kind: Tunnel, Peer: "h2"},
+			{Table: 100, Dst: pfx("10.42.3.0/24"), Kind: Tunnel, Peer: "h3"},
+			{Table: 101, Dst: pfx("fd42::/48"), Kind: Unreachable},
+			{Table: 101, Dst: pfx("fd42:0:0:1::/64"), Kind: Throw},
+			{Table: 101, Dst: pfx("fd42:0:0:2::/64"), Kind: Tunnel, Peer: "h2"},
 		},
-		Rules: []routes.Rule{
+		Rules: []Rule{
 			{Priority: 31000, Table: 100, From: pfx("10.42.0.0/16")},
 			{Priority: 31000, Table: 101, From: pfx("fd42::/48")},
 			{Priority: 31001, Table: 100, To: pfx("10.42.0.0/16")},
@@ -204,7 +202,7 @@ func TestComputeDropsMembersThatAreNotAlive(t *testing.T) {
 		t.Fatalf("peers = %+v, want only the alive h2", st.Peers)
 	}
 	for _, r := range st.Routes.Routes {
-		if r.Kind == routes.Tunnel && r.Peer != "h2" {
+		if r.Kind == Tunnel && r.Peer != "h2" {
 			t.Fatalf("route to a host that is not alive: %+v", r)
 		}
 	}
@@ -228,10 +226,10 @@ func TestComputeWithoutMembersStillFencesSegments(t *testing.T) {
 	st := Compute(localH1(t), nil, nil)
 	var unreachable int
 	for _, r := range st.Routes.Routes {
-		if r.Kind == routes.Tunnel {
+		if r.Kind == Tunnel {
 			t.Fatalf("tunnel route with no peers: %+v", r)
 		}
-		if r.Kind == routes.Unreachable {
+		if r.Kind == Unreachable {
 			unreachable++
 		}
 	}

@@ -137,7 +137,7 @@ func TestUnitMatchesConfigDefaults(t *testing.T) {
 	}
 	rw := u.words("Service.ReadWritePaths")
 	// wireguard-go serves its UAPI socket there, shared with wg(8).
-	for _, dir := range []string{"/run/wireguard", cfg.CNIConfDir} {
+	for _, dir := range []string{"/run/wireguard", cfg.CNIConfDir, cfg.CNIIPAMDir, filepath.Dir(cfg.DockerPluginSocket)} {
 		if !slices.Contains(rw, dir) {
 			t.Errorf("ReadWritePaths lacks %s", dir)
 		}
@@ -156,7 +156,7 @@ func loadExample(t *testing.T) *config.Config {
 		t.Fatal(err)
 	}
 	t.Setenv("MESHD_CLUSTER_GOSSIP_KEY_FILE", key)
-	for _, k := range []string{"MESHD_DATA_DIR", "MESHD_CONTROL_SOCKET", "MESHD_CNI_CONF_DIR"} {
+	for _, k := range []string{"MESHD_DATA_DIR", "MESHD_CONTROL_SOCKET", "MESHD_CNI_CONF_DIR", "MESHD_CNI_IPAM_DIR", "MESHD_DOCKER_PLUGIN_SOCKET"} {
 		t.Setenv(k, "")
 	}
 	cfg, err := config.Load("../config.example.toml")

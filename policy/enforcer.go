@@ -44,6 +44,9 @@ type Enforcer struct {
 	conn  Conn
 	iface string
 	log   *slog.Logger
+	// applied is the plan of the last successful Apply (guarded by mu),
+	// what Intact compares the kernel with.
+	applied *Plan
 }
 
 // NewEnforcer returns an enforcer for traffic through iface; a nil log
@@ -81,6 +84,7 @@ func (e *Enforcer) Apply(rs *Ruleset) error {
 	if err := e.conn.Flush(); err != nil {
 		return fmt.Errorf("apply policy on %s (table inet %s): %w", e.iface, TableName, err)
 	}
+	e.applied = plan
 	e.log.Info("policy applied", "interface", e.iface, "entries", len(rs.Entries), "kernel_rules", len(plan.Rules))
 	return nil
 }
@@ -93,8 +97,56 @@ func (e *Enforcer) Flush() error {
 	if err := removeTable(e.conn); err != nil {
 		return err
 	}
+	e.applied = nil
 	e.log.Info("policy removed", "interface", e.iface)
 	return nil
+}
+
+// Intact reports whether every chain of the last applied plan is in the
+// kernel with all its rules. A firewall reload (`nft flush ruleset`,
+// firewalld, a docker restart) removes the table without telling anyone;
+// the caller applies the policy again when this fails.
+func (e *Enforcer) Intact() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.applied == nil {
+		return nil
+	}
+	want := map[string]int{}
+	for _, r := range e.applied.Rules {
+		want[r.Chain.Name]++
+	}
+	missing := 0
+	var changed []string
+	for _, c := range e.applied.Chains {
+		rules, err := e.conn.GetRules(e.applied.Table, c)
+		if err != nil {
+			return fmt.Errorf("read chain %s of table inet %s: %w", c.Name, TableName, err)
+		}
+		if len(rules) == 0 && want[c.Name] > 0 {
+			missing++
+		}
+		if len(rules) != want[c.Name] {
+			changed = append(changed, fmt.Sprintf("chain %s has %d rules, want %d", c.Name, len(rules), want[c.Name]))
+		}
+	}
+	switch {
+	case missing == len(e.applied.Chains) || (missing > 0 && missing == len(changed) && len(changed) == countNonEmpty(want)):
+		return ErrNotApplied
+	case len(changed) > 0:
+		return fmt.Errorf("table inet %s was changed: %s", TableName, strings.Join(changed, "; "))
+	}
+	return nil
+}
+
+func countNonEmpty(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		if v > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // Cleanup removes a table left behind by a run that did not shut down
@@ -204,4 +256,21 @@ func labelOf(ud []byte) string {
 		ud = ud[2+n:]
 	}
 	return ""
+}
+
+// verdictName names a verdict as nft prints it.
+func verdictName(v *expr.Verdict) string {
+	switch v.Kind {
+	case expr.VerdictAccept:
+		return "accept"
+	case expr.VerdictDrop:
+		return "drop"
+	case expr.VerdictJump:
+		return "jump " + v.Chain
+	case expr.VerdictGoto:
+		return "goto " + v.Chain
+	case expr.VerdictReturn:
+		return "return"
+	}
+	return fmt.Sprintf("verdict(%d)", v.Kind)
 }

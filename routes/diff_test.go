@@ -22,7 +22,7 @@ func kernelView(cfg *Config, linkIndex int) ([]netlink.Route, []netlink.Rule) {
 	}
 	rules := make([]netlink.Rule, len(cfg.Rules))
 	for i, r := range cfg.Rules {
-		rules[i] = *r.toNetlink()
+		rules[i] = *ruleToNetlink(r)
 	}
 	return routes, rules
 }
@@ -157,12 +157,12 @@ func oldNormalize(cfg *Config) (*Config, error) {
 			errs = append(errs, fmt.Errorf("route %s: %w", r, err))
 			continue
 		}
-		if prev, dup := seen[r.key()]; dup && prev.Kind != r.Kind {
+		if prev, dup := seen[r.Key()]; dup && prev.Kind != r.Kind {
 			errs = append(errs, fmt.Errorf("route %s: conflicts with %s", r, prev))
 		}
-		seen[r.key()] = r
+		seen[r.Key()] = r
 	}
-	c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.key() == b.key() })
+	c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.Key() == b.Key() })
 	for _, r := range c.Rules {
 		if err := validRule(r); err != nil {
 			errs = append(errs, fmt.Errorf("rule %s: %w", r, err))

@@ -69,7 +69,7 @@ func diffFrom(had, want *Config, linkIndex int) plan {
 	for i, j := 0, 0; i < len(hu) || j < len(wu); {
 		switch c := walkOrder(hu, i, wu, j, compareRules); {
 		case c < 0:
-			p.delRules = append(p.delRules, *hu[i].toNetlink())
+			p.delRules = append(p.delRules, *ruleToNetlink(hu[i]))
 			i++
 		case c > 0:
 			p.addRules = append(p.addRules, wu[j])
@@ -97,7 +97,7 @@ func walkOrder[T any](a []T, i int, b []T, j int, compare func(T, T) int) int {
 
 // installed is r as a dump reports it after Set wrote it.
 func installed(r Route, linkIndex int) netlink.Route {
-	nr := r.toNetlink(linkIndex)
+	nr := routeToNetlink(r, linkIndex)
 	nr.Priority = defaultMetric(nr.Family)
 	return *nr
 }
@@ -115,7 +115,7 @@ func (m *Manager) updatePeers(had, want *Config) {
 	for i, j := 0, 0; i < len(hr) || j < len(wr); {
 		switch c := walkOrder(hr, i, wr, j, compareRoutes); {
 		case c < 0:
-			delete(m.peers, hr[i].key())
+			delete(m.peers, hr[i].Key())
 			i++
 		case c > 0:
 			m.rememberPeer(wr[j])
@@ -141,7 +141,7 @@ func (m *Manager) peersDescribe(had *Config) bool {
 		if r.Peer == "" {
 			continue
 		}
-		if m.peers[r.key()] != r.Peer {
+		if m.peers[r.Key()] != r.Peer {
 			return false
 		}
 		n++

@@ -9,8 +9,8 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/meshd/meshd/internal/routestest"
 	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
 )
 
 func randomConfig(rng *rand.Rand) *routes.Config {

@@ -105,9 +105,9 @@ func (m *Manager) rememberPeers(want *Config) {
 // slot before when r has no peer.
 func (m *Manager) rememberPeer(r Route) {
 	if r.Peer != "" {
-		m.peers[r.key()] = r.Peer
+		m.peers[r.Key()] = r.Peer
 	} else {
-		delete(m.peers, r.key())
+		delete(m.peers, r.Key())
 	}
 }
 
@@ -147,8 +147,8 @@ func diffRoutes(want []Route, have []netlink.Route, linkIndex int) ([]routeWrite
 	var writes []routeWrite
 	var dels []netlink.Route
 	for _, w := range want {
-		group := byKey[w.key()]
-		delete(byKey, w.key())
+		group := byKey[w.Key()]
+		delete(byKey, w.Key())
 		var slot *netlink.Route
 		for _, k := range group {
 			if slot == nil && inSlot(k) {
@@ -175,8 +175,8 @@ func diffRoutes(want []Route, have []netlink.Route, linkIndex int) ([]routeWrite
 func compareKernelRoutes(a, b netlink.Route) int {
 	ka, kb := kernelRouteKey(&a), kernelRouteKey(&b)
 	return cmp.Or(
-		cmp.Compare(ka.table, kb.table),
-		ka.dst.Compare(kb.dst),
+		cmp.Compare(ka.Table, kb.Table),
+		ka.Dst.Compare(kb.Dst),
 		cmp.Compare(a.Priority, b.Priority),
 		cmp.Compare(a.Tos, b.Tos),
 	)
@@ -252,7 +252,7 @@ func (m *Manager) writeRoute(w routeWrite, linkName string, linkIndex int) error
 	if w.want.Peer != "" {
 		name += " (peer " + w.want.Peer + ")"
 	}
-	if err := m.write(func() error { return m.nl.RouteReplace(w.want.toNetlink(linkIndex)) }); err != nil {
+	if err := m.write(func() error { return m.nl.RouteReplace(routeToNetlink(w.want, linkIndex)) }); err != nil {
 		return fmt.Errorf("route %s: replace: %w", name, err)
 	}
 	attrs := []any{"table", w.want.Table, "dst", w.want.Dst, "kind", w.want.Kind}
@@ -280,7 +280,7 @@ func (m *Manager) delRoute(k *netlink.Route) error {
 	if err := m.write(func() error { return m.nl.RouteDel(deleteRequest(k)) }); err != nil {
 		return fmt.Errorf("route %s: delete: %w", name, err)
 	}
-	attrs := []any{"table", key.table, "dst", key.dst, "kind", kernelKind(k)}
+	attrs := []any{"table", key.Table, "dst", key.Dst, "kind", kernelKind(k)}
 	if peer != "" {
 		attrs = append(attrs, "peer", peer)
 	}
@@ -289,7 +289,7 @@ func (m *Manager) delRoute(k *netlink.Route) error {
 }
 
 func (m *Manager) addRule(r Rule) error {
-	if err := m.write(func() error { return m.nl.RuleAdd(r.toNetlink()) }); err != nil {
+	if err := m.write(func() error { return m.nl.RuleAdd(ruleToNetlink(r)) }); err != nil {
 		return fmt.Errorf("rule %s: add: %w", r, err)
 	}
 	m.log.Info("rule added", "rule", r.String())

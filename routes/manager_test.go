@@ -12,8 +12,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/meshd/meshd/internal/routestest"
 	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )

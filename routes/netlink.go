@@ -132,10 +132,10 @@ func defaultMetric(family int) int {
 	return 0
 }
 
-// toNetlink is the kernel form of r. Tunnel routes use scope link because
+// routeToNetlink is the kernel form of r. Tunnel routes use scope link because
 // the peer's slice is reached directly over the point-to-point WireGuard
 // interface, with no gateway.
-func (r Route) toNetlink(linkIndex int) *netlink.Route {
+func routeToNetlink(r Route, linkIndex int) *netlink.Route {
 	nr := &netlink.Route{
 		Family:   familyOf(r.Dst),
 		Table:    r.Table,
@@ -196,12 +196,12 @@ func kernelKind(k *netlink.Route) string {
 }
 
 func kernelRouteKey(k *netlink.Route) routeKey {
-	return routeKey{table: k.Table, dst: prefixOf(k.Dst, k.Family)}
+	return routeKey{Table: k.Table, Dst: prefixOf(k.Dst, k.Family)}
 }
 
 func describeKernelRoute(k *netlink.Route) string {
 	key := kernelRouteKey(k)
-	s := fmt.Sprintf("table %d %s %s", key.table, key.dst, kernelKind(k))
+	s := fmt.Sprintf("table %d %s %s", key.Table, key.Dst, kernelKind(k))
 	if k.Priority != defaultMetric(k.Family) {
 		s += fmt.Sprintf(" metric %d", k.Priority)
 	}
@@ -216,7 +216,7 @@ func deleteRequest(k *netlink.Route) *netlink.Route {
 	return &netlink.Route{
 		Family:    k.Family,
 		Table:     k.Table,
-		Dst:       ipNet(key.dst),
+		Dst:       ipNet(key.Dst),
 		Type:      k.Type,
 		Scope:     k.Scope,
 		Protocol:  k.Protocol,
@@ -226,7 +226,7 @@ func deleteRequest(k *netlink.Route) *netlink.Route {
 	}
 }
 
-func (r Rule) toNetlink() *netlink.Rule {
+func ruleToNetlink(r Rule) *netlink.Rule {
 	// NewRule, not a literal: zero values of Goto, Flow and the suppress
 	// fields are meaningful selectors/actions to the library.
 	nr := netlink.NewRule()

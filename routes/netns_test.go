@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/meshd/meshd/internal/routestest"
 	"github.com/meshd/meshd/internal/testenv"
 	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -441,4 +441,16 @@ func testWatch(t *testing.T, ns netns.NsHandle, h *netlink.Handle, m *routes.Man
 		}
 		checkState(t, h, wantKernelRoutes, wantKernelRules)
 	}
+
+	// As `ip rule del prio 100 from 10.42.0.0/16` does.
+	rule := netlink.NewRule()
+	rule.Priority, rule.Src, rule.Table = 100, ipnet("10.42.0.0/16"), table4
+	must(t, h.RuleDel(rule))
+	waitKick("deleting a rule")
+	before := m.Ops()
+	must(t, m.Set(kernelCfg()))
+	if d := m.Ops() - before; d != 1 {
+		t.Errorf("restoring the rule cost %d writes, want 1", d)
+	}
+	checkState(t, h, wantKernelRoutes, wantKernelRules)
 }

@@ -38,7 +38,7 @@ func normalize(cfg *Config) (*Config, error) {
 			errs = append(errs, fmt.Errorf("route %s: %w", r, err))
 			continue
 		}
-		if last != nil && last.key() == r.key() && last.Kind != r.Kind {
+		if last != nil && last.Key() == r.Key() && last.Kind != r.Kind {
 			errs = append(errs, fmt.Errorf("route %s: conflicts with %s", r, *last))
 		}
 		last = &c.Routes[i]
@@ -53,7 +53,7 @@ func normalize(cfg *Config) (*Config, error) {
 	}
 	// Strictly sorted slices hold no duplicates.
 	if copyRoutes {
-		c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.key() == b.key() })
+		c.Routes = dedupe(c.Routes, func(a, b Route) bool { return a.Key() == b.Key() })
 	}
 	if copyRules {
 		c.Rules = dedupe(c.Rules, func(a, b Rule) bool { return a == b })

@@ -7,15 +7,19 @@ import (
 	"sync"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// Watch calls kick whenever a route carrying Protocol is deleted, so the
-// reconciler can put back what someone else removed (a hand-run `ip route
-// flush`, an interface going away). kick runs on Watch's goroutine and
+// Watch calls kick whenever a route carrying Protocol or any policy rule
+// is deleted, so the reconciler can put back what someone else removed
+// (a hand-run `ip route flush` or `ip rule del`, an interface going away,
+// networkd reapplying its own rules). kick runs on Watch's goroutines and
 // should only signal; rate-limiting is the caller's job. meshd's own
-// deletions kick too, and the Set that follows is a no-op.
+// deletions kick too, and the Set that follows is a no-op. Rule
+// notifications carry no protocol worth trusting across kernels, and
+// rules change rarely, so every rule deletion kicks.
 //
 // ns selects the network namespace; netns.None() means the current one.
 // kick is also called once the subscription is up and once when it
@@ -43,9 +47,29 @@ func Watch(ctx context.Context, ns netns.NsHandle, kick func()) error {
 	if err := netlink.RouteSubscribeWithOptions(updates, done, opts); err != nil {
 		return fmt.Errorf("routes: subscribe to route updates: %w", err)
 	}
+	ruleErr := make(chan error, 1)
+	rules, err := subscribeRules(ns)
+	if err != nil {
+		stop()
+		for range updates {
+		}
+		return err
+	}
+	go func() { ruleErr <- watchRules(rules, kick) }()
+	defer func() {
+		rules.Close() // ends watchRules' Receive
+		<-ruleErr
+	}()
 	kick()
 	for {
 		select {
+		case err := <-ruleErr:
+			ruleErr <- err // for the deferred wait
+			stop()
+			for range updates {
+			}
+			kick()
+			return fmt.Errorf("routes: rule subscription ended: %w", orUnknown(err))
 		case <-ctx.Done():
 			stop()
 			// The library's reader may be blocked sending to updates;
@@ -72,4 +96,40 @@ func orUnknown(err error) error {
 		return errors.New("reader stopped without an error")
 	}
 	return err
+}
+
+// The kernel's multicast groups for rule changes (rtnetlink.h).
+const (
+	rtnlgrpIPv4Rule = 8
+	rtnlgrpIPv6Rule = 19
+)
+
+func subscribeRules(ns netns.NsHandle) (*nl.NetlinkSocket, error) {
+	var s *nl.NetlinkSocket
+	var err error
+	if ns.IsOpen() {
+		s, err = nl.SubscribeAt(ns, netns.None(), unix.NETLINK_ROUTE, rtnlgrpIPv4Rule, rtnlgrpIPv6Rule)
+	} else {
+		s, err = nl.Subscribe(unix.NETLINK_ROUTE, rtnlgrpIPv4Rule, rtnlgrpIPv6Rule)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("routes: subscribe to rule updates: %w", err)
+	}
+	return s, nil
+}
+
+// watchRules kicks on every rule deletion until the socket is closed or
+// fails.
+func watchRules(s *nl.NetlinkSocket, kick func()) error {
+	for {
+		msgs, _, err := s.Receive()
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if m.Header.Type == unix.RTM_DELRULE {
+				kick()
+			}
+		}
+	}
 }

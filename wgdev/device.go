@@ -34,16 +34,43 @@ var ErrKernelUnsupported = errors.New("this kernel has no WireGuard support (the
 // typically a second meshd with the same interface name.
 var ErrInUse = errors.New("interface is in use by another running process")
 
+// ErrForeign means a link with the configured name exists and meshd
+// cannot prove it made it: deleting it could cut another program's
+// tunnel (OpenVPN's tun0, wg-quick's wg0).
+var ErrForeign = errors.New("interface exists and is not meshd's")
+
 // SocketDir is where userspace WireGuard implementations serve UAPI. It is
 // shared by every network namespace on a host, which is why hosts in
 // namespaces need distinct interface names.
 const SocketDir = "/var/run/wireguard"
+
+// Marker is the interface alias (IFLA_IFALIAS, `ip link show` prints it)
+// meshd sets on every link it creates. Only a link carrying it is ever
+// deleted as a leftover of an earlier run.
+const Marker = "meshd-managed"
+
+// Links is the part of *netlink.Handle that wgdev uses, injected so the
+// device follows one namespace's handle and tests can see every call.
+type Links interface {
+	LinkByName(name string) (netlink.Link, error)
+	LinkAdd(link netlink.Link) error
+	LinkDel(link netlink.Link) error
+	LinkSetMTU(link netlink.Link, mtu int) error
+	LinkSetUp(link netlink.Link) error
+	LinkSetAlias(link netlink.Link, name string) error
+	LinkSetIP6AddrGenMode(link netlink.Link, mode int) error
+}
+
+var _ Links = (*netlink.Handle)(nil)
 
 // Device is a WireGuard interface that meshd created and will remove.
 type Device interface {
 	Name() string
 	// Kind is "kernel" or "userspace": what was actually chosen.
 	Kind() Mode
+	// Present reports whether the interface still exists as meshd made
+	// it. Someone else may delete it; the owner then opens a new one.
+	Present() error
 	// Close removes the interface. Safe to call twice.
 	Close() error
 }
@@ -54,15 +81,35 @@ type Options struct {
 	Mode Mode
 	MTU  int
 	Log  *slog.Logger
+	// Links is the netlink handle of the namespace the device lives in;
+	// nil opens one for the calling thread's namespace.
+	Links Links
+	// OnRepair is told what the device put back by itself after someone
+	// else removed it (the UAPI socket); nil ignores it.
+	OnRepair func(what string)
 }
 
-// Open creates the interface, sets its MTU and brings it up. In auto mode
-// a kernel without WireGuard falls back to the embedded implementation.
+// Open creates the interface, marks it as meshd's, sets its MTU and brings
+// it up. In auto mode a kernel without WireGuard falls back to the
+// embedded implementation.
 func Open(opts Options) (Device, error) {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.OnRepair == nil {
+		opts.OnRepair = func(string) {}
+	}
+	if opts.Links == nil {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return nil, fmt.Errorf("open netlink: %w", err)
+		}
+		opts.Links = h
+	}
 	if err := checkFree(opts.Name); err != nil {
 		return nil, err
 	}
-	if err := removeStale(opts.Name, opts.Log); err != nil {
+	if err := removeStale(opts.Links, opts.Name, opts.Log); err != nil {
 		return nil, err
 	}
 	var dev Device
@@ -84,11 +131,39 @@ func Open(opts Options) (Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := linkUp(opts.Name, opts.MTU); err != nil {
+	if err := linkUp(opts.Links, opts.Name, opts.MTU); err != nil {
 		dev.Close()
 		return nil, err
 	}
 	return dev, nil
+}
+
+// CheckName reports, without changing anything, whether Open could take
+// the name: free, or a leftover of meshd's own. A config check runs it
+// before anything is created.
+func CheckName(links Links, name string) error {
+	if err := checkFree(name); err != nil {
+		return err
+	}
+	link, err := lookup(links, name)
+	if link == nil {
+		return err
+	}
+	return ownLink(link)
+}
+
+// lookup returns the link called name, nil without an error when there
+// is none.
+func lookup(links Links, name string) (netlink.Link, error) {
+	link, err := links.LinkByName(name)
+	var notFound netlink.LinkNotFoundError
+	if errors.As(err, &notFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("look up interface %s: %w", name, err)
+	}
+	return link, nil
 }
 
 // checkFree refuses to take over an interface whose UAPI socket a live
@@ -102,37 +177,48 @@ func checkFree(name string) error {
 	return fmt.Errorf("%s: %w (its UAPI socket %s answers); stop the other process or choose another wireguard.interface", name, ErrInUse, socketPath(name))
 }
 
-// removeStale deletes a WireGuard or TUN link left by a crashed meshd so a
-// restart comes up without manual steps; any other kind of link with the
-// name belongs to someone else and is an error.
-func removeStale(name string, log *slog.Logger) error {
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		var notFound netlink.LinkNotFoundError
-		if errors.As(err, &notFound) {
-			return nil
-		}
-		return fmt.Errorf("look up interface %s: %w", name, err)
-	}
-	switch link.Type() {
-	case "wireguard", "tun", "tuntap":
-		log.Info("removing stale WireGuard interface from an earlier run", "interface", name, "type", link.Type())
-		if err := netlink.LinkDel(link); err != nil {
-			return fmt.Errorf("remove stale interface %s: %w", name, err)
-		}
-		os.Remove(socketPath(name))
+// ownLink proves a link is meshd's by the marker it sets on every link it
+// creates; the kind alone (tun, wireguard) is what OpenVPN and wg-quick
+// make too.
+func ownLink(link netlink.Link) error {
+	a := link.Attrs()
+	if a.Alias == Marker {
 		return nil
 	}
-	return fmt.Errorf("interface %s already exists and is a %s link, not meshd's; choose another wireguard.interface", name, link.Type())
+	what := link.Type() + " link"
+	if a.Alias != "" {
+		what += fmt.Sprintf(" (alias %q)", a.Alias)
+	}
+	return fmt.Errorf("%s: %w: it is a %s that meshd did not create; choose another wireguard.interface, or delete it yourself if it is a leftover",
+		a.Name, ErrForeign, what)
 }
 
-func linkUp(name string, mtu int) error {
-	link, err := netlink.LinkByName(name)
+// removeStale deletes a link left by a crashed meshd so a restart comes up
+// without manual steps; a link without meshd's marker belongs to someone
+// else and is an error.
+func removeStale(links Links, name string, log *slog.Logger) error {
+	link, err := lookup(links, name)
+	if link == nil {
+		return err
+	}
+	if err := ownLink(link); err != nil {
+		return err
+	}
+	log.Info("removing stale WireGuard interface from an earlier run", "interface", name, "type", link.Type())
+	if err := links.LinkDel(link); err != nil {
+		return fmt.Errorf("remove stale interface %s: %w", name, err)
+	}
+	os.Remove(socketPath(name))
+	return nil
+}
+
+func linkUp(links Links, name string, mtu int) error {
+	link, err := links.LinkByName(name)
 	if err != nil {
 		return fmt.Errorf("find interface %s: %w", name, err)
 	}
 	if mtu > 0 {
-		if err := netlink.LinkSetMTU(link, mtu); err != nil {
+		if err := links.LinkSetMTU(link, mtu); err != nil {
 			return fmt.Errorf("set MTU %d on %s: %w", mtu, name, err)
 		}
 	}
@@ -142,40 +228,91 @@ func linkUp(name string, mtu int) error {
 	// the default-deny counters from an address nothing uses. Kernel
 	// WireGuard links already come up without one. A kernel without
 	// IPv6 has nothing to turn off.
-	if err := netlink.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
+	if err := links.LinkSetIP6AddrGenMode(link, nl.IN6_ADDR_GEN_MODE_NONE); err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
 		return fmt.Errorf("turn off IPv6 address autoconfiguration on %s: %w", name, err)
 	}
-	if err := netlink.LinkSetUp(link); err != nil {
+	if err := links.LinkSetUp(link); err != nil {
 		return fmt.Errorf("bring %s up: %w", name, err)
 	}
 	return nil
 }
 
+// mark sets the marker right after creation, before anything else can
+// fail, so a crash later still leaves a link the next start recognises.
+func mark(links Links, name string) error {
+	link, err := links.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find interface %s: %w", name, err)
+	}
+	if err := links.LinkSetAlias(link, Marker); err != nil {
+		return fmt.Errorf("mark interface %s as meshd's: %w", name, err)
+	}
+	return nil
+}
+
+// present reports whether name is still the link meshd made.
+func present(links Links, name string, index int) error {
+	link, err := links.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", name, err)
+	}
+	if link.Attrs().Index != index {
+		return fmt.Errorf("interface %s was replaced (index %d, meshd made %d)", name, link.Attrs().Index, index)
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return fmt.Errorf("interface %s is down", name)
+	}
+	return nil
+}
+
+func linkIndex(links Links, name string) (int, error) {
+	link, err := links.LinkByName(name)
+	if err != nil {
+		return 0, fmt.Errorf("find interface %s: %w", name, err)
+	}
+	return link.Attrs().Index, nil
+}
+
 func socketPath(name string) string { return filepath.Join(SocketDir, name+".sock") }
 
 // kernelDevice is a WireGuard link managed by the kernel module.
-type kernelDevice struct{ name string }
+type kernelDevice struct {
+	links Links
+	name  string
+	index int
+}
 
 func openKernel(opts Options) (Device, error) {
 	link := &netlink.Wireguard{LinkAttrs: netlink.LinkAttrs{Name: opts.Name, MTU: opts.MTU}}
-	if err := netlink.LinkAdd(link); err != nil {
+	if err := opts.Links.LinkAdd(link); err != nil {
 		if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
 			return nil, fmt.Errorf("create %s: %w", opts.Name, ErrKernelUnsupported)
 		}
 		return nil, fmt.Errorf("create kernel WireGuard interface %s: %w", opts.Name, err)
 	}
-	return &kernelDevice{name: opts.Name}, nil
+	d := &kernelDevice{links: opts.Links, name: opts.Name}
+	err := mark(opts.Links, opts.Name)
+	if err == nil {
+		d.index, err = linkIndex(opts.Links, opts.Name)
+	}
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return d, nil
 }
 
-func (d *kernelDevice) Name() string { return d.name }
-func (d *kernelDevice) Kind() Mode   { return ModeKernel }
+func (d *kernelDevice) Name() string   { return d.name }
+func (d *kernelDevice) Kind() Mode     { return ModeKernel }
+func (d *kernelDevice) Present() error { return present(d.links, d.name, d.index) }
 
+// Close deletes the link only if it is still the one this device made.
 func (d *kernelDevice) Close() error {
-	link, err := netlink.LinkByName(d.name)
-	if err != nil {
-		return nil // already gone
+	link, err := d.links.LinkByName(d.name)
+	if err != nil || (d.index != 0 && link.Attrs().Index != d.index) {
+		return nil // already gone, or someone else's now
 	}
-	if err := netlink.LinkDel(link); err != nil {
+	if err := d.links.LinkDel(link); err != nil {
 		return fmt.Errorf("remove interface %s: %w", d.name, err)
 	}
 	return nil

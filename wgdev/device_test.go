@@ -2,13 +2,17 @@ package wgdev
 
 import (
 	"errors"
+	"net"
 	"os"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -137,4 +141,169 @@ func TestForeignInterfaceIsNotDeleted(t *testing.T) {
 	if _, err := netlink.LinkByName(name); err != nil {
 		t.Fatal("meshd deleted an interface it does not own")
 	}
+}
+
+// OpenVPN's tun0 or wg-quick's wg0 have the kinds meshd creates; only the
+// marker tells meshd's leftovers apart, so anything without it is kept.
+func TestUnmarkedTunIsNotDeleted(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-t0"
+	addTun(t, name)
+	_, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog()})
+	if !errors.Is(err, ErrForeign) || !strings.Contains(err.Error(), "wireguard.interface") {
+		t.Fatalf("open over a foreign tun: %v, want ErrForeign naming the key", err)
+	}
+	if err := CheckName(mustHandle(t), name); !errors.Is(err, ErrForeign) {
+		t.Fatalf("CheckName: %v, want ErrForeign", err)
+	}
+	if _, err := netlink.LinkByName(name); err != nil {
+		t.Fatal("meshd deleted a tun it does not own")
+	}
+}
+
+// A crash leaves a marked link behind; the next start removes it.
+func TestMarkedLeftoverIsReplaced(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-l0"
+	if err := netlink.LinkSetAlias(addTun(t, name), Marker); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckName(mustHandle(t), name); err != nil {
+		t.Fatalf("CheckName on meshd's own leftover: %v", err)
+	}
+	dev, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog()})
+	if err != nil {
+		t.Fatalf("open over meshd's own leftover: %v", err)
+	}
+	defer dev.Close()
+	if err := dev.Present(); err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkDel(mustLink(t, name)); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Present(); err == nil {
+		t.Fatal("Present after someone deleted the link: nil, want an error")
+	}
+}
+
+// Someone deleting the UAPI socket file must not cut off `wg` for good.
+func TestUAPISocketIsRestored(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-s0"
+	repaired := make(chan string, 4)
+	dev, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog(), OnRepair: func(what string) { repaired <- what }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	if err := os.Remove(socketPath(name)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case what := <-repaired:
+		if what != "uapi-socket" {
+			t.Fatalf("repaired %q", what)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("socket not restored within 5 s")
+	}
+	c, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Device(name); err != nil {
+		t.Fatalf("wgctrl after the restore: %v", err)
+	}
+}
+
+// Running out of descriptors makes accept fail; once they are back the
+// device must answer again.
+func TestUAPISurvivesAcceptErrors(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-f0"
+	dev, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		t.Fatal(err)
+	}
+	// Use up every descriptor, then queue a connection the server cannot
+	// accept.
+	var hog []*os.File
+	for {
+		f, err := os.Open("/dev/null")
+		if err != nil {
+			break
+		}
+		hog = append(hog, f)
+		if len(hog) > 1<<20 {
+			t.Fatal("no descriptor limit")
+		}
+	}
+	// Free one so the client side can connect; the server's accept then
+	// needs another and fails.
+	hog[len(hog)-1].Close()
+	hog = hog[:len(hog)-1]
+	conn, derr := net.Dial("unix", socketPath(name))
+	time.Sleep(100 * time.Millisecond)
+	for _, f := range hog {
+		f.Close()
+	}
+	if derr == nil {
+		conn.Close()
+	}
+	ctl, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	// Bounded: a device that stopped serving would otherwise hang the
+	// test instead of failing it.
+	c := Bounded(ctl, time.Second, 8)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		_, err := c.Device(name)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("device does not answer after descriptors came back: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func mustHandle(t *testing.T) *netlink.Handle {
+	t.Helper()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+func mustLink(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// addTun makes a persistent TUN link as OpenVPN or a crashed meshd leaves
+// one.
+func addTun(t *testing.T, name string) netlink.Link {
+	t.Helper()
+	tun := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TUN, Flags: netlink.TUNTAP_DEFAULTS | netlink.TUNTAP_NO_PI}
+	if err := netlink.LinkAdd(tun); err != nil {
+		t.Fatal(err)
+	}
+	return mustLink(t, name)
 }

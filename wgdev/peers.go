@@ -32,6 +32,10 @@ func Configure(c Client, name string, key wgtypes.Key, port int) error {
 // PeerSync keeps a device's peers equal to the desired set by sending
 // per-peer deltas, never a wholesale replace: a peer whose config did not
 // change is not touched, so its session and counters survive.
+//
+// PeerSync is not safe for concurrent use. Its owner (the daemon's
+// reconciler goroutine) is the only one to call it, so every field below
+// belongs to that goroutine; client, name, log and now never change.
 type PeerSync struct {
 	client Client
 	name   string

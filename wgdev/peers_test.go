@@ -11,8 +11,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/internal/wgdevtest"
 	"github.com/meshd/meshd/mesh"
-	"github.com/meshd/meshd/wgdev/wgdevtest"
 )
 
 func key(i int) wgtypes.Key {

@@ -303,4 +303,7 @@ func assertNothingLeft(t *testing.T, h *lab.Host) {
 	if err := exec.Command("test", "-e", h.UAPISocket()).Run(); err == nil {
 		t.Errorf("%s: UAPI socket %s left behind", h.Name(), h.UAPISocket())
 	}
+	if err := exec.Command("test", "-e", h.DockerPluginSocket()).Run(); err == nil {
+		t.Errorf("%s: Docker plugin socket %s left behind", h.Name(), h.DockerPluginSocket())
+	}
 }

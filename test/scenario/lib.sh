@@ -56,6 +56,8 @@ node_name = $(sc_toml_string "$1")
 data_dir = $(sc_toml_string "$2")
 control_socket = $(sc_toml_string "$3")
 log_level = $(sc_toml_string "${12:-debug}")
+# Several namespace hosts share one file system: no Docker plugin socket.
+docker_plugin_socket = ""
 
 [cluster]
 bind_addr = $(sc_toml_string "$4")

@@ -18,6 +18,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
 )
@@ -69,7 +70,7 @@ func run(name, bind, join, keyFile, sliceList, certFile, hostKey string, unsigne
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	m, err := mesh.JoinCluster(mesh.MembershipConfig{NodeName: name, BindAddr: addr, BindPort: 7946, AdvertiseAddr: addr,
+	m, err := cluster.Join(cluster.MembershipConfig{NodeName: name, BindAddr: addr, BindPort: 7946, AdvertiseAddr: addr,
 		GossipKey: gossipKey, Tags: tags, Join: []string{join}, Log: log}, func() {})
 	if err != nil {
 		return err

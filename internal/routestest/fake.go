@@ -46,6 +46,7 @@ type Fake struct {
 	ops        []string
 	failures   []failure
 	interrupts int
+	watchers   []chan struct{}
 }
 
 type failure struct {
@@ -251,6 +252,7 @@ func (f *Fake) RouteDel(route *netlink.Route) error {
 		return fmt.Errorf("route del %s: %w", FormatRoute(&r, f.linkName), unix.ESRCH)
 	}
 	f.routes = slices.Delete(f.routes, i, i+1)
+	f.notify()
 	return nil
 }
 
@@ -311,7 +313,29 @@ func (f *Fake) RuleDel(rule *netlink.Rule) error {
 		return fmt.Errorf("rule del %s: %w", FormatRule(&r), unix.ENOENT)
 	}
 	f.rules = slices.Delete(f.rules, i, i+1)
+	f.notify()
 	return nil
+}
+
+// Watch returns a channel that is signalled (without blocking, so
+// signals coalesce) after every route or rule deletion, meshd's own
+// included, as the kernel's route notifications are.
+func (f *Fake) Watch() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	ch := make(chan struct{}, 1)
+	f.watchers = append(f.watchers, ch)
+	return ch
+}
+
+// notify signals the watchers; callers hold f.mu.
+func (f *Fake) notify() {
+	for _, ch := range f.watchers {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // record logs a write and returns the injected failure for it, if any.

@@ -216,19 +216,3 @@ func payloadBaseName(b expr.PayloadBase) string {
 	}
 	return fmt.Sprintf("base(%d)", b)
 }
-
-func verdictName(v *expr.Verdict) string {
-	switch v.Kind {
-	case expr.VerdictAccept:
-		return "accept"
-	case expr.VerdictDrop:
-		return "drop"
-	case expr.VerdictJump:
-		return "jump " + v.Chain
-	case expr.VerdictGoto:
-		return "goto " + v.Chain
-	case expr.VerdictReturn:
-		return "return"
-	}
-	return fmt.Sprintf("verdict(%d)", v.Kind)
-}

@@ -1,4 +1,4 @@
-package mesh
+package cluster
 
 import (
 	"context"
@@ -37,13 +37,21 @@ func TestKickOnClockChange(t *testing.T) {
 	clock.Store(7)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
+	// Unbuffered: a send returns only once the loop has taken the tick,
+	// and the next send only once it has handled it, so the count read
+	// after settle is exact however loaded the machine is.
+	tick := make(chan time.Time)
 	go func() {
-		kickOnClockChange(ctx, clock.Load, 2*time.Millisecond, func() { kicks.Add(1) })
+		kickOnClockChange(ctx, clock.Load, tick, func() { kicks.Add(1) })
 		close(done)
 	}()
 	defer func() { cancel(); <-done }()
 
-	settle := func() { time.Sleep(60 * time.Millisecond) } // 30 polls
+	settle := func() { // 30 polls, and one more so the last is handled
+		for range 31 {
+			tick <- time.Time{}
+		}
+	}
 	settle()
 	if n := kicks.Load(); n != 0 {
 		t.Fatalf("%d kicks with a still clock, want 0", n)

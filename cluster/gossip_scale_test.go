@@ -1,4 +1,4 @@
-package mesh
+package cluster
 
 import (
 	"crypto/rand"
@@ -15,6 +15,9 @@ import (
 
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/mesh"
 )
 
 // countingTransport counts the bytes a member sends, over UDP gossip and
@@ -91,8 +94,8 @@ func TestGossipAtScale(t *testing.T) {
 		}
 	})
 	start := func(i int) {
-		ann := Announcement{PublicKey: testKey(t, byte(i%250+1)), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(2 + i/250), byte(i%250 + 1)}), 51820),
-			Slices: []Slice{{Segment: "blue", Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}}}
+		ann := mesh.Announcement{PublicKey: testKey(byte(i%250 + 1)), Endpoint: netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, byte(2 + i/250), byte(i%250 + 1)}), 51820),
+			Slices: []mesh.Slice{{Segment: "blue", Prefix: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}}}
 		ann.PublicKey[1] = byte(i >> 8)
 		tags, err := ann.Tags()
 		if err != nil {
@@ -102,7 +105,7 @@ func TestGossipAtScale(t *testing.T) {
 		if i > 0 {
 			join = []string{fmt.Sprintf("127.0.0.1:%d", ports[(i-1)/2])} // a tree of seeds, not one hot spot
 		}
-		m, err := JoinCluster(MembershipConfig{
+		m, err := Join(MembershipConfig{
 			NodeName: fmt.Sprintf("m%03d", i), BindAddr: netip.MustParseAddr("127.0.0.1"),
 			AdvertiseAddr: netip.MustParseAddr("127.0.0.1"), GossipKey: key, Tags: tags, Join: join, Log: log,
 			Tune: func(c *serf.Config) {
@@ -127,7 +130,7 @@ func TestGossipAtScale(t *testing.T) {
 		for _, m := range members {
 			known := 0
 			for _, mem := range m.Members() {
-				if _, err := DecodeTags(mem.Tags); err == nil && mem.Status == StatusAlive && (name == "" || mem.Name == name) {
+				if _, err := mesh.DecodeTags(mem.Tags); err == nil && mem.Status == mesh.StatusAlive && (name == "" || mem.Name == name) {
 					known++
 				}
 			}
@@ -186,4 +189,10 @@ func TestGossipAtScale(t *testing.T) {
 	t.Logf("MEASURE gossip at scale, %d members: %d started at once in %.2fs, 99%% of member-key pairs known after %.2fs, all after %.2fs (serf's push/pull repairs the last missed broadcasts); "+
 		"one late joiner's key held by all %d after %.2fs; steady state %.0f bytes/s sent per member",
 		n, n-1, joined.Seconds(), mostly.Seconds(), converged.Seconds(), n, newcomer.Seconds(), perMember)
+}
+
+func testKey(seed byte) wgtypes.Key {
+	var k wgtypes.Key
+	k[0], k[31] = seed, 1
+	return k
 }

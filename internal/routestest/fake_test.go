@@ -5,8 +5,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/meshd/meshd/internal/routestest"
 	"github.com/meshd/meshd/routes"
-	"github.com/meshd/meshd/routes/routestest"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
