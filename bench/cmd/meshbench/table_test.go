@@ -37,7 +37,7 @@ func TestWithoutFastPath(t *testing.T) {
 	var labels []string
 	for _, r := range old.Rules {
 		if strings.HasPrefix(r.Chain.Name, "notrack") {
-			t.Errorf("rule %s kept", policy.FormatRule(r))
+			t.Errorf("rule %s in chain %s kept", ruleLabel(r), r.Chain.Name)
 		}
 		if r.Chain.Name == policy.PolicyChain {
 			labels = append(labels, ruleLabel(r))
