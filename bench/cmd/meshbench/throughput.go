@@ -50,7 +50,7 @@ var allModes = []modeInfo{
 	{"wggonft", "wireguard-go + meshd's nftables"},
 	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
 	{"meshd", "meshd"},
-	{"meshdct", "meshd, no fast path"},
+	{"meshdbase", "meshd (base build)"},
 	{"meshd100", "meshd +100 rules"},
 	{"nebula", "nebula"},
 }
@@ -99,6 +99,8 @@ type tpOptions struct {
 	tests           []testKind
 	path            string
 	meshdBin        string
+	meshdBase       string
+	meshdBaseName   string
 	wggoBin         string
 	nebula          nebulaOptions
 	underlay, wgMTU int
@@ -119,9 +121,11 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	o := &tpOptions{}
 	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
 	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshdct, meshd100, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshd100, meshdbase, nebula")
 	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
+	fs.StringVar(&o.meshdBase, "meshd-base", "", "another meshd binary to compare with (mode meshdbase), e.g. built from the main branch")
+	fs.StringVar(&o.meshdBaseName, "meshd-base-name", "another build", "what -meshd-base was built from, printed in the notes")
 	fs.StringVar(&o.wggoBin, "wireguard-go", "", "standalone wireguard-go binary")
 	fs.StringVar(&o.nebula.bin, "nebula", "", "nebula binary (empty: unavailable)")
 	fs.StringVar(&o.nebula.cert, "nebula-cert", "", "nebula-cert binary")
@@ -158,7 +162,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 		}
 		o.tests = append(o.tests, benchTests(*udpRate)[i])
 	}
-	for _, b := range []*string{&o.meshdBin, &o.wggoBin, &o.nebula.bin, &o.nebula.cert, &o.perfDir} {
+	for _, b := range []*string{&o.meshdBin, &o.meshdBase, &o.wggoBin, &o.nebula.bin, &o.nebula.cert, &o.perfDir} {
 		if *b != "" {
 			*b = mustAbs(*b)
 		}
@@ -292,11 +296,17 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 		}
 		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable}[key]
 		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table}, ""
-	case "meshd", "meshd100", "meshdct":
+	case "meshdbase":
+		if o.meshdBase == "" {
+			return nil, "no -meshd-base binary"
+		}
+		r.rep.Notes = append(r.rep.Notes, "meshd (base build) is "+o.meshdBaseName)
+		return &meshdTunnel{l: l, bin: o.meshdBase, path: o.path, wg: wg}, ""
+	case "meshd", "meshd100":
 		if o.meshdBin == "" {
 			return nil, "no -meshd binary"
 		}
-		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg, tracked: key == "meshdct"}
+		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg}
 		if key == "meshd100" {
 			t.extra, t.wantRules = allowRules(100), 100
 		}

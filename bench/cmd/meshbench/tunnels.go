@@ -278,12 +278,8 @@ type meshdTunnel struct {
 	// wantRules is how many [[allow]] rules extra holds; setup checks
 	// meshd reports them all loaded.
 	wantRules int
-	// tracked replaces meshd's table with the one before the same-segment
-	// fast path once both meshd are up (meshd only installs its table at
-	// start and on reload).
-	tracked bool
-	wg      *wgctrl.Client
-	mtuVal  int
+	wg        *wgctrl.Client
+	mtuVal    int
 }
 
 func (t *meshdTunnel) setup(ctx context.Context) error {
@@ -310,13 +306,6 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 	}
 	if err != nil {
 		return fmt.Errorf("meshd hosts not connected: %w\n%s", err, logTail(hosts[0].LogPath(), 10))
-	}
-	if t.tracked {
-		for _, h := range hosts {
-			if err := installTable(t.l, h, h.Interface(), trackedTable); err != nil {
-				return err
-			}
-		}
 	}
 	st, err := control.NewClient(hosts[0].ControlSocket()).Status()
 	if err != nil {
