@@ -98,11 +98,15 @@ func notrackChains(t *nftables.Table) (pre, out *nftables.Chain) {
 // (untracked packets of a segment whose accept could not move to the
 // head still reach it, after walking the rules before it).
 //
-// In prerouting the packet's way out is not known yet, so a pod's packet
-// is recognised by a route lookup: fib daddr . mark oifname, the lookup
-// routing is about to make (policy rules on source and mark included).
-// Only same-segment packets pay for the lookup. A packet arriving from
-// the tunnel is matched on iifname alone; in output the route is known.
+// These chains see every packet of the host, the tunnel's own UDP on the
+// underlay included, so each rule tests the addresses first: anything
+// outside the segment fails after two comparisons, before the costlier
+// interface name is loaded. In prerouting the packet's way out is not
+// known yet, so a pod's packet is recognised by a route lookup: fib
+// daddr . mark oifname, the lookup routing is about to make (policy
+// rules on source and mark included), paid only by same-segment packets
+// that did not come from the tunnel (those are accepted, which ends only
+// this chain, by the rule before). In output the route is known.
 func (p *Plan) addNotrack(pre, out *nftables.Chain, iface string, entries []Entry) {
 	for i := range entries {
 		seg, ok := sameSegment(&entries[i])
@@ -110,14 +114,13 @@ func (p *Plan) addNotrack(pre, out *nftables.Chain, iface string, entries []Entr
 			continue
 		}
 		within := sameSegmentExprs(seg)
-		in := append(ifNameExprs(expr.MetaKeyIIFNAME, iface), within...)
-		p.add(pre, labelNotrackIn, append(in, &expr.Notrack{})...)
-		fwd := append(ifNameNotExprs(expr.MetaKeyIIFNAME, iface), within...)
-		fwd = append(fwd, &expr.Fib{Register: 1, FlagDADDR: true, FlagMARK: true, ResultOIFNAME: true})
-		fwd = append(fwd, ifNameCmp(iface), &expr.Notrack{})
-		p.add(pre, labelNotrackOut, fwd...)
-		local := append(ifNameExprs(expr.MetaKeyOIFNAME, iface), within...)
-		p.add(out, labelNotrackOut, append(local, &expr.Notrack{})...)
+		exprs := func(more ...expr.Any) []expr.Any { return append(slices.Clone(within), more...) }
+		iif := ifNameExprs(expr.MetaKeyIIFNAME, iface)
+		p.add(pre, labelNotrackIn, exprs(iif[0], iif[1], &expr.Notrack{}, &expr.Verdict{Kind: expr.VerdictAccept})...)
+		p.add(pre, labelNotrackOut, exprs(&expr.Fib{Register: 1, FlagDADDR: true, FlagMARK: true, ResultOIFNAME: true},
+			ifNameCmp(iface), &expr.Notrack{})...)
+		oif := ifNameExprs(expr.MetaKeyOIFNAME, iface)
+		p.add(out, labelNotrackOut, exprs(oif[0], oif[1], &expr.Notrack{})...)
 	}
 }
 
@@ -133,11 +136,4 @@ func sameSegmentExprs(seg netip.Prefix) []expr.Any {
 	}
 	exprs = append(exprs, addrExprs(seg, true)...)
 	return append(exprs, addrExprs(seg, false)...)
-}
-
-// ifNameNotExprs matches packets whose interface is not iface.
-func ifNameNotExprs(key expr.MetaKey, iface string) []expr.Any {
-	exprs := ifNameExprs(key, iface)
-	exprs[1].(*expr.Cmp).Op = expr.CmpOpNeq
-	return exprs
 }

@@ -23,10 +23,10 @@ func ctMask(bits uint32) string { return hex.EncodeToString(binaryutil.NativeEnd
 // counter tcp option maxseg size set rt mtu` prints (nft 1.0.6), which
 // TestClampNetns also checks against the kernel. nft lists the fast path
 // as: ip saddr 10.42.0.0/16 ip daddr 10.42.0.0/16 accept at the head of
-// the policy chain; iifname "mesh0" ip saddr ... notrack and iifname !=
-// "mesh0" ip saddr ... fib daddr . mark oifname "mesh0" notrack in
-// notrack-prerouting; oifname "mesh0" ip saddr ... notrack in
-// notrack-output.
+// the policy chain; ip saddr 10.42.0.0/16 ip daddr 10.42.0.0/16 iifname
+// "mesh0" notrack accept and ip saddr ... fib daddr . mark oifname
+// "mesh0" notrack in notrack-prerouting; ip saddr ... oifname "mesh0"
+// notrack in notrack-output.
 func TestRenderGolden(t *testing.T) {
 	rs, err := Compile([]Segment{testSegs[0], testSegs[1], testSegs[2], testSegs[3]}, []Rule{
 		{From: "blue", To: "green", Ports: []string{"tcp/8080", "udp/53-60", "icmp"}},
@@ -99,10 +99,9 @@ func TestRenderGolden(t *testing.T) {
 // host itself into the tunnel.
 func notrack(within, ifname string) string {
 	return strings.Join([]string{
-		"notrack-prerouting notrack-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; " + within + "notrack",
-		"notrack-prerouting notrack-out: meta load iifname => reg 1; cmp neq reg 1 " + ifname + "; " + within +
-			"fib daddr . mark oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
-		"notrack-output notrack-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; " + within + "notrack",
+		"notrack-prerouting notrack-in: " + within + "meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; notrack; accept",
+		"notrack-prerouting notrack-out: " + within + "fib daddr . mark oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
+		"notrack-output notrack-out: " + within + "meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
 	}, "\n")
 }
 
