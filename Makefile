@@ -4,11 +4,13 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 PREFIX  ?= /usr/local
 BIN     := bin/meshd
 # Tools the tests drive; installed without recommends so apt does not pull
-# in a kernel and systemd. The container runtimes (podman with its CNI
-# backend, Debian's docker.io, runc) and busybox-static (the containers'
-# rootfs) are for test/e2e's container tests and `make demo-containers`.
+# in a kernel. The container runtimes (podman with its CNI backend,
+# Debian's docker.io, runc) and busybox-static (the containers' rootfs)
+# are for test/e2e's container tests and `make demo-containers`; systemd
+# only for systemd-analyze, which checks packaging/meshd.service (nothing
+# starts it).
 TEST_PACKAGES := iproute2 iputils-ping netcat-openbsd tcpdump wireguard-tools iperf3 nftables containernetworking-plugins \
-	podman docker.io runc busybox-static
+	podman docker.io runc busybox-static systemd
 
 .PHONY: build deps demo demo-containers test test-unit fuzz vm-test install clean
 

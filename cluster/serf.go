@@ -7,7 +7,9 @@ package cluster
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +29,7 @@ import (
 	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
+	"github.com/meshd/meshd/internal/fileio"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -52,7 +56,18 @@ type MembershipConfig struct {
 	// Tune lets tests and benchmarks shorten serf's timers; nil keeps the
 	// LAN defaults.
 	Tune func(*serf.Config)
+	// OnEvent receives user events (broadcasts) of other members; it runs
+	// on the drain goroutine and must not block.
+	OnEvent func(name string, payload []byte)
+	// OnQuery answers queries of other members; a nil answer sends
+	// nothing. It runs on the drain goroutine and must not block.
+	OnQuery func(name string, payload []byte) []byte
 }
+
+// maxEventBytes bounds one broadcast: memberlist piggybacks broadcasts on
+// gossip packets of at most 1400 bytes, and a larger one would never be
+// sent.
+const maxEventBytes = 1024
 
 // Membership is this host's serf agent. Its event channel is drained by
 // its own goroutine, because a blocked channel stalls serf's own state
@@ -71,6 +86,9 @@ type Membership struct {
 	// failed carries why serf stopped without Leave (a lost name
 	// conflict); it is closed by Leave.
 	failed chan error
+	// onEvent and onQuery are set at Join and never change.
+	onEvent func(name string, payload []byte)
+	onQuery func(name string, payload []byte) []byte
 
 	leaveMu  sync.Mutex
 	leftOnce bool
@@ -83,6 +101,10 @@ const (
 	leaveBroadcastTimeout = 1 * time.Second
 	leavePropagateDelay   = 300 * time.Millisecond
 	leaveBudget           = 1500 * time.Millisecond
+	reconnectInterval     = 5 * time.Second
+	// maxJoinBackoff caps the retries of a host that sees no other
+	// member, for the same reason.
+	maxJoinBackoff = 10 * time.Second
 )
 
 // JoinCluster starts serf and keeps trying the seeds in the background for
@@ -103,9 +125,17 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 		ml.AdvertiseAddr = cfg.AdvertiseAddr.String()
 		ml.AdvertisePort = cfg.BindPort
 	}
-	keyring, err := loadKeyring(cfg.KeyringFile, cfg.GossipKey)
+	keyring, adopted, err := LoadKeyring(cfg.KeyringFile, cfg.GossipKey)
 	if err != nil {
 		return nil, err
+	}
+	if adopted {
+		cfg.Log.Warn("cluster.gossip_key_file holds a new key the saved keyring lacks: writing with it and keeping the saved keys for reading, so this host can rejoin a cluster that rotated its key while it was away",
+			"keyring", cfg.KeyringFile, "key", keyFingerprint(cfg.GossipKey))
+	}
+	if info, err := os.Stat(cfg.KeyringFile); err == nil && !fileio.Private(info) {
+		cfg.Log.Warn("gossip keyring is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
+			"path", cfg.KeyringFile, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
 	}
 	ml.Keyring = keyring
 	conf.KeyringFile = cfg.KeyringFile
@@ -118,8 +148,12 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 	conf.Logger = logger
 	conf.BroadcastTimeout = leaveBroadcastTimeout
 	conf.LeavePropagateDelay = leavePropagateDelay
+	// Serf retries failed members this often; its default of 30 s would
+	// keep a partition apart for that long after the network healed.
+	conf.ReconnectInterval = reconnectInterval
 	events := make(chan serf.Event, 256)
 	conf.EventCh = events
+	conf.UserEventSizeLimit = maxEventBytes
 	if cfg.Tune != nil {
 		cfg.Tune(conf)
 	}
@@ -129,7 +163,8 @@ func Join(cfg MembershipConfig, kick func()) (*Membership, error) {
 		return nil, fmt.Errorf("start serf on %s: %w", net.JoinHostPort(ml.BindAddr, strconv.Itoa(ml.BindPort)), err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	m := &Membership{serf: s, events: events, log: cfg.Log, join: cfg.Join, stop: cancel, conflict: conflict, failed: make(chan error, 1)}
+	m := &Membership{serf: s, events: events, log: cfg.Log, join: cfg.Join, stop: cancel, conflict: conflict, failed: make(chan error, 1),
+		onEvent: cfg.OnEvent, onQuery: cfg.OnQuery}
 	m.wg.Add(4)
 	go m.watchShutdown(ctx)
 	go m.drain(ctx, kick)
@@ -198,10 +233,24 @@ func (m *Membership) drain(ctx context.Context, kick func()) {
 		case <-ctx.Done():
 			return
 		case ev := <-m.events:
-			if me, ok := ev.(serf.MemberEvent); ok {
-				for _, mem := range me.Members {
-					m.log.Debug("serf member event", "event", me.Type.String(), "member", mem.Name, "addr", mem.Addr.String())
+			switch e := ev.(type) {
+			case serf.MemberEvent:
+				for _, mem := range e.Members {
+					m.log.Debug("serf member event", "event", e.Type.String(), "member", mem.Name, "addr", mem.Addr.String())
 				}
+			case serf.UserEvent:
+				if m.onEvent != nil {
+					m.onEvent(e.Name, e.Payload)
+				}
+			case *serf.Query:
+				if m.onQuery != nil {
+					if answer := m.onQuery(e.Name, e.Payload); answer != nil {
+						if err := e.Respond(answer); err != nil {
+							m.log.Debug("answer query", "query", e.Name, "err", err)
+						}
+					}
+				}
+				continue // a query changes no member
 			}
 			kick()
 		}
@@ -272,7 +321,7 @@ func (m *Membership) joinLoop(ctx context.Context) {
 				m.log.Warn("still alone: no other live member yet; check that the seeds run meshd, share the gossip key, and that TCP and UDP to the gossip port are open",
 					"seeds", m.join, "alone_for", time.Since(aloneSince).Round(time.Second), "last_error", last)
 			}
-			backoff = min(backoff*2, 30*time.Second)
+			backoff = min(backoff*2, maxJoinBackoff)
 		} else {
 			if alone {
 				m.log.Info("joined cluster", "members", len(m.serf.Members()))
@@ -323,12 +372,76 @@ func statusOf(s serf.MemberStatus) mesh.Status {
 	}
 }
 
-// loadKeyring prefers the persisted keyring (primary key first, as serf
-// writes it) over the configured gossip key.
-func loadKeyring(path string, gossipKey []byte) (*memberlist.Keyring, error) {
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) || path == "" {
-		return memberlist.NewKeyring(nil, gossipKey)
+// LoadKeyring returns the gossip keyring this host starts with. The
+// keyring serf saved (primary key first) normally wins over
+// cluster.gossip_key_file, which still holds the key the cluster started
+// with after a rotation. But when the operator has put a different key
+// into the file since this host last started (the way back for a host
+// that was offline while the cluster rotated its key), that key becomes
+// primary and the saved ones stay installed for reading. The file key
+// last seen is remembered beside the keyring. adopted reports that case,
+// for the log.
+func LoadKeyring(path string, fileKey []byte) (kr *memberlist.Keyring, adopted bool, err error) {
+	if path == "" {
+		kr, err = memberlist.NewKeyring(nil, fileKey)
+		return kr, false, err
+	}
+	saved, err := ReadKeyring(path)
+	if err != nil {
+		return nil, false, err
+	}
+	seen, seenErr := fileio.ReadRegular(path+seenSuffix, fileio.MaxKeySize)
+	fp := keyFingerprint(fileKey)
+	switch {
+	case len(saved) == 0:
+		kr, err = memberlist.NewKeyring(nil, fileKey)
+	case slices.ContainsFunc(saved, func(k []byte) bool { return bytes.Equal(k, fileKey) }):
+		kr, err = memberlist.NewKeyring(saved, saved[0])
+	case seenErr == nil && strings.TrimSpace(string(seen)) != fp:
+		kr, err = memberlist.NewKeyring(append([][]byte{fileKey}, saved...), fileKey)
+		adopted = true
+	default:
+		// The file still holds a key the cluster rotated away from.
+		kr, err = memberlist.NewKeyring(saved, saved[0])
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("gossip keyring %s: %w", path, err)
+	}
+	if err := fileio.WriteAtomic(path+seenSuffix, []byte(fp+"\n"), 0o600, fileio.Overwrite); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, fmt.Errorf("remember the gossip key file's key: %w", err)
+	}
+	return kr, adopted, nil
+}
+
+// seenSuffix names the file beside the keyring that holds the fingerprint
+// of the gossip_key_file key this host last started with.
+const seenSuffix = ".filekey"
+
+// keyFingerprint identifies a key without revealing it.
+func keyFingerprint(k []byte) string {
+	sum := sha256.Sum256(k)
+	return hex.EncodeToString(sum[:8])
+}
+
+// KeyFingerprint is how operators see gossip keys (`gossip-key list`):
+// enough to tell keys apart, nothing that would let anyone join.
+func KeyFingerprint(base64Key string) string {
+	raw, err := base64.StdEncoding.DecodeString(base64Key)
+	if err != nil {
+		return "?"
+	}
+	return keyFingerprint(raw)
+}
+
+// ReadKeyring reads the keyring serf saved; a missing file (or no path)
+// is an empty keyring.
+func ReadKeyring(path string) ([][]byte, error) {
+	if path == "" {
+		return nil, nil
+	}
+	raw, err := fileio.ReadRegular(path, fileio.MaxStateSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read gossip keyring: %w", err)
@@ -342,12 +455,11 @@ func loadKeyring(path string, gossipKey []byte) (*memberlist.Keyring, error) {
 		if keys[i], err = base64.StdEncoding.DecodeString(e); err != nil {
 			return nil, fmt.Errorf("gossip keyring %s: key %d is not base64", path, i)
 		}
+		if n := len(keys[i]); n != 16 && n != 24 && n != 32 {
+			return nil, fmt.Errorf("gossip keyring %s: key %d is %d bytes, not 16, 24 or 32", path, i, n)
+		}
 	}
-	kr, err := memberlist.NewKeyring(keys, keys[0])
-	if err != nil {
-		return nil, fmt.Errorf("gossip keyring %s: %w", path, err)
-	}
-	return kr, nil
+	return keys, nil
 }
 
 // LamportTime is serf's member clock: the order in which every host saw
@@ -364,6 +476,33 @@ func (m *Membership) SetTags(tags map[string]string) error {
 
 // Serf exposes the agent for diagnostics.
 func (m *Membership) Serf() *serf.Serf { return m.serf }
+
+// Broadcast sends a user event to every member. It is best effort, as
+// gossip is: callers repeat what must arrive.
+func (m *Membership) Broadcast(name string, payload []byte) error {
+	return m.serf.UserEvent(name, payload, false)
+}
+
+// Answer is one member's answer to a query.
+type Answer struct {
+	From    string
+	Payload []byte
+}
+
+// Ask queries every member (or those with tags matching filter, each a
+// regular expression) and collects the answers that arrive within
+// timeout.
+func (m *Membership) Ask(name string, payload []byte, filter map[string]string, timeout time.Duration) ([]Answer, error) {
+	resp, err := m.serf.Query(name, payload, &serf.QueryParam{FilterTags: filter, Timeout: timeout})
+	if err != nil {
+		return nil, err
+	}
+	var out []Answer
+	for r := range resp.ResponseCh() {
+		out = append(out, Answer{From: r.From, Payload: r.Payload})
+	}
+	return out, nil
+}
 
 // KeyResponse is what a keyring operation reports from every member.
 type KeyResponse = serf.KeyResponse
@@ -456,12 +595,45 @@ func (c *conflictLog) get() string {
 type levelWriter struct {
 	l        *slog.Logger
 	conflict *conflictLog
+
+	mu sync.Mutex
+	// warned rate-limits the explanation of undecryptable gossip, by
+	// sender address.
+	warned map[string]time.Time
+}
+
+// undecryptable explains memberlist's "Decrypt packet failed" in
+// operator terms, once a minute per sender: a host whose gossip nobody
+// can read holds a key this cluster has rotated away from.
+func (w *levelWriter) undecryptable(line string) {
+	_, rest, ok := strings.Cut(line, "Decrypt packet failed")
+	if !ok {
+		return
+	}
+	from := "?"
+	if _, addr, ok := strings.Cut(rest, "from="); ok {
+		from = strings.TrimSpace(addr)
+	}
+	w.mu.Lock()
+	if w.warned == nil {
+		w.warned = map[string]time.Time{}
+	}
+	last, seen := w.warned[from]
+	if seen && time.Since(last) < time.Minute {
+		w.mu.Unlock()
+		return
+	}
+	w.warned[from] = time.Now()
+	w.mu.Unlock()
+	w.l.Warn("gossip from another host cannot be decrypted with this host's keyring: one of the two holds a gossip key the other does not (rotated while it was offline?); put a key the cluster uses into that host's cluster.gossip_key_file and restart it",
+		"from", from)
 }
 
 func (w *levelWriter) Write(p []byte) (int, error) {
 	if w.conflict != nil {
 		w.conflict.note(string(p))
 	}
+	w.undecryptable(string(p))
 	line := string(bytes.TrimSpace(p))
 	level := slog.LevelDebug
 	for prefix, lv := range map[string]slog.Level{"[ERR]": slog.LevelError, "[WARN]": slog.LevelWarn, "[INFO]": slog.LevelDebug} {

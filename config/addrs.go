@@ -4,10 +4,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/meshd/meshd/internal/fileio"
 	"io/fs"
 	"net"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 )
@@ -68,16 +68,21 @@ func (l *loader) reachable(key string, a netip.Addr, alternative string) *Error 
 }
 
 func (l *loader) join() ([]string, *Error) {
-	seeds, e := l.list(keyJoin)
+	return l.seeds(keyJoin, defaultSerfPort)
+}
+
+// seeds reads a list of host or host:port entries, defaulting the port.
+func (l *loader) seeds(key string, defaultPort int) ([]string, *Error) {
+	seeds, e := l.list(key)
 	if e != nil {
 		return nil, e
 	}
 	var out []string
 	for i, s := range seeds {
-		seed, problem := parseSeed(s)
+		seed, problem := parseSeed(s, defaultPort)
 		if problem != "" {
-			return nil, l.fail(fmt.Sprintf("%s[%d]", keyJoin, i), problem,
-				`write host or host:port, e.g. "192.0.2.2:7946" or "[2001:db8::2]:7946"`)
+			return nil, l.fail(fmt.Sprintf("%s[%d]", key, i), problem,
+				fmt.Sprintf(`write host or host:port, e.g. "192.0.2.2:%d" or "[2001:db8::2]:%d"`, defaultPort, defaultPort))
 		}
 		out = append(out, seed)
 	}
@@ -86,16 +91,16 @@ func (l *loader) join() ([]string, *Error) {
 
 // parseSeed normalises a join entry to host:port, defaulting the port, and
 // returns a problem description when it cannot.
-func parseSeed(s string) (string, string) {
+func parseSeed(s string, defaultPort int) (string, string) {
 	if s == "" {
 		return "", "is empty"
 	}
 	// Bare addresses first: an unbracketed IPv6 address is full of colons
 	// and would otherwise be mistaken for host:port.
 	if a, ok := parseBareIP(s); ok {
-		return net.JoinHostPort(a.String(), strconv.Itoa(defaultSerfPort)), ""
+		return net.JoinHostPort(a.String(), strconv.Itoa(defaultPort)), ""
 	}
-	host, port := s, strconv.Itoa(defaultSerfPort)
+	host, port := s, strconv.Itoa(defaultPort)
 	if strings.Contains(s, ":") {
 		var err error
 		if host, port, err = net.SplitHostPort(s); err != nil {
@@ -190,7 +195,13 @@ func readGossipKey(path string) ([]byte, *Error) {
 	if path == "" {
 		return nil, fail(keyGossipKeyFile, "is empty", "set it to the path of the shared gossip key; "+genFix)
 	}
-	data, err := os.ReadFile(path)
+	data, err := fileio.ReadRegular(path, fileio.MaxKeySize)
+	var fe *fileio.Error
+	if errors.As(err, &fe) {
+		e := fail(keyGossipKeyFile, path+" "+fe.Problem, "point it at the shared gossip key file; "+genFix)
+		e.Err = err
+		return nil, e
+	}
 	if err != nil {
 		e := fail(keyGossipKeyFile, fmt.Sprintf("cannot read %s: %v", path, cause(err)),
 			"point it at the shared gossip key file")

@@ -102,7 +102,7 @@ func build(v *viper.Viper) (*Config, *Error) {
 	cfg := &Config{}
 	// Segments come before routing (the table range depends on their
 	// count) and allow (rules name them).
-	for _, step := range []func(*Config) *Error{l.top, l.cluster, l.wireguard, l.segments, l.routing, l.allow, l.ops, l.trust} {
+	for _, step := range []func(*Config) *Error{l.top, l.cluster, l.wireguard, l.segments, l.site, l.routing, l.allow, l.ops, l.trust} {
 		if e := step(cfg); e != nil {
 			return nil, e
 		}

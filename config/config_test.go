@@ -120,6 +120,7 @@ func TestLoadFull(t *testing.T) {
 		ControlSocket: "/run/m.sock",
 		LogLevel:      "debug",
 		LogFormat:     "json",
+		Site:          Site{Name: "default"},
 		Cluster: Cluster{
 			BindAddr:      netip.MustParseAddr("192.0.2.1"),
 			BindPort:      7947,
@@ -188,6 +189,7 @@ func TestDefaults(t *testing.T) {
 		ControlSocket: "/run/meshd/meshd.sock",
 		LogLevel:      "info",
 		LogFormat:     "text",
+		Site:          Site{Name: "default"},
 		Cluster: Cluster{
 			BindAddr:      netip.MustParseAddr("0.0.0.0"),
 			BindPort:      7946,
@@ -200,7 +202,7 @@ func TestDefaults(t *testing.T) {
 			Interface:           "mesh0",
 			ListenPort:          51820,
 			Mode:                ModeAuto,
-			PersistentKeepalive: 25,
+			PersistentKeepalive: 0, // "0s": meshd keeps NATed tunnels open itself
 		},
 		Routing:            Routing{TableBase: 51800, RulePriority: 31000},
 		CNIConfDir:         "/etc/cni/net.d",
@@ -419,6 +421,7 @@ func TestInvalid(t *testing.T) {
 		{"misspelt section", []edit{{`[wireguard]`, `[wireguad]`}}, "wireguad.endpoint", []string{`under [wireguard]`}},
 		{"unknown key in segment", []edit{{`name = "blue"`, `nmae = "blue"`}}, "segments[0].nmae", []string{`did you mean "name"`}},
 		{"unknown far key in segment", []edit{{`name = "green-6"`, "name = \"green-6\"\ncolour = 1"}}, "segments[1].colour", []string{"name, cidr, subnet"}},
+		{"unknown section", []edit{{`log_format = "json"`, "log_format = \"json\"\n\n[bogus]\nzzz = 1\n"}}, "bogus", []string{"unknown section [bogus]", "[cluster]", "[[segments]]"}},
 		{"section as scalar", []edit{{`log_format = "json"`, "log_format = \"json\"\nrouting = 5"}, {"[routing]\ntable_base = 1000\nrule_priority = 20000", ""}}, "routing", []string{"table"}},
 
 		// Segments.
@@ -443,16 +446,23 @@ func TestInvalid(t *testing.T) {
 		{"name too long", []edit{{`name = "blue"`, `name = "abcdefghijklmnop"`}}, "segments[0].name", nil},
 		{"name leading dash", []edit{{`name = "blue"`, `name = "-blue"`}}, "segments[0].name", nil},
 		{"duplicate names", []edit{addSegment("blue", "10.99.0.0/16", "10.99.1.0/24")}, "segments[2].name", []string{"already used by segments[0]"}},
+		{"cidr is a default route", []edit{{`cidr = "10.42.0.0/16"`, `cidr = "0.0.0.0/0"`}, {`subnet = "10.42.1.0/24"`, `subnet = "10.42.1.0/24"`}}, "segments[0].cidr", []string{"default route", "cut it off"}},
+		{"v6 cidr is a default route", []edit{{`cidr = "fd42::/48"`, `cidr = "::/0"`}}, "segments[1].cidr", []string{"default route"}},
+		{"cidr is IPv4-mapped", []edit{{`cidr = "fd42::/48"`, `cidr = "::ffff:10.44.0.0/112"`}}, "segments[1].cidr", []string{"IPv4-mapped", "10.44.0.0/16"}},
 		{"overlapping cidrs", []edit{addSegment("red", "10.42.128.0/17", "10.42.129.0/24")}, "segments[2].cidr", []string{"overlaps 10.42.0.0/16", `"blue"`}},
 		{"overlapping v6 cidrs", []edit{addSegment("red", "fd42::/32", "fd42:0:5::/64")}, "segments[2].cidr", []string{"overlaps fd42::/48"}},
 
 		// Gossip key.
 		{"key file missing", []edit{{`"KEYFILE"`, `"/nonexistent/meshd/gossip.key"`}}, "cluster.gossip_key_file", []string{"does not exist", "meshd keygen gossip"}},
 		{"key file empty path", []edit{{`"KEYFILE"`, `""`}}, "cluster.gossip_key_file", []string{"empty"}},
-		{"key file is a directory", []edit{{`"KEYFILE"`, `"/"`}}, "cluster.gossip_key_file", []string{"cannot read"}},
+		{"key file is a directory", []edit{{`"KEYFILE"`, `"/"`}}, "cluster.gossip_key_file", []string{"is a directory"}},
+		{"key file is a device", []edit{{`"KEYFILE"`, `"/dev/zero"`}}, "cluster.gossip_key_file", []string{"is a device"}},
 
 		// Ports and integers.
 		{"listen_port too big", []edit{{`listen_port = 51821`, `listen_port = 70000`}}, "wireguard.listen_port", []string{"wireguard.listen_port: 70000 is out of range; use a port between 1 and 65535"}},
+		{"listen_port is the gossip port", []edit{{`listen_port = 51821`, `listen_port = 7947`}}, "wireguard.listen_port", []string{"cluster.bind_port", "UDP"}},
+		{"node name with a zero-width space", []edit{{`node_name = "h7"`, "node_name = \"h\u200b7\"\n"}}, "node_name", []string{"U+200B", "invisible"}},
+		{"node name with a bidi override", []edit{{`node_name = "h7"`, "node_name = \"h\u202e7\"\n"}}, "node_name", []string{"U+202E"}},
 		{"listen_port zero", []edit{{`listen_port = 51821`, `listen_port = 0`}}, "wireguard.listen_port", []string{"out of range"}},
 		{"bind_port negative", []edit{{`bind_port = 7947`, `bind_port = -1`}}, "cluster.bind_port", []string{"-1 is out of range"}},
 		{"bind_port huge", []edit{{`bind_port = 7947`, `bind_port = 9223372036854775807`}}, "cluster.bind_port", []string{"out of range"}},

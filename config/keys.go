@@ -70,7 +70,14 @@ var defaults = []struct {
 	{keyMode, string(ModeAuto)},
 	{keyMTU, 0},
 	{keyEndpoint, ""},
-	{keyKeepalive, 25},
+	{keyKeepalive, "0s"},
+
+	{keySiteName, defaultSiteName},
+	{keySiteGateway, false},
+	{keyWANBindAddr, "0.0.0.0"},
+	{keyWANBindPort, defaultWANPort},
+	{keyWANAdvertise, ""},
+	{keyWANJoin, []string{}},
 
 	{keyTableBase, 51800},
 	{keyRulePriority, 31000},
@@ -86,7 +93,7 @@ var defaults = []struct {
 	{keyMetricsListen, ""},
 }
 
-var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix}
+var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix, segKeySiteBlock}
 
 // knownKeys returns every dotted key accepted in the file, including
 // "segments" and "allow" themselves.
@@ -100,7 +107,7 @@ func knownKeys() []string {
 
 // sections are the tables that hold keys; writing one as a scalar, or a
 // typo'd table name, deserves a different message than a stray key.
-var sections = []string{"cluster", "wireguard", "routing", sectionMetrics, sectionIdentity}
+var sections = []string{"cluster", sectionSite, sectionWAN, "wireguard", "routing", sectionMetrics, sectionIdentity}
 
 func envName(key string) string {
 	return "MESHD_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
@@ -138,7 +145,11 @@ func unknownKeyError(k string, known []string) *Error {
 		return e
 	}
 	section, _ := splitKey(k)
-	if s := suggest(k, known); s != "" {
+	s := suggest(k, known)
+	if s == "" && section != "" && !knownSection(section, known) {
+		return unknownSectionError(section)
+	}
+	if s != "" {
 		sugSection, sugLeaf := splitKey(s)
 		if sugSection == section {
 			return fail(k, "unknown key", fmt.Sprintf("did you mean %q?", sugLeaf))
@@ -147,6 +158,25 @@ func unknownKeyError(k string, known []string) *Error {
 	}
 	return fail(k, "unknown key", "remove it; known keys"+where(section)+" are: "+
 		strings.Join(leavesIn(section, known), ", "))
+}
+
+func knownSection(section string, known []string) bool {
+	for _, k := range known {
+		if s, _ := splitKey(k); s == section {
+			return true
+		}
+	}
+	return false
+}
+
+// unknownSectionError names a table meshd does not have, rather than
+// listing top-level keys as if the stray key belonged there.
+func unknownSectionError(section string) *Error {
+	fix := "remove it; the sections are [" + strings.Join(sections, "], [") + "], [[segments]] and [[allow]]"
+	if s := suggest(section, sections); s != "" {
+		fix = fmt.Sprintf("did you mean [%s]?", s)
+	}
+	return fail(section, "unknown section ["+section+"]", fix)
 }
 
 func where(section string) string {

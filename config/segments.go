@@ -87,6 +87,9 @@ func parseSegment(i int, t map[string]any) (Segment, *Error) {
 	if seg.CIDR, e = segPrefix(i, t, segKeyCIDR); e != nil {
 		return Segment{}, e
 	}
+	if e := checkCIDR(i, seg.CIDR); e != nil {
+		return Segment{}, e
+	}
 	if seg.HostPrefix, e = segHostPrefix(i, t, seg.CIDR); e != nil {
 		return Segment{}, e
 	}
@@ -155,6 +158,22 @@ func segPrefix(i int, t map[string]any, k string) (netip.Prefix, *Error) {
 		return netip.Prefix{}, fail(key, fmt.Sprintf("%s has host bits set", p), fmt.Sprintf("did you mean %s?", m))
 	}
 	return p, nil
+}
+
+// checkCIDR refuses ranges meshd's rules would turn against the host: a
+// default route sends every packet of the host into a segment table whose
+// unreachable route then drops it (on a server, SSH with it).
+func checkCIDR(i int, cidr netip.Prefix) *Error {
+	key := segKey(i, segKeyCIDR)
+	if cidr.Bits() == 0 {
+		return fail(key, fmt.Sprintf("%s is a default route: meshd would route every packet of this host into the overlay and cut it off", cidr),
+			"use the overlay's own range, e.g. 10.42.0.0/16 or fd42::/48")
+	}
+	if cidr.Addr().Is4In6() {
+		return fail(key, fmt.Sprintf("%s is an IPv4-mapped IPv6 range, which the kernel routes as IPv6 and IPv4 packets never match", cidr),
+			"write the IPv4 range itself, e.g. "+netip.PrefixFrom(cidr.Addr().Unmap(), max(cidr.Bits()-96, 0)).Masked().String())
+	}
+	return nil
 }
 
 func checkSubnet(i int, seg Segment) *Error {

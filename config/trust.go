@@ -104,6 +104,14 @@ func (l *loader) checkOwnCert(c *Config, id Identity) *Error {
 		return l.fail(keyCertFile, fmt.Sprintf("certificate is for %q but node_name is %q", id.Cert.Name, c.NodeName),
 			"set node_name to the certificate's name, or sign a certificate for this name")
 	}
+	if id.Cert.SiteName() != c.Site.Name {
+		return l.fail(keyCertFile, fmt.Sprintf("certificate is for site %q but site.name is %q", id.Cert.SiteName(), c.Site.Name),
+			"sign a certificate with 'meshd ca sign --site "+c.Site.Name+"'")
+	}
+	if c.Site.Gateway && !id.Cert.Gateway {
+		return l.fail(keyCertFile, "site.gateway is true but the certificate does not allow this host to be a gateway",
+			"sign a certificate with 'meshd ca sign --gateway', or set site.gateway = false")
+	}
 	const fix = "sign a certificate that allows this segment and slice"
 	for i, s := range c.Segments {
 		if !s.Subnet.IsValid() {

@@ -20,6 +20,8 @@ type Config struct {
 	LogFormat     string // text | json
 
 	Cluster   Cluster
+	Site      Site
+	WAN       WAN
 	WireGuard WireGuard
 	Routing   Routing
 	Segments  []Segment
@@ -73,7 +75,7 @@ type WireGuard struct {
 	Mode                Mode
 	MTU                 int            // 0: derive from the underlay
 	Endpoint            netip.AddrPort // advertised; default AdvertiseAddr:ListenPort
-	PersistentKeepalive int            // seconds, 0 disables
+	PersistentKeepalive int            // seconds, 0 disables (meshd keeps NATed tunnels open itself)
 }
 
 // Routing configures where meshd's routes and rules live in the kernel.
@@ -90,4 +92,7 @@ type Segment struct {
 	// a free slice of HostPrefix bits at run time.
 	Subnet     netip.Prefix
 	HostPrefix int
+	// SiteBlock is this host's site's block of the segment (one route
+	// per segment in every other site); invalid on a single site.
+	SiteBlock netip.Prefix
 }

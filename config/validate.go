@@ -2,10 +2,10 @@ package config
 
 import (
 	"fmt"
+	"github.com/meshd/meshd/identity"
 	"os"
 	"path/filepath"
 	"strings"
-	"unicode"
 )
 
 // maxSocketPath is sizeof(sun_path) minus the terminating NUL; a longer
@@ -55,9 +55,9 @@ func (l *loader) nodeName() (string, *Error) {
 	if len(name) > 128 {
 		return "", l.fail(keyNodeName, fmt.Sprintf("%q is %d bytes long", name, len(name)), "use at most 128 bytes")
 	}
-	if i := strings.IndexFunc(name, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }); i >= 0 {
-		return "", l.fail(keyNodeName, fmt.Sprintf("%q contains whitespace or a control character", name),
-			"use a name without spaces, e.g. the short hostname")
+	if i := strings.IndexFunc(name, identity.BadNameRune); i >= 0 {
+		return "", l.fail(keyNodeName, fmt.Sprintf("%q contains whitespace, a control character or an invisible formatting character (%U)", name, []rune(name[i:])[0]),
+			"use a name of visible characters without spaces, e.g. the short hostname")
 	}
 	return name, nil
 }
@@ -138,6 +138,12 @@ func (l *loader) wireguard(c *Config) *Error {
 	if wg.ListenPort, e = l.port(keyListenPort); e != nil {
 		return e
 	}
+	// Serf gossips over UDP on bind_port and WireGuard listens on UDP
+	// listen_port on every address: the same number cannot serve both.
+	if wg.ListenPort == c.Cluster.BindPort {
+		return l.fail(keyListenPort, fmt.Sprintf("%d is also cluster.bind_port; gossip and WireGuard both need that UDP port", wg.ListenPort),
+			fmt.Sprintf("use another port, e.g. the default %v", defaultFor(keyListenPort)))
+	}
 	mode, e := l.oneOf(keyMode, string(ModeAuto), string(ModeKernel), string(ModeUserspace))
 	if e != nil {
 		return e
@@ -149,8 +155,7 @@ func (l *loader) wireguard(c *Config) *Error {
 	if wg.Endpoint, e = l.endpoint(wg.ListenPort); e != nil {
 		return e
 	}
-	wg.PersistentKeepalive, e = l.intIn(keyKeepalive, 0, 65535,
-		"use a number of seconds between 0 (off) and 65535; 25 keeps most NAT mappings alive")
+	wg.PersistentKeepalive, e = l.keepalive()
 	return e
 }
 

@@ -14,7 +14,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Status is what `meshd status` shows; its JSON form is a public contract
@@ -38,6 +42,26 @@ type Status struct {
 	// Missing lists state found gone and not yet restored, as
 	// "what: why"; status --check fails while it is not empty.
 	Missing []string `json:"missing,omitempty"`
+	// Sites is how this host reaches every other site (a cluster of
+	// several sites); status --check fails while one is unreachable.
+	Sites []Site `json:"sites,omitempty"`
+	// Failovers counts how often another site moved to another gateway
+	// (of this site or of its own) since meshd started.
+	Failovers int `json:"gateway_failovers"`
+}
+
+// Site is one other site as this host reaches it.
+type Site struct {
+	Name   string   `json:"name"`
+	Blocks []string `json:"blocks"`
+	// Gateway is the gateway of this host's site that carries the site's
+	// traffic, Remote the other site's gateway at the end of its tunnel.
+	Gateway string `json:"gateway,omitempty"`
+	Remote  string `json:"remote,omitempty"`
+	// Transit is the site traffic is relayed through when the two
+	// sites' gateways have no direct path ("" when direct).
+	Transit     string `json:"transit,omitempty"`
+	Unreachable string `json:"unreachable,omitempty"`
 }
 
 // PolicyCounter is what one allow-list rule has matched since the last
@@ -62,6 +86,15 @@ type Node struct {
 	Endpoint    string    `json:"endpoint"`
 	Gossip      string    `json:"gossip"`
 	Segments    []Segment `json:"segments"`
+	// Site and role on a cluster of several sites.
+	Site     string `json:"site"`
+	Gateway  bool   `json:"gateway"`
+	Draining bool   `json:"draining,omitempty"`
+	// NAT is a gateway without a public address; Observed is where the
+	// public gateways see its tunnels come from.
+	NAT      bool   `json:"nat,omitempty"`
+	Observed string `json:"observed_endpoint,omitempty"`
+	MeshAddr string `json:"mesh_addr,omitempty"`
 }
 
 // Segment is one of this host's segments and its slice.
@@ -81,6 +114,15 @@ type Peer struct {
 	PublicKey  string   `json:"public_key,omitempty"`
 	Endpoint   string   `json:"endpoint,omitempty"`
 	Slices     []string `json:"slices,omitempty"`
+	// Site is the peer's site; WAN marks a gateway of another site.
+	Site string `json:"site,omitempty"`
+	WAN  bool   `json:"wan,omitempty"`
+	// Carries lists the other sites whose traffic goes through this peer.
+	Carries []string `json:"carries,omitempty"`
+	// LearnedEndpoint is where the peer's packets actually come from when
+	// that differs from what it announced: a NAT's mapping, or a gateway
+	// behind NAT that announced none.
+	LearnedEndpoint string `json:"learned_endpoint,omitempty"`
 	// HandshakeAgeSeconds is -1 when no handshake has completed yet.
 	HandshakeAgeSeconds float64 `json:"handshake_age_seconds"`
 	RxBytes             int64   `json:"rx_bytes"`
@@ -98,12 +140,134 @@ type Provider interface {
 	Status() Status
 }
 
+// Limits of the control socket. It is root-only, but a broken script
+// looping on `meshd status`, or anything that opens connections and never
+// speaks, must not exhaust the daemon's file descriptors or goroutines:
+// the reconciler needs both.
+const (
+	// MaxConns is how many connections are kept open at once. Past it,
+	// the connection that has waited longest without a request in flight
+	// is closed: a real client sends its request as soon as it connects,
+	// so it is never the one that goes, however many silent ones arrive.
+	MaxConns = 16
+	// RequestTimeout bounds one request, including waiting for the
+	// reconciler (30 s at most) and a keyring change across the cluster.
+	RequestTimeout = 60 * time.Second
+	// maxBody bounds what a request may send.
+	maxBody = 64 << 10
+)
+
 // Server serves Provider on a unix socket.
 type Server struct {
 	path string
 	ln   net.Listener
 	srv  *http.Server
+	mux  *http.ServeMux
 	done chan struct{}
+	// conns is touched by the http server's connection goroutines.
+	conns *connLimit
+}
+
+// connLimit keeps at most max connections open, evicting idle ones.
+type connLimit struct {
+	max int
+
+	mu    sync.Mutex
+	conns map[net.Conn]*connInfo
+}
+
+type connInfo struct {
+	busy  bool      // a request is being served
+	since time.Time // when it last became idle (or was accepted)
+}
+
+func newConnLimit(max int) *connLimit {
+	return &connLimit{max: max, conns: map[net.Conn]*connInfo{}}
+}
+
+// track is the server's ConnState hook.
+func (l *connLimit) track(c net.Conn, st http.ConnState) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch st {
+	case http.StateNew:
+		// A connection whose request already arrived counts as busy from
+		// the start, so a burst of silent ones cannot push it out before
+		// its request is read.
+		pc, _ := c.(*peekedConn)
+		l.conns[c] = &connInfo{since: time.Now(), busy: pc != nil && pc.ready}
+		if len(l.conns) > l.max {
+			l.evictLocked(c)
+		}
+	case http.StateActive:
+		if ci := l.conns[c]; ci != nil {
+			ci.busy = true
+		}
+	case http.StateIdle:
+		if ci := l.conns[c]; ci != nil {
+			ci.busy, ci.since = false, time.Now()
+		}
+	case http.StateHijacked, http.StateClosed:
+		delete(l.conns, c)
+	}
+}
+
+// peekListener notes whether a connection's first bytes are already
+// there when it is accepted.
+type peekListener struct{ net.Listener }
+
+type peekedConn struct {
+	net.Conn
+	ready bool
+}
+
+func (l peekListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &peekedConn{Conn: c, ready: pending(c)}, nil
+}
+
+// pending peeks without blocking or consuming.
+func pending(c net.Conn) bool {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, _ = unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+	})
+	return n > 0
+}
+
+// evictLocked closes the connection idle the longest; when every one is
+// busy, the newcomer goes.
+func (l *connLimit) evictLocked(newcomer net.Conn) {
+	var victim net.Conn
+	var oldest time.Time
+	for c, ci := range l.conns {
+		if !ci.busy && (victim == nil || ci.since.Before(oldest)) {
+			victim, oldest = c, ci.since
+		}
+	}
+	if victim == nil {
+		victim = newcomer
+	}
+	delete(l.conns, victim)
+	victim.Close()
+}
+
+// serve bounds request bodies before any handler reads them.
+func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	s.mux.ServeHTTP(w, r)
 }
 
 // Listen creates the socket (0600: status shows keys and topology) and
@@ -131,17 +295,26 @@ func Listen(path string, p Provider) (*Server, error) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(p.Status())
 	})
-	s := &Server{path: path, ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, done: make(chan struct{})}
+	s := &Server{path: path, ln: peekListener{ln}, mux: mux, done: make(chan struct{}), conns: newConnLimit(MaxConns)}
+	s.srv = &http.Server{
+		ConnState:         s.conns.track,
+		Handler:           http.TimeoutHandler(http.HandlerFunc(s.serve), RequestTimeout, "meshd: the request took too long\n"),
+		ReadHeaderTimeout: 2 * time.Second,
+		ReadTimeout:       5 * time.Second,
+		WriteTimeout:      RequestTimeout + 5*time.Second,
+		IdleTimeout:       10 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+	}
 	go func() {
 		defer close(s.done)
-		s.srv.Serve(ln)
+		s.srv.Serve(s.ln)
 	}()
 	return s, nil
 }
 
 // Handle adds an endpoint (e.g. reload) before or while serving.
 func (s *Server) Handle(pattern string, h http.HandlerFunc) {
-	s.srv.Handler.(*http.ServeMux).HandleFunc(pattern, h)
+	s.mux.HandleFunc(pattern, h)
 }
 
 // Close stops serving and removes the socket. Safe to call twice.

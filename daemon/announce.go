@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -15,19 +16,27 @@ import (
 )
 
 // announcer is this host's identity as the cluster sees it: its node
-// description for Compute (segments, claimed slices, public key) and the
-// signed announcement built from it. The loop changes it (claims, key
-// rotation); status reads it, hence the mutex.
+// description for Compute (segments, claimed slices, public key, site and
+// role) and the signed announcements built from it, one for the site pool
+// and, on a gateway, one for the WAN pool. The loop changes it (claims,
+// key rotation, draining, NAT paths); status reads it, hence the mutex.
 type announcer struct {
 	id config.Identity
-	// endpoint is the announced WireGuard endpoint.
-	endpoint netip.AddrPort
-	// cluster is set once joined; before, tags are only built.
-	cluster Cluster
+	// endpoint is the WireGuard endpoint announced to the site, and
+	// wanEndpoint the one announced to other sites (invalid behind NAT).
+	endpoint, wanEndpoint netip.AddrPort
+	// multi is set on a cluster of several sites: the announcements then
+	// carry the site, the role and the mesh address.
+	multi bool
+	// site and wan are set once joined; before, tags are only built.
+	site, wan Cluster
 
 	mu  sync.Mutex
 	key wgtypes.Key
 	me  mesh.Local
+	// observed is the endpoint public gateways see this NATed gateway's
+	// tunnels come from.
+	observed netip.AddrPort
 	// counter orders this host's signed announcements: the wall clock in
 	// milliseconds, forced to increase, so it keeps growing across
 	// restarts without any saved state.
@@ -38,7 +47,11 @@ type announcer struct {
 }
 
 func newAnnouncer(cfg *config.Config, key wgtypes.Key, endpoint netip.AddrPort) *announcer {
-	return &announcer{id: cfg.Identity, me: localNode(cfg, key.PublicKey()), key: key, endpoint: endpoint}
+	a := &announcer{id: cfg.Identity, me: localNode(cfg, key.PublicKey()), key: key, endpoint: endpoint, multi: cfg.Site.Multi()}
+	if cfg.Site.Gateway && cfg.WAN.AdvertiseAddr.IsValid() {
+		a.wanEndpoint = netip.AddrPortFrom(cfg.WAN.AdvertiseAddr, uint16(cfg.WireGuard.ListenPort))
+	}
+	return a
 }
 
 // local returns this host's description; the loop replaces its slices
@@ -75,16 +88,100 @@ func (a *announcer) setKey(k wgtypes.Key) (old wgtypes.Key) {
 	return old
 }
 
-// tags builds this host's announcement, signed when the cluster has a CA.
+// setPaths records whether this gateway drains, where public gateways see
+// it from, and which sites it reaches only through a transit site; it
+// reports whether anything changed (and must be announced).
+func (a *announcer) setPaths(draining bool, observed netip.AddrPort, symmetric bool, noDirect []string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	symmetric = symmetric && a.me.NAT
+	if a.me.Draining == draining && a.observed == observed && a.me.Symmetric == symmetric && slices.Equal(a.me.NoDirect, noDirect) {
+		return false
+	}
+	a.me.Draining, a.observed, a.me.Symmetric, a.me.NoDirect = draining, observed, symmetric, slices.Clone(noDirect)
+	return true
+}
+
+// MeshAddr is the host's own address inside the overlay on a cluster of
+// several sites: the last address of its first slice (IPv4 first), which
+// CNI and Docker never hand out. Invalid on one site, or before the host
+// holds a slice.
+func MeshAddr(l mesh.Local) netip.Addr {
+	var best netip.Prefix
+	for _, s := range l.Segments {
+		if !s.Subnet.IsValid() || s.Subnet.Addr().BitLen()-s.Subnet.Bits() < 2 {
+			continue
+		}
+		if !best.IsValid() || (s.Subnet.Addr().Is4() && !best.Addr().Is4()) {
+			best = s.Subnet
+		}
+	}
+	if !best.IsValid() {
+		return netip.Addr{}
+	}
+	last := lastAddr(best)
+	if best.Addr().Is4() {
+		return last.Prev() // the last one is the broadcast address
+	}
+	return last
+}
+
+func (a *announcer) meshAddr() netip.Addr {
+	if !a.multi {
+		return netip.Addr{}
+	}
+	return MeshAddr(a.local())
+}
+
+// base is the announcement both pools share: key, site, role, mesh
+// address, relays. Caller holds a.mu.
+func (a *announcer) baseLocked() mesh.Announcement {
+	ann := mesh.Announcement{PublicKey: a.me.PublicKey}
+	if !a.multi {
+		return ann
+	}
+	ann.Site = a.me.SiteName()
+	ann.Role = mesh.Role{Gateway: a.me.Gateway, Draining: a.me.Draining, NAT: a.me.NAT, Symmetric: a.me.Symmetric}
+	ann.MeshAddr = MeshAddr(a.me)
+	if a.me.Gateway {
+		ann.Relays = slices.Clone(a.me.NoDirect)
+	}
+	return ann
+}
+
+// tags builds this host's site-pool announcement, signed when the cluster
+// has a CA.
 func (a *announcer) tags() (map[string]string, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	ann := mesh.Announcement{PublicKey: a.me.PublicKey, Endpoint: a.endpoint}
+	ann := a.baseLocked()
+	ann.Endpoint = a.endpoint
 	for _, seg := range a.me.Segments {
 		if seg.Subnet.IsValid() {
 			ann.Slices = append(ann.Slices, mesh.Slice{Segment: seg.Name, Prefix: seg.Subnet, ClaimedAt: seg.ClaimedAt})
 		}
 	}
+	return a.signLocked(ann)
+}
+
+// wanTags builds the gateway's WAN-pool announcement: the site's blocks
+// instead of the host's slices, and its public endpoint (none behind
+// NAT, where the observed one stands in for direct paths).
+func (a *announcer) wanTags() (map[string]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ann := a.baseLocked()
+	ann.Endpoint = a.wanEndpoint
+	ann.Observed = a.observed
+	for _, seg := range a.me.Segments {
+		if seg.Block.IsValid() {
+			ann.Blocks = append(ann.Blocks, mesh.Slice{Segment: seg.Name, Prefix: seg.Block})
+		}
+	}
+	return a.signLocked(ann)
+}
+
+func (a *announcer) signLocked(ann mesh.Announcement) (map[string]string, error) {
 	if !a.id.Enabled() {
 		return ann.Tags()
 	}
@@ -94,21 +191,30 @@ func (a *announcer) tags() (map[string]string, error) {
 	return ann.SignedTags(a.me.Name, func(payload []byte) []byte { return identity.SignPayload(key, payload) })
 }
 
-// publish re-announces this host after its slices or key changed.
+// publish re-announces this host after its slices, key or role changed,
+// in its site's pool and, on a gateway, in the WAN pool.
 func (a *announcer) publish() error {
-	tags, err := a.tags()
+	err := a.publishTo(a.site, a.tags)
+	if a.wan != nil {
+		err = errors.Join(err, a.publishTo(a.wan, a.wanTags))
+	}
+	a.mu.Lock()
+	a.stale = err != nil
+	a.mu.Unlock()
+	return err
+}
+
+func (a *announcer) publishTo(c Cluster, build func() (map[string]string, error)) error {
+	if c == nil {
+		return nil
+	}
+	tags, err := build()
 	if err != nil {
 		return err
 	}
-	if err := a.cluster.SetTags(tags); err != nil {
-		a.mu.Lock()
-		a.stale = true
-		a.mu.Unlock()
+	if err := c.SetTags(tags); err != nil {
 		return fmt.Errorf("announce: %w", err)
 	}
-	a.mu.Lock()
-	a.stale = false
-	a.mu.Unlock()
 	return nil
 }
 
@@ -125,8 +231,22 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
 		CA:        cfg.Identity.CA,
 	}
+	if cfg.Site.Multi() {
+		l.Site, l.Gateway = cfg.Site.Name, cfg.Site.Gateway
+		l.NAT = cfg.Site.Gateway && !cfg.WAN.AdvertiseAddr.IsValid()
+	}
 	for _, s := range cfg.Segments {
-		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet})
+		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet, Block: s.SiteBlock})
 	}
 	return l
+}
+
+// lastAddr is the highest address inside p.
+func lastAddr(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().AsSlice()
+	for i := p.Bits(); i < len(b)*8; i++ {
+		b[i/8] |= 1 << (7 - i%8)
+	}
+	a, _ := netip.AddrFromSlice(b)
+	return a
 }

@@ -163,7 +163,7 @@ func (c *claimer) restamp(ann *announcer, lost []string) error {
 	segs := ann.segments()
 	for i, seg := range segs {
 		if c.provisional[seg.Name] && !slices.Contains(lost, seg.Name) && seg.Subnet.IsValid() {
-			segs[i].ClaimedAt = ann.cluster.LamportTime() + 1
+			segs[i].ClaimedAt = ann.site.LamportTime() + 1
 			c.log.Info("re-stamped a claim made before joining", "segment", seg.Name, "slice", seg.Subnet, "claimed_at", segs[i].ClaimedAt)
 		}
 	}
@@ -190,7 +190,7 @@ func (c *claimer) claim(ann *announcer, segments []string, st *mesh.State) error
 			continue
 		}
 		old := seg.Subnet
-		segs[i].Subnet, segs[i].ClaimedAt = p, ann.cluster.LamportTime()+1
+		segs[i].Subnet, segs[i].ClaimedAt = p, ann.site.LamportTime()+1
 		if old.IsValid() {
 			c.log.Warn("slice lost to an earlier claim; claimed another", "segment", seg.Name, "lost", old, "slice", p)
 		} else {

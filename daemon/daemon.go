@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,11 @@ type Daemon struct {
 	// fast instead of waiting out their timeout.
 	stopping chan struct{}
 	repairs  *repairs
+	// directory holds other sites' gateways as this site's gateways
+	// relay them (safe from any goroutine); paths what a gateway learns
+	// of its WAN tunnels (see paths for who owns what).
+	directory *directory
+	paths     *paths
 
 	// Set by Start.
 	under    Underlay
@@ -66,10 +72,12 @@ type Daemon struct {
 	enforcer Enforcer
 	cni      ConfigWriter
 	members  Cluster
-	ctrl     *control.Server
-	metrics  *metrics.Metrics
-	ann      *announcer
-	claims   *claimer
+	// wan is the WAN pool on a gateway, nil elsewhere.
+	wan     Cluster
+	ctrl    *control.Server
+	metrics *metrics.Metrics
+	ann     *announcer
+	claims  *claimer
 	// peers is the loop's: per-peer deltas against the device.
 	peers *wgdev.PeerSync
 	// keepaliveTimer is the loop's; it brings the loop back for deferred
@@ -77,6 +85,16 @@ type Daemon struct {
 	keepaliveTimer *time.Timer
 	// healthTicks is the loop's count of health checks.
 	healthTicks int
+	// guarded is the loop's record of the slices the applied allow-list
+	// lets through its no-plaintext guard.
+	guarded []netip.Prefix
+	// meshAddrs is the loop's record of the addresses it put on the
+	// interface; dirty when that failed or the interface was recreated.
+	meshAddrs      []netip.Prefix
+	meshAddrsDirty bool
+	// forwarding is the loop's last reading of the kernel's forwarding
+	// switches; a gateway drains while it is off.
+	forwarding bool
 	// teardown holds the undo step of every resource created so far, run
 	// in reverse order by Close (also when Start fails half-way).
 	teardown []step
@@ -90,6 +108,7 @@ type Daemon struct {
 	state      *mesh.State
 	lastSeen   []mesh.Member
 	reconciles int
+	failovers  int
 	lastErr    error
 	// missing names what a health check found gone and not yet put
 	// back; status --check fails while it is not empty.
@@ -112,6 +131,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
+		directory: newDirectory(), paths: newPaths(), forwarding: true,
 	}
 }
 
@@ -136,6 +156,9 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts Options
 // created.
 func (d *Daemon) Start(ctx context.Context) error {
 	cfg := d.config()
+	if err := Check(cfg, d.sys.Host); err != nil {
+		return err
+	}
 	lock, err := d.sys.Lock()
 	if err != nil {
 		return err
@@ -192,14 +215,13 @@ func (d *Daemon) Start(ctx context.Context) error {
 	if err := d.join(cfg, key); err != nil {
 		return err
 	}
-	return d.claims.claimMissing(ctx, d.ann, d.members)
+	if err := d.claims.claimMissing(ctx, d.ann, d.members); err != nil {
+		return err
+	}
+	return d.joinWAN(cfg)
 }
 
 func (d *Daemon) startEnforcer(cfg *config.Config) error {
-	ruleset, err := cfg.Policy()
-	if err != nil {
-		return err
-	}
 	enf, closeEnf, err := d.sys.Enforcer(cfg.WireGuard.Interface, d.log)
 	if err != nil {
 		return err
@@ -210,7 +232,7 @@ func (d *Daemon) startEnforcer(cfg *config.Config) error {
 	}
 	d.enforcer = enf
 	d.undo("allow-list", enf.Flush)
-	if err := enf.Apply(ruleset); err != nil {
+	if err := d.applyPolicy(); err != nil {
 		return fmt.Errorf("install allow-list: %w", err)
 	}
 	return nil
@@ -262,13 +284,13 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 		AdvertiseAddr: d.under.Advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
-		Log: d.log,
+		Log: d.log, OnEvent: d.directory.receive,
 	}, d.Kick)
 	if err != nil {
 		return err
 	}
 	d.members = members
-	d.ann.cluster = members
+	d.ann.site = members
 	d.undo("cluster membership", members.Leave)
 	d.log.Info("meshd running", "interface", d.device().Name(), "mode", string(d.device().Kind()),
 		"endpoint", d.under.Endpoint, "key", crypto.Fingerprint(key.PublicKey()))

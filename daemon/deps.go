@@ -5,6 +5,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/cni"
@@ -31,6 +32,11 @@ type Cluster interface {
 	// Failed delivers why the cluster stopped on its own (a lost name
 	// conflict); it is closed by Leave.
 	Failed() <-chan error
+	// Broadcast sends a user event to every member, best effort.
+	Broadcast(name string, payload []byte) error
+	// Ask queries the members whose tags match filter and returns the
+	// answers that arrived within timeout.
+	Ask(name string, payload []byte, filter map[string]string, timeout time.Duration) ([]cluster.Answer, error)
 	// Leave announces a graceful leave and stops. Safe to call twice.
 	Leave() error
 }
@@ -40,6 +46,9 @@ type Cluster interface {
 type Device interface {
 	wgdev.Device
 	wgdev.Client
+	// SetAddrs makes the interface's addresses exactly addrs: the host's
+	// mesh address on a cluster of several sites, none otherwise.
+	SetAddrs(addrs []netip.Prefix) error
 }
 
 // Router programs the per-segment tables and rules (package routes).
@@ -84,6 +93,8 @@ type Underlay struct {
 // System creates everything the daemon does to the host. HostSystem is
 // the real one; tests substitute fakes field by field.
 type System struct {
+	// Host answers the checks made before anything is created.
+	Host HostView
 	// Lock keeps a second daemon out of this network namespace: it
 	// would start by "cleaning up" the first one's state.
 	Lock func() (io.Closer, error)

@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -45,6 +46,8 @@ type testHost struct {
 	net  *clustertest.Network
 	tr   *clustertest.Transport
 	addr netip.Addr
+	// wanTr is a gateway's transport in the WAN pool, on its own network.
+	wanTr *clustertest.Transport
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -56,6 +59,9 @@ type testHost struct {
 	// gone from here and from nl.
 	links map[string]*fakeDevice
 	fail  map[string]error // System step -> injected error
+	// hang makes the device's Close block until it is closed, as a
+	// device that stopped answering would.
+	hang chan struct{}
 }
 
 func newTestHost(t testing.TB, net *clustertest.Network, name string) *testHost {
@@ -182,6 +188,7 @@ func fastGossip(tr memberlist.Transport) func(*serf.Config) {
 // it created, and its closer what it removed, so tests can check order.
 func (h *testHost) system() System {
 	return System{
+		Host: fakeHostView{h},
 		Lock: func() (io.Closer, error) {
 			if err := h.injected("lock"); err != nil {
 				return nil, err
@@ -227,8 +234,17 @@ func (h *testHost) system() System {
 			if err := h.injected("join"); err != nil {
 				return nil, err
 			}
-			h.record("join")
-			mc.Tune = fastGossip(h.tr)
+			tr := h.tr
+			if mc.BindPort == 7947 { // the WAN pool: a gateway's second leg
+				if h.wanTr == nil {
+					return nil, errors.New("test host " + h.name + " has no WAN transport")
+				}
+				tr = h.wanTr
+				h.record("join WAN")
+			} else {
+				h.record("join")
+			}
+			mc.Tune = fastGossip(tr)
 			m, err := cluster.Join(mc, kick)
 			if err != nil {
 				return nil, err
@@ -286,6 +302,7 @@ type fakeDevice struct {
 	mu     sync.Mutex
 	key    wgtypes.Key
 	port   int
+	addrs  []netip.Prefix
 	closed bool
 }
 
@@ -320,6 +337,17 @@ func (h *testHost) link(name string) *fakeDevice {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.links[name]
+}
+
+// SetAddrs records the interface's addresses.
+func (d *fakeDevice) SetAddrs(addrs []netip.Prefix) error {
+	if err := d.Present(); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.addrs = slices.Clone(addrs)
+	d.mu.Unlock()
+	return nil
 }
 
 func (d *fakeDevice) Name() string     { return d.name }
@@ -362,6 +390,12 @@ func (d *fakeDevice) ConfigureDevice(name string, cfg wgtypes.Config) error {
 }
 
 func (d *fakeDevice) Close() error {
+	d.h.mu.Lock()
+	hang := d.h.hang
+	d.h.mu.Unlock()
+	if hang != nil {
+		<-hang
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -407,3 +441,20 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() er
 	t.Fatalf("%s: not within %s: %v", what, timeout, err)
 	return 0
 }
+
+// fakeHostView is the host as the checks before a start see it: one
+// underlay address on u0 in 198.18.0.0/15, where the test network puts
+// every member, and WireGuard interfaces that are all meshd's.
+type fakeHostView struct{ h *testHost }
+
+func (f fakeHostView) Addrs() ([]HostAddr, error) {
+	return []HostAddr{{Prefix: netip.PrefixFrom(f.h.addr, 15), Link: "u0"}}, nil
+}
+
+func (f fakeHostView) RouteTo(a netip.Addr) (HostRoute, error) {
+	return HostRoute{Dst: netip.PrefixFrom(f.h.addr, 15).Masked(), Link: "u0"}, nil
+}
+
+func (f fakeHostView) CheckInterface(string) error { return nil }
+
+func (f fakeHostView) Forwarding() (bool, bool, error) { return true, true, nil }

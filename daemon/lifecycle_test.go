@@ -214,6 +214,7 @@ func TestFailedSecondStartLeavesTheFirstAlone(t *testing.T) {
 		return err
 	})
 	second := newTestHost(t, c.net, "h1")
+	second.addr = first.addr // the same machine's address, in another namespace
 	d := New(cfg, slog.New(slog.DiscardHandler), second.system(), Options{})
 	if err := d.Start(context.Background()); err == nil || !strings.Contains(err.Error(), "control socket") {
 		t.Fatalf("second start: %v, want a control socket refusal", err)
@@ -351,4 +352,34 @@ func memberStatus(d *Daemon, name string) mesh.Status {
 		}
 	}
 	return ""
+}
+
+// A teardown step that hangs (a device that stopped answering) is given
+// up on, the steps after it still run, and Close returns within its
+// budget, so SIGTERM always ends the process.
+func TestCloseIsBoundedWhenADependencyHangs(t *testing.T) {
+	c := newCluster3(t)
+	h := c.hosts[0]
+	d := New(c.config(1, ""), slog.New(slog.DiscardHandler), h.system(), Options{})
+	if err := d.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	h.mu.Lock()
+	h.hang = make(chan struct{})
+	h.mu.Unlock()
+	defer close(h.hang)
+	h.takeEvents()
+	began := time.Now()
+	err := d.Close()
+	took := time.Since(began)
+	if err == nil || !strings.Contains(err.Error(), "WireGuard interface") {
+		t.Errorf("Close = %v, want the hung step named", err)
+	}
+	if took > shutdownBudget+time.Second {
+		t.Errorf("Close took %s with a hung device, budget %s", took, shutdownBudget)
+	}
+	// Everything after the hung step was still undone.
+	if got := h.takeEvents(); !slices.Contains(got, "remove allow-list") || !slices.Contains(got, "unlock") {
+		t.Errorf("after the hung step, Close did %q", got)
+	}
 }

@@ -100,12 +100,13 @@ func (d *Daemon) reconcile() (err error) {
 		repairErr = d.ensureDataPlane()
 	}
 	members := d.members.Members()
+	remote := d.remoteGateways()
 	d.mu.Lock()
 	prev := d.state
 	d.mu.Unlock()
 	local := d.ann.local()
 	local.Now = time.Now()
-	st := mesh.Compute(local, members, prev)
+	st := mesh.ComputeTopology(local, members, remote, prev)
 	d.logRejections(prev, &st)
 	var claimErr error
 	if restamp := d.claims.restampDue(members); restamp || len(st.Lost) > 0 {
@@ -120,10 +121,15 @@ func (d *Daemon) reconcile() (err error) {
 		}
 		local = d.ann.local()
 		local.Now = time.Now()
-		st = mesh.Compute(local, members, prev)
+		st = mesh.ComputeTopology(local, members, remote, prev)
 	}
 	if d.ann.dirty() {
 		claimErr = errors.Join(claimErr, d.ann.publish())
+	}
+	if !slices.Equal(d.guarded, ownSlices(local)) {
+		if perr := d.applyPolicy(); perr != nil {
+			claimErr = errors.Join(claimErr, fmt.Errorf("update the no-plaintext guard for this host's slices: %w", perr))
+		}
 	}
 	// Membership events apply the difference from the last state reached;
 	// resyncs, repairs and retries read the device and the kernel back.
@@ -142,13 +148,33 @@ func (d *Daemon) reconcile() (err error) {
 	} else {
 		peerErr, routeErr = d.peers.SetFrom(prev.Peers, st.Peers), d.router.SetFrom(&prev.Routes, &st.Routes)
 	}
-	err = errors.Join(repairErr, claimErr, peerErr, routeErr, d.syncCNI(local))
+	siteErr := errors.Join(d.syncMeshAddr(local), d.relayDirectory(members, remote), d.updatePaths(&st, local))
+	err = errors.Join(repairErr, claimErr, peerErr, routeErr, siteErr, d.syncCNI(local))
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if prev != nil {
+		d.failovers += countFailovers(prev.Sites, st.Sites)
+	}
 	d.state, d.lastSeen, d.lastErr = &st, members, err
 	d.reconciles++
 	d.wakeForKeepalives()
 	return err
+}
+
+// countFailovers counts the other sites whose path moved to another
+// gateway at either end.
+func countFailovers(prev, next []mesh.SiteState) int {
+	n := 0
+	for _, s := range next {
+		i := slices.IndexFunc(prev, func(p mesh.SiteState) bool { return p.Name == s.Name })
+		if i < 0 || s.Unreachable != "" || prev[i].Unreachable != "" {
+			continue
+		}
+		if prev[i].Gateway != s.Gateway || prev[i].Remote != s.Remote {
+			n++
+		}
+	}
+	return n
 }
 
 func samePeer(a, b mesh.Peer) bool {
@@ -169,9 +195,16 @@ func (d *Daemon) checkHealth() (repairDue bool) {
 	if err := d.enforcer.Intact(); err != nil {
 		missing["nftables"] = err.Error()
 	}
+	d.checkForwarding(missing)
+	d.askWhoamiIfDue()
 	d.mu.Lock()
 	d.missing = missing
 	d.mu.Unlock()
+	if _, off := missing["ip-forwarding"]; off && len(missing) == 1 {
+		// Nothing meshd can put back: it is reported, and a gateway
+		// drains, but it takes no repairing pass.
+		return d.drainingChanged()
+	}
 	if len(missing) == 0 {
 		return false
 	}
@@ -193,6 +226,7 @@ func (d *Daemon) checkDeviceConfig(missing map[string]string) {
 		missing["interface"] = err.Error()
 		return
 	}
+	d.paths.observe(got)
 	if got.PrivateKey != d.ann.privateKey() || got.ListenPort != d.config().WireGuard.ListenPort {
 		missing["interface-config"] = "the key or listen port was changed"
 	}
@@ -265,6 +299,7 @@ func (d *Daemon) reopenDevice() error {
 		return err
 	}
 	d.peers = wgdev.NewPeerSync(dev, dev.Name(), d.log)
+	d.meshAddrsDirty = true
 	return nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
@@ -48,8 +49,12 @@ func (f *fakeCluster) LamportTime() uint64             { return 1 }
 func (f *fakeCluster) KeyringOp(string, string) (*cluster.KeyResponse, error) {
 	return nil, errors.New("no keyring")
 }
-func (f *fakeCluster) Failed() <-chan error { return f.failed }
-func (f *fakeCluster) Leave() error         { return nil }
+func (f *fakeCluster) Failed() <-chan error           { return f.failed }
+func (f *fakeCluster) Broadcast(string, []byte) error { return nil }
+func (f *fakeCluster) Ask(string, []byte, map[string]string, time.Duration) ([]cluster.Answer, error) {
+	return nil, nil
+}
+func (f *fakeCluster) Leave() error { return nil }
 
 func memberN(t testing.TB, i int, slice netip.Prefix) mesh.Member {
 	t.Helper()

@@ -3,9 +3,11 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/mesh"
 )
 
 // reload re-reads the configuration and applies the allow rules as one
@@ -29,6 +31,7 @@ func (d *Daemon) reload() error {
 	if err != nil {
 		return fmt.Errorf("%w: the new allow rules do not fit the running segments (segment changes need a restart): %v", errBadRequest, err)
 	}
+	ruleset.Local = ownSlices(d.ann.local())
 	if err := d.enforcer.Apply(ruleset); err != nil {
 		return fmt.Errorf("apply allow-list: %w", err)
 	}
@@ -42,14 +45,32 @@ func (d *Daemon) reload() error {
 	return nil
 }
 
-// applyPolicy installs the running allow rules again (the table was
-// removed by someone else).
+// applyPolicy installs the running allow rules with this host's current
+// slices: again after someone removed the table, or because a claim moved
+// a slice the no-plaintext guard must let through.
 func (d *Daemon) applyPolicy() error {
 	ruleset, err := d.config().Policy()
 	if err != nil {
 		return err
 	}
-	return d.enforcer.Apply(ruleset)
+	local := ownSlices(d.ann.local())
+	ruleset.Local = local
+	if err := d.enforcer.Apply(ruleset); err != nil {
+		return err
+	}
+	d.guarded = local
+	return nil
+}
+
+// ownSlices lists the slices this host holds now.
+func ownSlices(l mesh.Local) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range l.Segments {
+		if s.Subnet.IsValid() {
+			out = append(out, s.Subnet)
+		}
+	}
+	return out
 }
 
 // restartOnly reports whether anything besides the allow rules changed.

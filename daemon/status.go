@@ -19,14 +19,14 @@ import (
 // counters; everything else is the reconciler's last result.
 func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
-	st, members, reconciles, lastErr := d.state, d.lastSeen, d.reconciles, d.lastErr
+	st, members, reconciles, lastErr, failovers := d.state, d.lastSeen, d.reconciles, d.lastErr, d.failovers
 	missing := d.missing
 	cfg, dev := d.cfg, d.dev
 	d.mu.Unlock()
 	local := d.ann.local()
 
 	out := control.Status{Node: d.nodeStatus(cfg, dev, local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{},
-		Repairs: d.repairs.snapshot()}
+		Repairs: d.repairs.snapshot(), Failovers: failovers}
 	for _, what := range sortedKeys(missing) {
 		out.Missing = append(out.Missing, what+": "+missing[what])
 	}
@@ -64,6 +64,29 @@ func (d *Daemon) Status() control.Status {
 		for _, r := range st.Rejected {
 			out.Rejected = append(out.Rejected, control.Rejection{Member: r.Member, Reason: r.Reason})
 		}
+		out.Peers = append(out.Peers, wanPeers(st, members, live, now)...)
+		for _, s := range st.Sites {
+			cs := control.Site{Name: s.Name, Gateway: s.Gateway, Remote: s.Remote, Transit: s.Transit, Unreachable: s.Unreachable, Blocks: []string{}}
+			for _, b := range s.Blocks {
+				cs.Blocks = append(cs.Blocks, b.String())
+			}
+			out.Sites = append(out.Sites, cs)
+		}
+	}
+	return out
+}
+
+// wanPeers lists the gateways of other sites this gateway has tunnels
+// to; the site's members are listed from the site pool.
+func wanPeers(st *mesh.State, members []mesh.Member, live map[wgtypes.Key]wgtypes.Peer, now time.Time) []control.Peer {
+	var out []control.Peer
+	for _, p := range st.Peers {
+		if !p.WAN {
+			continue
+		}
+		ps := control.Peer{Name: p.Name, State: "alive", HandshakeAgeSeconds: -1}
+		fillPeer(&ps, p, live[p.PublicKey], now)
+		out = append(out, ps)
 	}
 	return out
 }
@@ -71,11 +94,20 @@ func (d *Daemon) Status() control.Status {
 func fillPeer(ps *control.Peer, p mesh.Peer, live wgtypes.Peer, now time.Time) {
 	ps.Configured = live.PublicKey == p.PublicKey
 	ps.PublicKey = p.PublicKey.String()
-	ps.Endpoint = p.Endpoint.String()
+	if p.Endpoint.IsValid() {
+		ps.Endpoint = p.Endpoint.String()
+	}
 	if live.Endpoint != nil {
 		// The device's view wins: it is where packets actually go.
 		ps.Endpoint = live.Endpoint.String()
+		if live.Endpoint.AddrPort() != p.Endpoint {
+			ps.LearnedEndpoint = ps.Endpoint
+		}
 	}
+	if p.Site != mesh.DefaultSite {
+		ps.Site = p.Site
+	}
+	ps.WAN, ps.Carries = p.WAN, p.Sites
 	for _, s := range p.Slices {
 		ps.Slices = append(ps.Slices, s.String())
 	}
@@ -95,6 +127,15 @@ func (d *Daemon) nodeStatus(cfg *config.Config, dev Device, local mesh.Local) co
 	}
 	for i, s := range local.Segments {
 		n.Segments = append(n.Segments, control.Segment{Name: s.Name, CIDR: s.CIDR.String(), Subnet: s.Subnet.String(), Table: local.TableBase + i})
+	}
+	n.Site, n.Gateway, n.Draining, n.NAT = local.SiteName(), local.Gateway, local.Draining, local.NAT
+	if d.ann.multi {
+		if a := MeshAddr(local); a.IsValid() {
+			n.MeshAddr = a.String()
+		}
+		if o, _ := d.paths.observedEndpoint(); o.IsValid() {
+			n.Observed = o.String()
+		}
 	}
 	return n
 }

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -35,6 +37,7 @@ const (
 // HostSystem is the real host: the network namespace meshd runs in.
 func HostSystem() System {
 	return System{
+		Host:     netlinkHost{},
 		Lock:     lockNamespace,
 		Underlay: resolveUnderlay,
 		Router:   openRouter,
@@ -130,6 +133,10 @@ type device struct {
 	h   *netlink.Handle
 }
 
+func (d *device) SetAddrs(addrs []netip.Prefix) error {
+	return wgdev.SetAddrs(d.h, d.link.Name(), addrs)
+}
+
 func (d *device) Name() string     { return d.link.Name() }
 func (d *device) Kind() wgdev.Mode { return d.link.Kind() }
 func (d *device) Present() error   { return d.link.Present() }
@@ -173,4 +180,108 @@ func warnReadable(log *slog.Logger, path string) {
 		log.Warn("gossip key file is readable by other users; anyone who reads it can join the cluster: chmod 600 it",
 			"path", path, "mode", fmt.Sprintf("%04o", info.Mode().Perm()))
 	}
+}
+
+// netlinkHost reads the host's addresses and routes through netlink.
+type netlinkHost struct{}
+
+func (netlinkHost) Addrs() ([]HostAddr, error) {
+	h, err := routeHandle()
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	names := map[int]string{}
+	for _, l := range links {
+		names[l.Attrs().Index] = l.Attrs().Name
+	}
+	addrs, err := h.AddrList(nil, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("list addresses: %w", err)
+	}
+	var out []HostAddr
+	for _, a := range addrs {
+		ip, ok := netip.AddrFromSlice(a.IP)
+		if !ok || a.IPNet == nil {
+			continue
+		}
+		ones, _ := a.IPNet.Mask.Size()
+		out = append(out, HostAddr{Prefix: netip.PrefixFrom(ip.Unmap(), ones), Link: names[a.LinkIndex]})
+	}
+	return out, nil
+}
+
+func (netlinkHost) RouteTo(a netip.Addr) (HostRoute, error) {
+	h, err := routeHandle()
+	if err != nil {
+		return HostRoute{}, err
+	}
+	defer h.Close()
+	rs, err := h.RouteGet(a.AsSlice())
+	if err != nil || len(rs) == 0 {
+		return HostRoute{}, fmt.Errorf("no route to %s: %v", a, err)
+	}
+	r := rs[0]
+	out := HostRoute{}
+	if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+		out.Gateway = gw.Unmap()
+	}
+	if l, err := h.LinkByIndex(r.LinkIndex); err == nil {
+		out.Link = l.Attrs().Name
+	}
+	// RouteGet answers with the destination itself; the prefix of the
+	// route that matched is the longest one in main containing it.
+	fam := netlink.FAMILY_V4
+	if a.Is6() {
+		fam = netlink.FAMILY_V6
+	}
+	if routes, err := h.RouteList(nil, fam); err == nil {
+		for _, rt := range routes {
+			if rt.Dst == nil {
+				continue
+			}
+			ip, _ := netip.AddrFromSlice(rt.Dst.IP)
+			ones, _ := rt.Dst.Mask.Size()
+			p := netip.PrefixFrom(ip.Unmap(), ones)
+			if p.Contains(a) && (!out.Dst.IsValid() || p.Bits() > out.Dst.Bits()) {
+				out.Dst = p
+			}
+		}
+	}
+	return out, nil
+}
+
+func (netlinkHost) Forwarding() (v4, v6 bool, err error) { return readForwarding() }
+
+func (netlinkHost) CheckInterface(name string) error {
+	h, err := routeHandle()
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	return wgdev.CheckName(h, name)
+}
+
+// readForwarding reads the kernel's forwarding switches for this network
+// namespace.
+func readForwarding() (v4, v6 bool, err error) {
+	read := func(path string) (bool, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false, err
+		}
+		return strings.TrimSpace(string(b)) == "1", nil
+	}
+	if v4, err = read("/proc/sys/net/ipv4/ip_forward"); err != nil {
+		return false, false, err
+	}
+	v6, err = read("/proc/sys/net/ipv6/conf/all/forwarding")
+	if errors.Is(err, os.ErrNotExist) {
+		return v4, false, nil // no IPv6 in this kernel
+	}
+	return v4, v6, err
 }

@@ -108,6 +108,8 @@ func (ca *CA) Sign(c Cert) (*Cert, error) {
 		NotBefore: c.NotBefore.Truncate(time.Second).UTC(),
 		NotAfter:  c.NotAfter.Truncate(time.Second).UTC(),
 		PublicKey: slices.Clone(c.PublicKey),
+		Site:      c.Site,
+		Gateway:   c.Gateway,
 	}
 	if len(c.Subnets) > 0 {
 		out.Subnets = slices.SortedFunc(slices.Values(c.Subnets), segment.Compare)

@@ -28,9 +28,13 @@ import (
 // every other host parse, and keep a certificate small enough for a tag.
 const (
 	certVersion = 1
-	MaxNameLen  = 64
-	MaxSegments = 16
-	MaxSubnets  = 16
+	// certVersionSites adds the host's site and whether it may be a
+	// gateway; certificates without either are still written as version
+	// 1, so single-site clusters keep their encoding.
+	certVersionSites = 2
+	MaxNameLen       = 64
+	MaxSegments      = 16
+	MaxSubnets       = 16
 
 	sigLen = ed25519.SignatureSize
 	keyLen = ed25519.PublicKeySize
@@ -65,7 +69,22 @@ type Cert struct {
 	NotAfter  time.Time
 	PublicKey ed25519.PublicKey
 	Signature []byte
+	// Site is the only site the host may announce itself in ("" is the
+	// default site); Gateway lets it act as its site's gateway.
+	Site    string
+	Gateway bool
 }
+
+// SiteName is the certified site, "default" when none is named.
+func (c *Cert) SiteName() string {
+	if c.Site == "" {
+		return "default"
+	}
+	return c.Site
+}
+
+// flagGateway is bit 0 of a version 2 certificate's flags.
+const flagGateway = 1
 
 // Marshal returns the wire encoding: the signed body followed by the
 // signature. It returns nil for a certificate that is unsigned or that Sign
@@ -91,7 +110,11 @@ func (c *Cert) body() ([]byte, error) {
 		return nil, err
 	}
 	b := make([]byte, 0, 128)
-	b = append(b, certVersion, byte(len(c.Name)))
+	version := byte(certVersion)
+	if c.Site != "" || c.Gateway {
+		version = certVersionSites
+	}
+	b = append(b, version, byte(len(c.Name)))
 	b = append(b, c.Name...)
 	b = append(b, byte(len(c.Segments)))
 	for _, s := range c.Segments {
@@ -105,7 +128,17 @@ func (c *Cert) body() ([]byte, error) {
 	nb := c.NotBefore.Unix()
 	b = binary.AppendUvarint(b, uint64(nb))
 	b = binary.AppendUvarint(b, uint64(c.NotAfter.Unix()-nb))
-	return append(b, c.PublicKey...), nil
+	b = append(b, c.PublicKey...)
+	if version == certVersionSites {
+		var flags byte
+		if c.Gateway {
+			flags |= flagGateway
+		}
+		b = append(b, byte(len(c.Site)))
+		b = append(b, c.Site...)
+		b = append(b, flags)
+	}
+	return b, nil
 }
 
 func appendPin(b []byte, seg byte, p netip.Prefix) []byte {
@@ -137,6 +170,11 @@ func (c *Cert) check() error {
 	}
 	if err := c.checkSubnets(); err != nil {
 		return err
+	}
+	if c.Site != "" {
+		if err := segment.CheckName(c.Site); err != nil {
+			return fmt.Errorf("site: %w", err)
+		}
 	}
 	if err := checkValidity(c.NotBefore, c.NotAfter); err != nil {
 		return err
@@ -212,10 +250,18 @@ func ValidName(s string) error {
 		return fmt.Errorf("name %q is %d bytes, at most %d allowed", s, len(s), MaxNameLen)
 	case !utf8.ValidString(s):
 		return fmt.Errorf("name %q is not valid UTF-8", s)
-	case strings.ContainsFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
-		return fmt.Errorf("name %q contains whitespace or a control character", s)
+	case strings.ContainsFunc(s, BadNameRune):
+		return fmt.Errorf("name %q contains whitespace, a control character or an invisible formatting character", s)
 	}
 	return nil
+}
+
+// BadNameRune reports the characters no host name may hold: whitespace
+// and control characters break log lines and status output, and
+// formatting characters (zero-width spaces, bidirectional overrides such
+// as U+202E) make two different names look the same to an operator.
+func BadNameRune(r rune) bool {
+	return unicode.IsSpace(r) || unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }
 
 // ValidSegment reports whether s is a segment name, with the same rule the
@@ -292,8 +338,9 @@ func (c *Cert) Allows(s Slice) error {
 // structure only; callers must Verify before trusting any field.
 func ParseCert(b []byte) (*Cert, error) {
 	r := reader{b: b}
-	if v := r.byte(); v != certVersion && r.err == nil {
-		return nil, fmt.Errorf("certificate version %d is not supported (want %d)", v, certVersion)
+	v := r.byte()
+	if v != certVersion && v != certVersionSites && r.err == nil {
+		return nil, fmt.Errorf("certificate version %d is not supported (want %d or %d)", v, certVersion, certVersionSites)
 	}
 	c := &Cert{Name: r.string(MaxNameLen)}
 	c.Segments = make([]string, r.count(MaxSegments))
@@ -309,6 +356,14 @@ func ParseCert(b []byte) (*Cert, error) {
 	}
 	nb, life := r.uvarint(), r.uvarint()
 	c.PublicKey = ed25519.PublicKey(r.bytes(keyLen))
+	if v == certVersionSites {
+		c.Site = r.string(15)
+		flags := r.byte()
+		if flags&^flagGateway != 0 {
+			r.fail(fmt.Errorf("unknown flags %#x", flags))
+		}
+		c.Gateway = flags&flagGateway != 0
+	}
 	c.Signature = r.bytes(sigLen)
 	if r.err != nil {
 		return nil, fmt.Errorf("certificate: %w", r.err)

@@ -21,7 +21,8 @@ const (
 	captureStopTimeout  = 10 * time.Second
 )
 
-// Capture is a tcpdump recording everything crossing the underlay bridge.
+// Capture is a tcpdump recording everything crossing one interface, by
+// default the underlay bridge.
 type Capture struct {
 	path string
 	cmd  *exec.Cmd
@@ -38,7 +39,13 @@ type Capture struct {
 // once it is capturing. ctx bounds only the start; the capture runs until
 // Stop or Close.
 func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
-	return l.StartCaptureFiltered(ctx, 0, "")
+	return l.StartCaptureOn(ctx, l.SwitchNS(), bridgeName)
+}
+
+// StartCaptureOn is StartCapture on interface dev of namespace ns, say
+// BridgeName in WANNS or in a Site's NS.
+func (l *Lab) StartCaptureOn(ctx context.Context, ns, dev string) (*Capture, error) {
+	return l.startCapture(ctx, ns, dev, 0, "")
 }
 
 // StartCaptureFiltered is StartCapture keeping only the packets that match
@@ -46,6 +53,10 @@ func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
 // keeps whole packets): a long capture of bulk traffic for, say, IP
 // fragments then stays small.
 func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter string) (*Capture, error) {
+	return l.startCapture(ctx, l.SwitchNS(), bridgeName, snaplen, filter)
+}
+
+func (l *Lab) startCapture(ctx context.Context, ns, dev string, snaplen int, filter string) (*Capture, error) {
 	l.mu.Lock()
 	n := len(l.captures)
 	closed := l.closed
@@ -57,8 +68,8 @@ func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter stri
 	// -Z root: tcpdump otherwise drops to user tcpdump, which cannot write
 	// into the lab's private directory. --immediate-mode and -U get every
 	// packet into the file without waiting for a buffer to fill.
-	argv := []string{"netns", "exec", l.SwitchNS(),
-		"tcpdump", "-i", bridgeName, "-n", "-s", strconv.Itoa(snaplen), "-U", "--immediate-mode", "-Z", "root", "-w", path}
+	argv := []string{"netns", "exec", ns,
+		"tcpdump", "-i", dev, "-n", "-s", strconv.Itoa(snaplen), "-U", "--immediate-mode", "-Z", "root", "-w", path}
 	if filter != "" {
 		argv = append(argv, filter)
 	}
@@ -69,7 +80,7 @@ func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter stri
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("lab: start tcpdump in netns %s: %w", l.SwitchNS(), err)
+		return nil, fmt.Errorf("lab: start tcpdump in netns %s: %w", ns, err)
 	}
 	c := &Capture{path: path, cmd: cmd, done: make(chan struct{})}
 	listening := make(chan struct{})
@@ -92,7 +103,7 @@ func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter stri
 		err = ctx.Err()
 	}
 	_, _ = c.Stop()
-	return nil, fmt.Errorf("lab: tcpdump on %s in netns %s: %w", bridgeName, l.SwitchNS(), err)
+	return nil, fmt.Errorf("lab: tcpdump on %s in netns %s: %w", dev, ns, err)
 }
 
 // readStderr reaps tcpdump too: Wait must follow the end of the pipe.

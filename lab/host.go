@@ -30,6 +30,12 @@ type Host struct {
 	index     int
 	slices    map[string]Slice
 	stopGrace time.Duration
+	// In a multi-site lab: the host's site, its 1-based position there
+	// and whether it is one of the site's gateways. site is nil in a
+	// flat lab.
+	site    *Site
+	sitePos int
+	gateway bool
 
 	mu   sync.Mutex
 	proc *process // the latest meshd started, nil before Start
@@ -69,8 +75,14 @@ func (h *Host) Gateway(segment string) netip.Addr { return h.slices[segment].Gat
 // Subnet is the host's slice of segment.
 func (h *Host) Subnet(segment string) netip.Prefix { return h.slices[segment].Subnet }
 
-// UnderlayAddr is the host's address on the switch.
-func (h *Host) UnderlayAddr() netip.Addr { return UnderlayAddr(h.lab.spec.IPv6Underlay, h.index) }
+// UnderlayAddr is the host's address on the switch; in a multi-site lab
+// that is its site's bridge, so it is SiteAddr.
+func (h *Host) UnderlayAddr() netip.Addr {
+	if h.site != nil {
+		return h.SiteAddr()
+	}
+	return UnderlayAddr(h.lab.spec.IPv6Underlay, h.index)
+}
 
 // Interface is the WireGuard interface name meshd is configured with. It
 // embeds the prefix because /var/run/wireguard is shared by all namespaces.
@@ -103,11 +115,16 @@ func (h *Host) DockerPluginSocket() string { return filepath.Join(h.Dir(), "plug
 // DataDir is the data_dir of the host's config.
 func (h *Host) DataDir() string { return filepath.Join(h.Dir(), "data") }
 
+// printer writes one line of a config.
+type printer func(format string, args ...any)
+
 // Config renders meshd's TOML configuration for this host; extra is
-// appended verbatim, e.g. [[allow]] tables.
+// appended verbatim, e.g. [[allow]] tables. In a multi-site lab the serf
+// pool is the host's site, and [site], [wan] (gateways only) and each
+// segment's site_block are added.
 func (h *Host) Config(extra string) string {
 	var b strings.Builder
-	p := func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) }
+	p := printer(func(format string, args ...any) { fmt.Fprintf(&b, format+"\n", args...) })
 	p("node_name = %s", tomlString(h.Name()))
 	p("data_dir = %s", tomlString(h.DataDir()))
 	p("control_socket = %s", tomlString(h.ControlSocket()))
@@ -119,14 +136,13 @@ func (h *Host) Config(extra string) string {
 	p("[cluster]")
 	p("bind_addr = %s", tomlString(h.UnderlayAddr().String()))
 	p("bind_port = %d", gossipPort)
-	var join []string
-	for _, o := range h.lab.hosts {
-		if o != h {
-			join = append(join, tomlString(netip.AddrPortFrom(o.UnderlayAddr(), gossipPort).String()))
-		}
+	var seeds []netip.Addr
+	for _, o := range h.clusterPeers() {
+		seeds = append(seeds, o.UnderlayAddr())
 	}
-	p("join = [%s]", strings.Join(join, ", "))
+	p("join = [%s]", tomlSeeds(seeds, gossipPort))
 	p("gossip_key_file = %s", tomlString(h.lab.GossipKeyFile()))
+	h.writeSiteConfig(p)
 	p("")
 	p("[wireguard]")
 	p("interface = %s", tomlString(h.Interface()))
@@ -137,6 +153,9 @@ func (h *Host) Config(extra string) string {
 		p("[[segments]]")
 		p("name = %s", tomlString(seg.Name))
 		p("cidr = %s", tomlString(seg.CIDR))
+		if h.site != nil {
+			p("site_block = %s", tomlString(h.site.Block(seg.Name).String()))
+		}
 		p("subnet = %s", tomlString(h.Subnet(seg.Name).String()))
 	}
 	if extra != "" {
@@ -147,6 +166,16 @@ func (h *Host) Config(extra string) string {
 		}
 	}
 	return b.String()
+}
+
+// tomlSeeds renders addrs with port as the items of a TOML array of
+// strings.
+func tomlSeeds(addrs []netip.Addr, port uint16) string {
+	items := make([]string, len(addrs))
+	for i, a := range addrs {
+		items[i] = tomlString(netip.AddrPortFrom(a, port).String())
+	}
+	return strings.Join(items, ", ")
 }
 
 // tomlString quotes s as a TOML basic string. strconv.Quote is not enough:

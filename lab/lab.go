@@ -3,7 +3,9 @@
 // "switch" namespace; every host has one "pod" namespace per overlay
 // segment, routed through the host. Nothing is created in the caller's
 // namespace, so labs with different prefixes can run side by side, and
-// CleanupStale removes whatever a crashed run left behind.
+// CleanupStale removes whatever a crashed run left behind. With
+// Spec.Sites the switch becomes a small internet instead: sites with
+// private bridges, gateways on a WAN, sites behind NAT routers (site.go).
 package lab
 
 import (
@@ -39,6 +41,7 @@ type Lab struct {
 	dir        string
 	createdDir bool
 	hosts      []*Host
+	sites      []*Site // nil for a flat lab
 
 	mu         sync.Mutex
 	namespaces []string // in creation order
@@ -84,22 +87,33 @@ func plan(spec Spec) (*Lab, error) {
 	}
 	l := &Lab{spec: spec, dir: spec.Dir}
 	for i := 1; i <= spec.Hosts; i++ {
-		h := &Host{
+		l.hosts = append(l.hosts, &Host{
 			lab:       l,
 			index:     i,
 			stopGrace: defaultStopGrace,
 			slices:    map[string]Slice{},
-		}
+		})
+	}
+	l.planSites()
+	for _, h := range l.hosts {
 		for _, seg := range spec.Segments {
-			s, err := SegmentSlice(seg, i)
+			s, err := h.sliceOf(seg)
 			if err != nil {
 				return nil, err
 			}
 			h.slices[seg.Name] = s
 		}
-		l.hosts = append(l.hosts, h)
 	}
 	return l, nil
+}
+
+// sliceOf computes the host's slice of seg: slice i for host hi of a flat
+// lab, slice pos of its site's block in a multi-site lab.
+func (h *Host) sliceOf(seg SegmentSpec) (Slice, error) {
+	if h.site != nil {
+		return SiteSlice(seg, h.site.index, h.sitePos)
+	}
+	return SegmentSlice(seg, h.index)
 }
 
 // Spec returns the spec with defaults filled in.
@@ -114,7 +128,8 @@ func (l *Lab) Dir() string { return l.dir }
 // GossipKeyFile is the shared serf key every host's config points to.
 func (l *Lab) GossipKeyFile() string { return filepath.Join(l.dir, "gossip.key") }
 
-// SwitchNS is the namespace holding the underlay bridge br0.
+// SwitchNS is the namespace holding the underlay bridge br0. A multi-site
+// lab has none: see WANNS and Site.NS.
 func (l *Lab) SwitchNS() string { return l.spec.Prefix + "-sw" }
 
 // Hosts returns the hosts in order; Hosts()[0] is h1.
@@ -175,13 +190,14 @@ func (l *Lab) addNetns(ctx context.Context, name string) error {
 }
 
 func (l *Lab) build(ctx context.Context) error {
-	if err := l.buildSwitch(ctx); err != nil {
+	build := l.buildFlat
+	if len(l.sites) > 0 {
+		build = l.buildSites
+	}
+	if err := build(ctx); err != nil {
 		return err
 	}
 	for _, h := range l.hosts {
-		if err := l.buildHost(ctx, h); err != nil {
-			return err
-		}
 		for _, seg := range l.spec.Segments {
 			if err := l.buildPod(ctx, h, seg.Name); err != nil {
 				return err
@@ -191,8 +207,26 @@ func (l *Lab) build(ctx context.Context) error {
 	return nil
 }
 
-func (l *Lab) buildSwitch(ctx context.Context) error {
-	sw := l.SwitchNS()
+// buildFlat builds the switch and plugs every host into it.
+func (l *Lab) buildFlat(ctx context.Context) error {
+	if err := l.buildSwitch(ctx, l.SwitchNS()); err != nil {
+		return err
+	}
+	for _, h := range l.hosts {
+		if err := l.addForwardingNS(ctx, h.NS()); err != nil {
+			return err
+		}
+		addr := netip.PrefixFrom(h.UnderlayAddr(), underlayPrefixLen(l.spec.IPv6Underlay))
+		// The switch-side port is named after the host.
+		if err := l.plug(ctx, l.SwitchNS(), h.Name(), h.NS(), underlayIf, addr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildSwitch creates namespace sw with bridge br0 in it.
+func (l *Lab) buildSwitch(ctx context.Context, sw string) error {
 	if err := l.addNetns(ctx, sw); err != nil {
 		return err
 	}
@@ -214,8 +248,9 @@ func (l *Lab) buildSwitch(ctx context.Context) error {
 	)
 }
 
-func (l *Lab) buildHost(ctx context.Context, h *Host) error {
-	ns, sw := h.NS(), l.SwitchNS()
+// addForwardingNS creates namespace ns for a host or router: forwarding on,
+// reverse-path filtering off, loopback up.
+func (l *Lab) addForwardingNS(ctx context.Context, ns string) error {
 	if err := l.addNetns(ctx, ns); err != nil {
 		return err
 	}
@@ -230,29 +265,30 @@ func (l *Lab) buildHost(ctx context.Context, h *Host) error {
 	); err != nil {
 		return err
 	}
-	swPort := h.Name() // the switch-side port is named after the host
-	if err := ipn(ctx, ns, []string{"link", "set", "dev", "lo", "up"}); err != nil {
+	return ipn(ctx, ns, []string{"link", "set", "dev", "lo", "up"})
+}
+
+// plug connects namespace ns to the bridge of switch namespace sw with a
+// veth: port on the bridge, ifname with address addr in ns.
+func (l *Lab) plug(ctx context.Context, sw, port, ns, ifname string, addr netip.Prefix) error {
+	// Creating the peer directly in ns means no interface ever exists in
+	// the caller's namespace, where names could collide.
+	if err := ipn(ctx, sw, []string{"link", "add", "name", port, "type", "veth", "peer", "name", ifname, "netns", ns}); err != nil {
 		return err
 	}
-	// Creating the peer directly in the host namespace means no interface
-	// ever exists in the caller's namespace, where names could collide.
-	if err := ipn(ctx, sw, []string{"link", "add", "name", swPort, "type", "veth", "peer", "name", underlayIf, "netns", ns}); err != nil {
-		return err
-	}
-	swCmds := [][]string{{"link", "set", "dev", swPort, "master", bridgeName}}
+	swCmds := [][]string{{"link", "set", "dev", port, "master", bridgeName}}
 	var hostCmds [][]string
 	if mtu := l.spec.UnderlayMTU; mtu != 0 {
-		swCmds = append(swCmds, []string{"link", "set", "dev", swPort, "mtu", strconv.Itoa(mtu)})
-		hostCmds = append(hostCmds, []string{"link", "set", "dev", underlayIf, "mtu", strconv.Itoa(mtu)})
+		swCmds = append(swCmds, []string{"link", "set", "dev", port, "mtu", strconv.Itoa(mtu)})
+		hostCmds = append(hostCmds, []string{"link", "set", "dev", ifname, "mtu", strconv.Itoa(mtu)})
 	}
-	swCmds = append(swCmds, []string{"link", "set", "dev", swPort, "up"})
-	addr := netip.PrefixFrom(h.UnderlayAddr(), underlayPrefixLen(l.spec.IPv6Underlay)).String()
-	if l.spec.IPv6Underlay {
-		hostCmds = append(hostCmds, []string{"addr", "add", addr, "dev", underlayIf, "nodad"})
+	swCmds = append(swCmds, []string{"link", "set", "dev", port, "up"})
+	if addr.Addr().Is6() {
+		hostCmds = append(hostCmds, []string{"addr", "add", addr.String(), "dev", ifname, "nodad"})
 	} else {
-		hostCmds = append(hostCmds, []string{"addr", "add", addr, "dev", underlayIf})
+		hostCmds = append(hostCmds, []string{"addr", "add", addr.String(), "dev", ifname})
 	}
-	hostCmds = append(hostCmds, []string{"link", "set", "dev", underlayIf, "up"})
+	hostCmds = append(hostCmds, []string{"link", "set", "dev", ifname, "up"})
 	if err := ipn(ctx, sw, swCmds...); err != nil {
 		return err
 	}
@@ -260,13 +296,13 @@ func (l *Lab) buildHost(ctx context.Context, h *Host) error {
 		return err
 	}
 	sysctls := []string{
-		"net/ipv4/conf/" + underlayIf + "/rp_filter", "0",
-		"net/ipv6/conf/" + underlayIf + "/accept_dad", "0",
+		"net/ipv4/conf/" + ifname + "/rp_filter", "0",
+		"net/ipv6/conf/" + ifname + "/accept_dad", "0",
 	}
-	if !l.spec.IPv6Underlay {
+	if addr.Addr().Is4() {
 		// An IPv4 underlay carries no IPv6 at all, so a capture shows only
 		// what meshd sends.
-		sysctls = append(sysctls, "net/ipv6/conf/"+underlayIf+"/disable_ipv6", "1")
+		sysctls = append(sysctls, "net/ipv6/conf/"+ifname+"/disable_ipv6", "1")
 	}
 	return setSysctls(ns, false, sysctls...)
 }

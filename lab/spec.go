@@ -30,6 +30,10 @@ type Spec struct {
 	Dir string
 	// Mode is written as [wireguard] mode; empty means "auto".
 	Mode string
+	// Sites, when set, build a multi-site lab instead of one flat switch
+	// (see site.go): hosts are numbered h1..hN across the sites in order,
+	// Hosts must be 0 or their total, and the underlay is IPv4 only.
+	Sites []SiteSpec
 }
 
 // SegmentSpec is an overlay segment: host i owns slice number i of CIDR,
@@ -38,6 +42,10 @@ type SegmentSpec struct {
 	Name      string
 	CIDR      string // e.g. "10.42.0.0/16" or "fd42::/48"
 	SliceBits int    // e.g. 24 or 64
+	// SiteBits is the prefix length of each site's block of CIDR in a
+	// multi-site lab (site k owns block k-1, and its hosts own slices
+	// 1, 2, ... of it); 0 means SliceBits-4. Flat labs ignore it.
+	SiteBits int
 }
 
 // Slice is one host's share of a segment.
@@ -66,15 +74,9 @@ const (
 // SegmentSlice computes host's slice of seg (host is 1-based) with its
 // gateway and pod addresses.
 func SegmentSlice(seg SegmentSpec, host int) (Slice, error) {
-	cidr, err := netip.ParsePrefix(seg.CIDR)
+	cidr, err := parseSegmentCIDR(seg)
 	if err != nil {
-		return Slice{}, fmt.Errorf("segment %q: %w", seg.Name, err)
-	}
-	if cidr.Masked() != cidr {
-		return Slice{}, fmt.Errorf("segment %q: cidr %s has host bits set (did you mean %s?)", seg.Name, cidr, cidr.Masked())
-	}
-	if cidr.Addr().Is4In6() {
-		return Slice{}, fmt.Errorf("segment %q: IPv4-mapped cidr %s is not supported", seg.Name, cidr)
+		return Slice{}, err
 	}
 	addrBits := cidr.Addr().BitLen()
 	hostBits := addrBits - seg.SliceBits
@@ -92,6 +94,22 @@ func SegmentSlice(seg SegmentSpec, host int) (Slice, error) {
 		Gateway: addShifted(base, gatewayOffset, 0),
 		Pod:     addShifted(base, podOffset, 0),
 	}, nil
+}
+
+// parseSegmentCIDR parses seg.CIDR and rejects what no slice can be cut
+// from.
+func parseSegmentCIDR(seg SegmentSpec) (netip.Prefix, error) {
+	cidr, err := netip.ParsePrefix(seg.CIDR)
+	if err != nil {
+		return cidr, fmt.Errorf("segment %q: %w", seg.Name, err)
+	}
+	if cidr.Masked() != cidr {
+		return cidr, fmt.Errorf("segment %q: cidr %s has host bits set (did you mean %s?)", seg.Name, cidr, cidr.Masked())
+	}
+	if cidr.Addr().Is4In6() {
+		return cidr, fmt.Errorf("segment %q: IPv4-mapped cidr %s is not supported", seg.Name, cidr)
+	}
+	return cidr, nil
 }
 
 // fitsBits reports whether n < 2^bits without overflowing for wide slices.
@@ -178,6 +196,11 @@ func (s Spec) normalize() (Spec, error) {
 	if err := validatePrefix(s.Prefix); err != nil {
 		return s, err
 	}
+	if len(s.Sites) > 0 {
+		if err := s.normalizeSites(); err != nil {
+			return s, err
+		}
+	}
 	if s.Hosts == 0 {
 		s.Hosts = 2
 	}
@@ -207,9 +230,24 @@ func (s Spec) normalize() (Spec, error) {
 			return s, fmt.Errorf("lab: segments %q and %q both truncate to link %q", other, seg.Name, podLinkName(seg.Name))
 		}
 		links[podLinkName(seg.Name)] = seg.Name
-		if _, err := SegmentSlice(seg, s.Hosts); err != nil {
+		if err := s.checkSlices(seg); err != nil {
 			return s, err
 		}
 	}
 	return s, nil
+}
+
+// checkSlices makes sure the last host of the lab (of every site, in a
+// multi-site lab) has a slice of seg.
+func (s Spec) checkSlices(seg SegmentSpec) error {
+	if len(s.Sites) == 0 {
+		_, err := SegmentSlice(seg, s.Hosts)
+		return err
+	}
+	for i, site := range s.Sites {
+		if _, err := SiteSlice(seg, i+1, site.Hosts); err != nil {
+			return fmt.Errorf("site %q: %w", site.Name, err)
+		}
+	}
+	return nil
 }

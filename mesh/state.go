@@ -3,6 +3,7 @@ package mesh
 import (
 	"cmp"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -40,6 +41,10 @@ type LocalSegment struct {
 	// ClaimedAt is non-zero when Subnet was claimed rather than
 	// configured; such a claim yields to an earlier one.
 	ClaimedAt uint64
+	// Block is this host's site's block of the segment, which every
+	// slice of the site lies in and other sites route as one prefix;
+	// invalid on a single-site cluster (the whole CIDR is the block).
+	Block netip.Prefix
 }
 
 func (s LocalSegment) slice() Slice {
@@ -59,16 +64,49 @@ type Local struct {
 	// and a signature; Now is when certificates are checked for expiry.
 	CA  ed25519.PublicKey
 	Now time.Time
+
+	// Several sites: this host's site ("" is DefaultSite) and role. A
+	// draining gateway stops being chosen; a gateway behind NAT keeps its
+	// WAN tunnels open with keepalives.
+	Site      string
+	Gateway   bool
+	Draining  bool
+	NAT       bool
+	Symmetric bool
+	// NoDirect lists the remote sites whose direct WAN tunnel from this
+	// gateway never completed a handshake: they are reached through a
+	// transit site instead.
+	NoDirect []string
+}
+
+// SiteName is this host's site, DefaultSite when it names none.
+func (l *Local) SiteName() string {
+	if l.Site == "" {
+		return DefaultSite
+	}
+	return l.Site
 }
 
 // Peer is a remote host accepted into the overlay.
 type Peer struct {
-	Name       string
-	PublicKey  wgtypes.Key
-	Endpoint   netip.AddrPort
-	Slices     []Slice
-	AllowedIPs []netip.Prefix // exactly the accepted slices
+	Name      string
+	PublicKey wgtypes.Key
+	// Endpoint is invalid for a gateway behind NAT: WireGuard learns it
+	// from the gateway's handshakes.
+	Endpoint netip.AddrPort
+	Slices   []Slice
+	// AllowedIPs are the accepted slices, plus the blocks of the remote
+	// sites this peer carries traffic for.
+	AllowedIPs []netip.Prefix
 	Keepalive  time.Duration
+	// Site is the peer's site; WAN is set for a gateway of another site
+	// (a WAN peer), and Sites names the remote sites whose blocks this
+	// peer carries.
+	Site  string
+	WAN   bool
+	Sites []string
+	// NAT is set for a WAN peer behind NAT.
+	NAT bool
 }
 
 // Rejection records a member whose announcement was refused, and why.
@@ -95,6 +133,12 @@ type State struct {
 	// member. It outlives acceptance: a replayed old announcement stays
 	// refused after its author leaves or fails, not just for one pass.
 	Counters map[string]uint64
+	// Sites is how this host reaches every other site, sorted by name;
+	// empty on a single-site cluster.
+	Sites []SiteState
+	// decodedRemote is decoded's counterpart for the gateways of other
+	// sites.
+	decodedRemote map[string]*decodedTags
 }
 
 // Slices returns the accepted peers' slices of segment: what a new claim
@@ -167,7 +211,7 @@ func Compute(local Local, members []Member, prev *State) State {
 	}
 	slices.SortFunc(st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
 	slices.SortFunc(st.Rejected, func(a, b Rejection) int { return strings.Compare(a.Member, b.Member) })
-	st.Routes = routesFor(local, st.Peers, st.Lost)
+	st.Routes = routesFor(local, st.Peers, st.Lost, nil, nil)
 	return st
 }
 
@@ -343,6 +387,14 @@ func (a *admission) check(c candidate) (Peer, error) {
 	if owner, taken := a.keys[ann.PublicKey]; taken {
 		return Peer{}, fmt.Errorf("public key %s is already used by %s", ann.PublicKey.String()[:8], owner)
 	}
+	// The site pool is one site's: a member of another site that got in
+	// (a shared gossip key, a mistyped seed) must not become a peer.
+	if site := ann.SiteName(); site != a.local.SiteName() {
+		return Peer{}, fmt.Errorf("it belongs to site %q, and this is site %q's pool", site, a.local.SiteName())
+	}
+	if !ann.Endpoint.IsValid() {
+		return Peer{}, errors.New("it announces no endpoint inside its own site")
+	}
 	start := len(a.slices)
 	for _, s := range ann.Slices {
 		seg, ok := findSegment(a.local.Segments, s.Segment)
@@ -351,6 +403,9 @@ func (a *admission) check(c candidate) (Peer, error) {
 		}
 		if !contains(seg.CIDR, s.Prefix) {
 			return Peer{}, fmt.Errorf("slice %s is outside segment %s (%s)", s, seg.Name, seg.CIDR)
+		}
+		if seg.Block.IsValid() && !contains(seg.Block, s.Prefix) {
+			return Peer{}, fmt.Errorf("slice %s is outside the site's block %s of segment %s", s, seg.Block, seg.Name)
 		}
 		if o, taken := a.claimed.conflict(s.Prefix); taken {
 			return Peer{}, fmt.Errorf("slice %s overlaps %s owned by %s", s, o.prefix, o.owner)
@@ -363,7 +418,10 @@ func (a *admission) check(c candidate) (Peer, error) {
 		a.slices = append(a.slices, s)
 		a.prefixes = append(a.prefixes, s.Prefix)
 	}
-	return Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: a.local.Keepalive}, nil
+	if ann.MeshAddr.IsValid() && !slices.ContainsFunc(a.prefixes[start:], func(p netip.Prefix) bool { return p.Contains(ann.MeshAddr) }) {
+		return Peer{}, fmt.Errorf("mesh address %s is outside its own slices", ann.MeshAddr)
+	}
+	return Peer{Name: m.Name, PublicKey: ann.PublicKey, Endpoint: ann.Endpoint, Keepalive: a.local.Keepalive, Site: ann.SiteName()}, nil
 }
 
 // contains reports whether inner lies entirely within outer.
@@ -386,7 +444,7 @@ func findSegment(segs []LocalSegment, name string) (LocalSegment, bool) {
 // address without a live owner never falls through to the underlay.
 // Rules select the table by source (pods of the segment) and by
 // destination (anything on this host talking to the segment).
-func routesFor(local Local, peers []Peer, lost []string) RouteConfig {
+func routesFor(local Local, peers []Peer, lost []string, sites []SiteState, hosts []peerRoute) RouteConfig {
 	// Counted first: a thousand routes appended one by one would regrow
 	// the slice a dozen times.
 	n := 0
@@ -399,6 +457,7 @@ func routesFor(local Local, peers []Peer, lost []string) RouteConfig {
 				}
 			}
 		}
+		n += len(sites) + len(hosts)
 	}
 	cfg := RouteConfig{
 		Link:   local.Link,
@@ -419,6 +478,23 @@ func routesFor(local Local, peers []Peer, lost []string) RouteConfig {
 				if s.Segment == seg.Name {
 					cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: s.Prefix, Kind: Tunnel, Peer: p.Name})
 				}
+			}
+		}
+		// Another site is one route per segment, whichever of its hosts
+		// the packet is for.
+		for _, site := range sites {
+			if site.Unreachable != "" {
+				continue
+			}
+			for _, b := range site.Blocks {
+				if b.Segment == seg.Name {
+					cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: b.Prefix, Kind: Tunnel, Peer: "site " + site.Name})
+				}
+			}
+		}
+		for _, h := range hosts {
+			if h.slice.Segment == seg.Name {
+				cfg.Routes = append(cfg.Routes, Route{Table: table, Dst: h.slice.Prefix, Kind: Tunnel, Peer: h.peer})
 			}
 		}
 	}

@@ -44,5 +44,18 @@ func verifyIdentity(local Local, c candidate, counters map[string]uint64) error 
 			return fmt.Errorf("slice %s: %w", s, err)
 		}
 	}
+	// The site and the gateway role are the CA's to grant: a stolen key
+	// of one site cannot speak for another, nor a plain host for a site.
+	if ann.SiteName() != cert.SiteName() {
+		return fmt.Errorf("certificate is for site %q, not %q", cert.SiteName(), ann.SiteName())
+	}
+	if ann.Role.Gateway && !cert.Gateway {
+		return errors.New("it announces itself as a gateway, and its certificate does not allow that")
+	}
+	for _, b := range ann.Blocks {
+		if err := cert.Allows(identity.Slice{Segment: b.Segment, Prefix: b.Prefix}); err != nil {
+			return fmt.Errorf("block %s: %w", b, err)
+		}
+	}
 	return nil
 }

@@ -5,6 +5,7 @@ package metrics
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,7 +85,13 @@ type collector struct {
 	info, members, peers, rejected *prometheus.Desc
 	handshakeAge, rxBytes, txBytes *prometheus.Desc
 	policyPackets, policyBytes     *prometheus.Desc
+	repairs, missing               *prometheus.Desc
+	sites, failovers, relayed      *prometheus.Desc
 }
+
+// repairKinds are always exported, at 0 until meshd first repairs one, so
+// an alert on increase() has a series from the start.
+var repairKinds = []string{"routes", "nftables", "interface", "interface-config", "uapi-socket", "peers"}
 
 // NewCollector exports the status returned by status, called once per
 // scrape. status must be safe to call from any goroutine.
@@ -104,12 +111,17 @@ func NewCollector(status func() control.Status) prometheus.Collector {
 		txBytes:       d("peer_transmit_bytes_total", "Bytes sent to a configured WireGuard peer.", "peer"),
 		policyPackets: d("policy_packets_total", "Packets matched by an allow-list rule (or clamped by the mss-clamp rule) since the last reload.", rule...),
 		policyBytes:   d("policy_bytes_total", "Bytes matched by an allow-list rule (or clamped by the mss-clamp rule) since the last reload.", rule...),
+		repairs:       d("repairs_total", "Times meshd put back state someone else removed or changed, by what it restored.", "what"),
+		missing:       d("missing", "1 while meshd finds state of its own missing and has not restored it yet, by what.", "what"),
+		sites:         d("sites", "Other sites by whether this host has a path to them.", "state"),
+		failovers:     d("gateway_failovers_total", "Times another site's traffic moved to another gateway, at either end."),
+		relayed:       d("relayed_bytes_total", "Bytes this host forwarded from the tunnel back into it (a gateway's or a transit site's relaying)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.members, c.peers, c.rejected,
-		c.handshakeAge, c.rxBytes, c.txBytes, c.policyPackets, c.policyBytes} {
+		c.handshakeAge, c.rxBytes, c.txBytes, c.policyPackets, c.policyBytes, c.repairs, c.missing, c.sites, c.failovers, c.relayed} {
 		ch <- d
 	}
 }
@@ -129,6 +141,47 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	gauge(c.rejected, float64(len(st.Rejected)))
 	c.collectPeers(ch, st.Peers)
 	c.collectPolicy(ch, st.Policy)
+	c.collectRepairs(ch, st)
+	c.collectSites(ch, st)
+}
+
+func (c *collector) collectSites(ch chan<- prometheus.Metric, st control.Status) {
+	reach := map[string]int{"reachable": 0, "unreachable": 0}
+	for _, s := range st.Sites {
+		if s.Unreachable != "" {
+			reach["unreachable"]++
+		} else {
+			reach["reachable"]++
+		}
+	}
+	for state, n := range reach {
+		ch <- prometheus.MustNewConstMetric(c.sites, prometheus.GaugeValue, float64(n), state)
+	}
+	ch <- prometheus.MustNewConstMetric(c.failovers, prometheus.CounterValue, float64(st.Failovers))
+	var relayed uint64
+	for _, pc := range st.Policy {
+		if pc.Label == "transit" {
+			relayed += pc.Bytes
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.relayed, prometheus.CounterValue, float64(relayed))
+}
+
+func (c *collector) collectRepairs(ch chan<- prometheus.Metric, st control.Status) {
+	counts := map[string]int{}
+	for _, k := range repairKinds {
+		counts[k] = 0
+	}
+	for k, n := range st.Repairs {
+		counts[k] = n
+	}
+	for k, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.repairs, prometheus.CounterValue, float64(n), k)
+	}
+	for _, m := range st.Missing {
+		what, _, _ := strings.Cut(m, ":")
+		ch <- prometheus.MustNewConstMetric(c.missing, prometheus.GaugeValue, 1, what)
+	}
 }
 
 // snapshot calls status with a recover: registries run collectors on

@@ -49,6 +49,10 @@ type Entry struct {
 type Ruleset struct {
 	Segments []Segment
 	Entries  []Entry
+	// Local holds this host's own slices: the no-plaintext guard (see
+	// GuardChain) lets traffic to them leave through the pods' links.
+	// The daemon sets it; Compile leaves it empty.
+	Local []netip.Prefix
 }
 
 // Compile validates the rules against the segments and orders the
@@ -113,7 +117,7 @@ func checkSegments(segs []Segment) error {
 // Reason classifies a label for counters and explanations.
 func Reason(label string) string {
 	switch {
-	case label == LabelEstablished, label == LabelInvalid, label == LabelLinkLocal, label == LabelDefaultDeny, label == LabelMSSClamp:
+	case label == LabelEstablished, label == LabelInvalid, label == LabelLinkLocal, label == LabelDefaultDeny, label == LabelMSSClamp, label == LabelNoPlaintext, label == LabelTransit:
 		return label
 	case strings.HasPrefix(label, labelRulePrefix):
 		return "rule"

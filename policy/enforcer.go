@@ -190,11 +190,14 @@ func (e *Enforcer) Counters() ([]Counter, error) {
 	}
 	// A missing chain dumps as nothing too, so a table gone in between
 	// just shows no clamp counter.
-	clamp, err := e.conn.GetRules(t, &nftables.Chain{Name: MSSChain, Table: t})
-	if err != nil {
-		return nil, fmt.Errorf("read MSS clamp counter from table inet %s: %w", TableName, err)
+	for _, chain := range []string{MSSChain, GuardChain, "forward"} {
+		more, err := e.conn.GetRules(t, &nftables.Chain{Name: chain, Table: t})
+		if err != nil {
+			return nil, fmt.Errorf("read %s counters from table inet %s: %w", chain, TableName, err)
+		}
+		rules = append(rules, more...)
 	}
-	return countersOf(append(rules, clamp...))
+	return countersOf(rules)
 }
 
 func countersOf(rules []*nftables.Rule) ([]Counter, error) {

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,6 +20,8 @@ type recorder struct {
 	flushErr error
 	rules    []*nftables.Rule // the policy chain
 	clamp    []*nftables.Rule // the MSS chain
+	guard    []*nftables.Rule // the no-plaintext guard
+	forward  []*nftables.Rule // the transit counter
 	getErr   error
 }
 
@@ -36,8 +39,13 @@ func (r *recorder) AddRule(x *nftables.Rule) *nftables.Rule {
 	return x
 }
 func (r *recorder) GetRules(_ *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error) {
-	if c.Name == MSSChain {
+	switch c.Name {
+	case MSSChain:
 		return r.clamp, r.getErr
+	case GuardChain:
+		return r.guard, r.getErr
+	case "forward":
+		return r.forward, r.getErr
 	}
 	return r.rules, r.getErr
 }
@@ -67,13 +75,14 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	}
 	want := []string{
 		"add table meshd", "del table meshd", "add table meshd",
-		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss",
+		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss", "add chain guard",
 		"add chain notrack-prerouting", "add chain notrack-output",
-		"add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
+		"add rule forward transit", "add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
 		"add rule policy segment:blue", "add rule policy segment:green",
 		"add rule policy established", "add rule policy invalid", "add rule policy link-local",
 		"add rule policy allow[0]", "add rule policy allow[0]", "add rule policy default-deny",
 		"add rule mss mss-clamp",
+		"add rule guard no-plaintext", "add rule guard no-plaintext",
 		"add rule notrack-prerouting notrack-in", "add rule notrack-prerouting notrack-out", "add rule notrack-output notrack-out",
 		"add rule notrack-prerouting notrack-in", "add rule notrack-prerouting notrack-out", "add rule notrack-output notrack-out",
 	}
@@ -158,10 +167,11 @@ func TestCounters(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clamp := plan.Rules[len(plan.Rules)-1]
-	if clamp.Chain.Name != MSSChain {
-		t.Fatalf("last rule is in chain %s, want %s", clamp.Chain.Name, MSSChain)
+	i := slices.IndexFunc(plan.Rules, func(r *nftables.Rule) bool { return r.Chain.Name == MSSChain })
+	if i < 0 {
+		t.Fatalf("no rule in chain %s", MSSChain)
 	}
+	clamp := plan.Rules[i]
 	var readBack []expr.Any
 	for _, x := range clamp.Exprs {
 		switch x.(type) {
@@ -180,6 +190,16 @@ func TestCounters(t *testing.T) {
 	want = append(want, Counter{"mss-clamp", "clamp", "mss-clamp", 2, 120})
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("with the clamp:\n got  %+v\nwant %+v", got, want)
+	}
+
+	rec.guard = []*nftables.Rule{kernelRule(LabelNoPlaintext, 7, 700, expr.VerdictDrop), kernelRule(LabelNoPlaintext, 1, 100, expr.VerdictDrop)}
+	got, err = NewEnforcer(rec, "mesh0", nil).Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = append(want, Counter{"no-plaintext", "drop", "no-plaintext", 8, 800})
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("with the guard:\n got  %+v\nwant %+v", got, want)
 	}
 
 	rec.rules = nil

@@ -57,6 +57,10 @@ func hookName(h nftables.ChainHook) string {
 		return "forward"
 	case *nftables.ChainHookOutput:
 		return "output"
+	case *nftables.ChainHookPostrouting:
+		return "postrouting"
+	case *nftables.ChainHookPrerouting:
+		return "prerouting"
 	}
 	return fmt.Sprint(uint32(h))
 }

@@ -369,12 +369,19 @@ func hasMeshdTable(t *testing.T, tp *topo) bool {
 	return strings.Contains(string(out), "inet "+policy.TableName)
 }
 
+// routerSlices are the router's own slices, where its pods live.
+var routerSlices = []netip.Prefix{
+	netip.MustParsePrefix("10.42.1.0/24"), netip.MustParsePrefix("10.43.1.0/24"),
+	netip.MustParsePrefix("fd42:0:0:1::/64"), netip.MustParsePrefix("fd43:0:0:1::/64"),
+}
+
 func compile(t *testing.T, rules ...policy.Rule) *policy.Ruleset {
 	t.Helper()
 	rs, err := policy.Compile(segs, rules)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Local = routerSlices
 	return rs
 }
 

@@ -56,13 +56,19 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	in := p.chain(baseChain(t, "input", nftables.ChainHookInput, nftables.ChainPriorityFilter))
 	out := p.chain(baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter))
 	mss := p.chain(mssChain(t))
+	guard := p.chain(guardChain(t))
 	notrackPre, notrackOut := notrackChains(t)
 	p.chain(notrackPre)
 	p.chain(notrackOut)
 
-	// A packet both entering and leaving the tunnel (a host relaying
-	// between peers) is judged once: the policy chain always ends in a
-	// verdict, so the second jump is never reached.
+	// A packet both entering and leaving the tunnel is transit: a gateway
+	// carrying traffic between its site and others, or a transit site
+	// relaying for two sites without a direct path. The source host
+	// judged it leaving, the destination host judges it arriving, both on
+	// the pods' addresses; the gateway must not, since the two directions
+	// of a flow may cross different gateways, and its connection tracking
+	// would see half a flow.
+	p.add(fwd, LabelTransit, transitExprs(iface)...)
 	p.add(fwd, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
 	p.add(fwd, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
 	p.add(in, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
@@ -71,6 +77,7 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 		return nil, err
 	}
 	p.add(mss, LabelMSSClamp, mssClampExprs(iface)...)
+	p.addGuard(guard, rs, iface)
 	p.addNotrack(notrackPre, notrackOut, iface, rs.Entries)
 	return p, nil
 }
@@ -113,6 +120,16 @@ func (p *Plan) addEntry(c *nftables.Chain, entries []Entry, i int) error {
 func (p *Plan) chain(c *nftables.Chain) *nftables.Chain {
 	p.Chains = append(p.Chains, c)
 	return c
+}
+
+// LabelTransit counts what this host forwarded from the tunnel back into
+// it: the bytes a gateway relays for other hosts and sites.
+const LabelTransit = "transit"
+
+func transitExprs(iface string) []expr.Any {
+	exprs := ifNameExprs(expr.MetaKeyIIFNAME, iface)
+	exprs = append(exprs, ifNameExprs(expr.MetaKeyOIFNAME, iface)...)
+	return append(exprs, &expr.Counter{}, verdict(Accept))
 }
 
 func baseChain(t *nftables.Table, name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {

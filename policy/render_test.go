@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/hex"
+	"net/netip"
 	"strings"
 	"testing"
 
@@ -35,26 +36,28 @@ func TestRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Local = []netip.Prefix{netip.MustParsePrefix("10.42.1.0/24"), netip.MustParsePrefix("fd42:0:0:1::/64")}
 	plan, err := Render(rs, "mesh0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	const (
-		ifname = "0x6d657368300000000000000000000000" // "mesh0" NUL-padded to IFNAMSIZ
-		v4     = "meta load nfproto => reg 1; cmp eq reg 1 0x02; "
-		v6     = "meta load nfproto => reg 1; cmp eq reg 1 0x0a; "
-		blueS  = "payload load 4b @ network header + 12 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2a0000; "
-		blueD  = "payload load 4b @ network header + 16 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2a0000; "
-		greenS = "payload load 4b @ network header + 12 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2b0000; "
-		greenD = "payload load 4b @ network header + 16 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2b0000; "
-		mask48 = "bitwise reg 1 = (reg 1 & 0xffffffffffff00000000000000000000) ^ 0x00000000000000000000000000000000; "
-		b6S    = "payload load 16b @ network header + 8 => reg 1; " + mask48 + "cmp eq reg 1 0xfd420000000000000000000000000000; "
-		b6D    = "payload load 16b @ network header + 24 => reg 1; " + mask48 + "cmp eq reg 1 0xfd420000000000000000000000000000; "
-		g6S    = "payload load 16b @ network header + 8 => reg 1; " + mask48 + "cmp eq reg 1 0xfd430000000000000000000000000000; "
-		g6D    = "payload load 16b @ network header + 24 => reg 1; " + mask48 + "cmp eq reg 1 0xfd430000000000000000000000000000; "
-		host6D = "payload load 16b @ network header + 24 => reg 1; cmp eq reg 1 0xfd430000000000000000000000000007; "
-		dport  = "payload load 2b @ transport header + 2 => reg 1; "
-		accept = "counter; accept"
+		ifname    = "0x6d657368300000000000000000000000" // "mesh0" NUL-padded to IFNAMSIZ
+		v4        = "meta load nfproto => reg 1; cmp eq reg 1 0x02; "
+		v6        = "meta load nfproto => reg 1; cmp eq reg 1 0x0a; "
+		blueS     = "payload load 4b @ network header + 12 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2a0000; "
+		blueD     = "payload load 4b @ network header + 16 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2a0000; "
+		greenS    = "payload load 4b @ network header + 12 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2b0000; "
+		greenD    = "payload load 4b @ network header + 16 => reg 1; bitwise reg 1 = (reg 1 & 0xffff0000) ^ 0x00000000; cmp eq reg 1 0x0a2b0000; "
+		mask48    = "bitwise reg 1 = (reg 1 & 0xffffffffffff00000000000000000000) ^ 0x00000000000000000000000000000000; "
+		b6S       = "payload load 16b @ network header + 8 => reg 1; " + mask48 + "cmp eq reg 1 0xfd420000000000000000000000000000; "
+		b6D       = "payload load 16b @ network header + 24 => reg 1; " + mask48 + "cmp eq reg 1 0xfd420000000000000000000000000000; "
+		g6S       = "payload load 16b @ network header + 8 => reg 1; " + mask48 + "cmp eq reg 1 0xfd430000000000000000000000000000; "
+		g6D       = "payload load 16b @ network header + 24 => reg 1; " + mask48 + "cmp eq reg 1 0xfd430000000000000000000000000000; "
+		host6D    = "payload load 16b @ network header + 24 => reg 1; cmp eq reg 1 0xfd430000000000000000000000000007; "
+		dport     = "payload load 2b @ transport header + 2 => reg 1; "
+		accept    = "counter; accept"
+		notTunnel = "meta load oifname => reg 1; cmp neq reg 1 " + ifname + "; counter; drop"
 	)
 	want := strings.Join([]string{
 		"table inet meshd",
@@ -63,8 +66,11 @@ func TestRenderGolden(t *testing.T) {
 		"chain input {type filter hook input priority 0 policy accept}",
 		"chain output {type filter hook output priority 0 policy accept}",
 		"chain mss {type filter hook forward priority -150 policy accept}",
+		"chain guard {type filter hook postrouting priority 0 policy accept}",
 		"chain notrack-prerouting {type filter hook prerouting priority -300 policy accept}",
 		"chain notrack-output {type filter hook output priority -300 policy accept}",
+		// Transit is judged by the hosts at both ends, not the gateway.
+		"forward transit: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; counter; accept",
 		"forward tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"forward tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"input tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
@@ -86,6 +92,12 @@ func TestRenderGolden(t *testing.T) {
 		"mss mss-clamp: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; meta load l4proto => reg 1; cmp eq reg 1 0x06; " +
 			"payload load 1b @ transport header + 13 => reg 1; bitwise reg 1 = (reg 1 & 0x06) ^ 0x00; cmp eq reg 1 0x02; counter; " +
 			"rt load tcpmss => reg 1; byteorder reg 1 = hton(reg 1, 2, 2); exthdr write tcpopt reg 1 => 2b @ 2 + 2",
+		// Everything addressed into a segment, outside this host's own
+		// slices, that leaves by another interface than the tunnel.
+		"guard no-plaintext: " + v4 + blueD + "payload load 4b @ network header + 16 => reg 1; bitwise reg 1 = (reg 1 & 0xffffff00) ^ 0x00000000; cmp neq reg 1 0x0a2a0100; " + notTunnel,
+		"guard no-plaintext: " + v4 + greenD + notTunnel,
+		"guard no-plaintext: " + v6 + b6D + "payload load 16b @ network header + 24 => reg 1; bitwise reg 1 = (reg 1 & 0xffffffffffffffff0000000000000000) ^ 0x00000000000000000000000000000000; cmp neq reg 1 0xfd420000000000010000000000000000; " + notTunnel,
+		"guard no-plaintext: " + v6 + g6D + notTunnel,
 		notrack(v4+blueS+blueD, ifname), notrack(v4+greenS+greenD, ifname), notrack(v6+b6S+b6D, ifname), notrack(v6+g6S+g6D, ifname),
 	}, "\n") + "\n"
 	if got := plan.String(); got != want {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 
@@ -316,4 +317,54 @@ func (d *kernelDevice) Close() error {
 		return fmt.Errorf("remove interface %s: %w", d.name, err)
 	}
 	return nil
+}
+
+// SetAddrs makes the link's addresses exactly addrs (host routes). On a
+// cluster of several sites the interface holds the host's mesh address,
+// which gossip and probes through the tunnel are addressed to and which
+// the kernel then picks as source for the host's own traffic into the
+// overlay.
+func SetAddrs(links AddrLinks, name string, addrs []netip.Prefix) error {
+	link, err := links.LinkByName(name)
+	if err != nil {
+		return fmt.Errorf("find interface %s: %w", name, err)
+	}
+	have, err := links.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", name, err)
+	}
+	want := map[netip.Prefix]bool{}
+	for _, a := range addrs {
+		want[a] = true
+	}
+	for _, h := range have {
+		ip, _ := netip.AddrFromSlice(h.IP)
+		ones, _ := h.Mask.Size()
+		p := netip.PrefixFrom(ip.Unmap(), ones)
+		if want[p] {
+			delete(want, p)
+			continue
+		}
+		if err := links.AddrDel(link, &h); err != nil {
+			return fmt.Errorf("remove address %s from %s: %w", p, name, err)
+		}
+	}
+	for p := range want {
+		a := &netlink.Addr{IPNet: &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := links.AddrReplace(link, a); err != nil {
+			return fmt.Errorf("add address %s to %s: %w", p, name, err)
+		}
+	}
+	return nil
+}
+
+// AddrLinks is what SetAddrs needs of a netlink handle.
+type AddrLinks interface {
+	LinkByName(name string) (netlink.Link, error)
+	AddrList(link netlink.Link, family int) ([]netlink.Addr, error)
+	AddrReplace(link netlink.Link, addr *netlink.Addr) error
+	AddrDel(link netlink.Link, addr *netlink.Addr) error
 }

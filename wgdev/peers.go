@@ -257,7 +257,10 @@ func deltasOf(current peerList, desired []mesh.Peer, announced map[wgtypes.Key]n
 		}
 		cfg := wgtypes.PeerConfig{PublicKey: p.PublicKey}
 		changed := !exists
-		if !exists || announced[p.PublicKey] != p.Endpoint {
+		// A peer behind NAT announces no endpoint: WireGuard learns it
+		// from the peer's handshakes, and setting an empty one would
+		// fail the whole batch.
+		if p.Endpoint.IsValid() && (!exists || announced[p.PublicKey] != p.Endpoint) {
 			cfg.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
 			changed = true
 		}

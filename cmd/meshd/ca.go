@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/meshd/meshd/identity"
+	"github.com/meshd/meshd/segment"
 )
 
 const defaultCADir = "/etc/meshd/ca"
@@ -63,8 +64,9 @@ func newCAInitCommand() *cobra.Command {
 // certificate template or a usage error naming the flag.
 type signFlags struct {
 	caDir, name, segments, subnets, notBefore, notAfter, out string
+	site                                                     string
 	validFor                                                 time.Duration
-	force                                                    bool
+	force, gateway                                           bool
 }
 
 func newCASignCommand() *cobra.Command {
@@ -75,7 +77,11 @@ func newCASignCommand() *cobra.Command {
 		Long: `Sign generates a fresh ed25519 key for a host and a certificate, signed by
 the CA in --ca, that lets the host hold slices of --segments. With
 --subnets the certificate pins each segment to exact subnets, and the host
-may only announce slices inside them.
+may only announce slices inside them: pinning is all or nothing, every
+segment of --segments gets its --subnets entry, or none does. On a cluster
+of several sites, --site binds the host to its site (it is refused in any
+other) and --gateway lets it act as that site's gateway; a gateway's pins,
+if any, must cover its site's blocks.
 
 Example:
   meshd ca sign --ca /etc/meshd/ca --name h1 --segments blue,green \
@@ -93,7 +99,9 @@ Example:
 	fl.StringVar(&f.caDir, "ca", defaultCADir, "CA directory written by 'meshd ca init'")
 	fl.StringVar(&f.name, "name", "", "host name the certificate is issued to (required)")
 	fl.StringVar(&f.segments, "segments", "", "comma-separated segments the host may hold, e.g. blue,green (required)")
-	fl.StringVar(&f.subnets, "subnets", "", "pin segments to exact subnets, e.g. blue=10.42.1.0/24,green=10.43.1.0/24")
+	fl.StringVar(&f.subnets, "subnets", "", "pin segments to exact subnets, e.g. blue=10.42.1.0/24,green=10.43.1.0/24 (every segment of --segments, or none)")
+	fl.StringVar(&f.site, "site", "", "site the host belongs to ([site] name; default: the default site)")
+	fl.BoolVar(&f.gateway, "gateway", false, "let the host act as its site's gateway")
 	fl.DurationVar(&f.validFor, "valid-for", 8760*time.Hour, "validity period from --not-before")
 	fl.StringVar(&f.notBefore, "not-before", "", "start of validity, RFC 3339 (default: now)")
 	fl.StringVar(&f.notAfter, "not-after", "", "end of validity, RFC 3339 (overrides --valid-for)")
@@ -125,7 +133,16 @@ func (f signFlags) parse(now time.Time) (identity.Cert, error) {
 	if err != nil {
 		return c, err
 	}
-	return identity.Cert{Name: f.name, Segments: segs, Subnets: pins, NotBefore: nb, NotAfter: na}, nil
+	if f.site != "" {
+		if err := segment.CheckName(f.site); err != nil {
+			return c, fmt.Errorf("--site: %w", err)
+		}
+	}
+	site := f.site
+	if site == "default" {
+		site = "" // the default site is no site in the encoding
+	}
+	return identity.Cert{Name: f.name, Segments: segs, Subnets: pins, NotBefore: nb, NotAfter: na, Site: site, Gateway: f.gateway}, nil
 }
 
 func parseSegments(s string) ([]string, error) {
@@ -222,8 +239,12 @@ func signHost(cmd *cobra.Command, f signFlags, tmpl identity.Cert) error {
 		return err
 	}
 	w := cmd.OutOrStdout()
-	fmt.Fprintf(w, "signed %s for segments %s, valid %s to %s\n", cert.Name, strings.Join(cert.Segments, ","),
-		cert.NotBefore.Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))
+	role := ""
+	if cert.Gateway {
+		role = " as a gateway"
+	}
+	fmt.Fprintf(w, "signed %s for segments %s in site %s%s, valid %s to %s\n", cert.Name, strings.Join(cert.Segments, ","),
+		cert.SiteName(), role, cert.NotBefore.Format(time.RFC3339), cert.NotAfter.Format(time.RFC3339))
 	fmt.Fprintf(w, "wrote %s and %s; install them on %s together with %s\n",
 		filepath.Join(f.out, identity.HostKeyFile), filepath.Join(f.out, identity.HostCertFile),
 		cert.Name, filepath.Join(f.caDir, identity.CACertFile))

@@ -105,6 +105,7 @@ Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 		newRotateKeyCommand(),
 		newGossipKeyCommand(),
 		newCACommand(),
+		newCheckCommand(),
 	)
 	return root
 }

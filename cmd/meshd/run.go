@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -35,6 +36,7 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file
 			slog.SetDefault(log)
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
+			go exitIfStuck(ctx, log)
 			return daemon.Run(ctx, cfg, log, daemon.Options{
 				Reload: func() (*config.Config, error) { return config.Load(path) },
 				Hangup: hangups(ctx),
@@ -43,6 +45,18 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file
 	}
 	addConfigFlag(cmd, &path)
 	return cmd
+}
+
+// stopLimit is how long a SIGTERM may take: the daemon bounds each
+// teardown step, and this catches whatever still hangs (a dependency that
+// stopped answering), so a service manager never has to SIGKILL meshd.
+const stopLimit = 5 * time.Second
+
+func exitIfStuck(ctx context.Context, log *slog.Logger) {
+	<-ctx.Done()
+	time.Sleep(stopLimit)
+	log.Error("shutdown did not finish in time; exiting with cleanup unfinished (the next start removes the rest)", "limit", stopLimit)
+	os.Exit(exitFailure)
 }
 
 // hangups turns SIGHUP into reload requests for as long as ctx lives.

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -70,6 +71,14 @@ the last 3 minutes (usable as a health probe), 1 otherwise.`,
 
 func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 	var bad []string
+	for _, m := range st.Missing {
+		bad = append(bad, "missing (meshd is restoring it) "+m)
+	}
+	for _, site := range st.Sites {
+		if site.Unreachable != "" {
+			bad = append(bad, fmt.Sprintf("site %s unreachable: %s", site.Name, site.Unreachable))
+		}
+	}
 	for _, p := range st.Peers {
 		if p.State != "alive" {
 			continue
@@ -106,12 +115,28 @@ func printStatus(out io.Writer, st *control.Status) {
 	n := st.Node
 	fmt.Fprintf(out, "node %s  key %s (%s)  %s %s  mtu %d  endpoint %s  gossip %s\n",
 		n.Name, n.Fingerprint, n.PublicKey, n.Mode, n.Interface, n.MTU, n.Endpoint, n.Gossip)
+	if len(st.Sites) > 0 || n.Gateway {
+		role := "host"
+		if n.Gateway {
+			role = "gateway"
+			if n.Draining {
+				role += " (draining: cannot forward)"
+			}
+			if n.NAT {
+				role += " behind NAT"
+				if n.Observed != "" {
+					role += ", seen from " + n.Observed
+				}
+			}
+		}
+		fmt.Fprintf(out, "site %s  %s  mesh address %s\n", n.Site, role, orDash(n.MeshAddr))
+	}
 	for _, s := range n.Segments {
 		fmt.Fprintf(out, "segment %s %s  slice %s  table %d\n", s.Name, s.CIDR, s.Subnet, s.Table)
 	}
 	fmt.Fprintln(out)
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tSLICES\tHANDSHAKE\tRX\tTX")
+	fmt.Fprintln(tw, "PEER\tSTATE\tENDPOINT\tSLICES\tHANDSHAKE\tRX\tTX\tPATH")
 	for _, p := range st.Peers {
 		hs := "-"
 		if p.Configured {
@@ -120,10 +145,11 @@ func printStatus(out io.Writer, st *control.Status) {
 				hs = age(p.HandshakeAgeSeconds) + " ago"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.State, orDash(p.Endpoint),
-			orDash(strings.Join(p.Slices, ",")), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", p.Name, p.State, orDash(p.Endpoint),
+			orDash(strings.Join(p.Slices, ",")), hs, bytesHuman(p.RxBytes), bytesHuman(p.TxBytes), peerPath(p))
 	}
 	tw.Flush()
+	printSites(out, st.Sites)
 	if len(st.Rejected) > 0 {
 		fmt.Fprintln(out, "\nrejected announcements:")
 		for _, r := range st.Rejected {
@@ -131,6 +157,7 @@ func printStatus(out io.Writer, st *control.Status) {
 		}
 	}
 	printPolicy(out, st.Policy)
+	printRepairs(out, st)
 	if st.LastError != "" {
 		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
 	}
@@ -169,6 +196,63 @@ func printPolicy(out io.Writer, counters []control.PolicyCounter) {
 	fmt.Fprintln(tw, "  RULE\tACTION\tREASON\tPACKETS\tBYTES")
 	for _, c := range counters {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", c.Label, c.Action, c.Reason, c.Packets, bytesHuman(int64(c.Bytes)))
+	}
+	tw.Flush()
+}
+
+func printRepairs(out io.Writer, st *control.Status) {
+	for _, m := range st.Missing {
+		fmt.Fprintf(out, "\nmissing, being restored: %s", m)
+	}
+	if len(st.Missing) > 0 {
+		fmt.Fprintln(out)
+	}
+	if len(st.Repairs) == 0 {
+		return
+	}
+	kinds := make([]string, 0, len(st.Repairs))
+	for k := range st.Repairs {
+		kinds = append(kinds, k)
+	}
+	sort.Strings(kinds)
+	parts := make([]string, len(kinds))
+	for i, k := range kinds {
+		parts[i] = fmt.Sprintf("%s %d", k, st.Repairs[k])
+	}
+	fmt.Fprintf(out, "\nrestored after someone else removed them: %s\n", strings.Join(parts, ", "))
+}
+
+// peerPath says how a peer is reached and what it carries.
+func peerPath(p control.Peer) string {
+	path := "direct"
+	if p.WAN {
+		path = "WAN tunnel to site " + p.Site
+	}
+	if p.LearnedEndpoint != "" {
+		path += " (endpoint learnt from its handshakes)"
+	}
+	if len(p.Carries) > 0 {
+		path += "; carries sites " + strings.Join(p.Carries, ",")
+	}
+	return path
+}
+
+func printSites(out io.Writer, sites []control.Site) {
+	if len(sites) == 0 {
+		return
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SITE\tBLOCKS\tPATH")
+	for _, s := range sites {
+		path := "via gateway " + s.Gateway + " to " + s.Remote
+		if s.Transit != "" {
+			path += ", relayed by site " + s.Transit
+		}
+		if s.Unreachable != "" {
+			path = "unreachable: " + s.Unreachable
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, strings.Join(s.Blocks, ","), path)
 	}
 	tw.Flush()
 }

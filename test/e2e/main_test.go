@@ -64,6 +64,15 @@ func newLab(t *testing.T, spec lab.Spec) *lab.Lab {
 				t.Logf("---- %s meshd log (tail) ----\n%s", h.Name(), tail(h.Log(), 60))
 			}
 		}
+		// MESHD_E2E_LOGS=DIR keeps every host's whole log, for reading a
+		// timeline after the lab is gone.
+		if dir := os.Getenv("MESHD_E2E_LOGS"); dir != "" {
+			keep := filepath.Join(dir, strings.ReplaceAll(t.Name(), "/", "_"))
+			os.MkdirAll(keep, 0o755)
+			for _, h := range l.Hosts() {
+				os.WriteFile(filepath.Join(keep, h.Name()+".log"), []byte(h.Log()), 0o644)
+			}
+		}
 		if err := l.Close(); err != nil {
 			t.Errorf("lab cleanup: %v", err)
 		}

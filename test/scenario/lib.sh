@@ -41,16 +41,33 @@ sc_toml_string() {
 	printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"
 }
 
+# sc_toml_list renders the space-separated words of $1 as the items of a
+# TOML array of strings.
+sc_toml_list() {
+	_list=""
+	for _w in $1; do
+		_list="${_list:+$_list, }$(sc_toml_string "$_w")"
+	done
+	printf '%s' "$_list"
+}
+
 # meshd_config renders one host's meshd.toml on stdout. It mirrors
 # lab.Host.Config; the Vagrant VMs render theirs with it too.
 #   meshd_config NODE DATA_DIR CONTROL_SOCKET BIND_ADDR JOIN GOSSIP_KEY_FILE \
 #                INTERFACE MODE SEGMENT CIDR SUBNET [LOG_LEVEL]
 # JOIN is a space-separated list of host:port seeds (may be empty).
+#
+# A host of a multi-site mesh (issue 13) also gets [site], on gateways
+# [wan], and the segment's site_block, as lab.Host.Config renders them for
+# lab.Spec.Sites; BIND_ADDR and JOIN are then the site's private network.
+# Set (all optional; without SC_SITE nothing changes):
+#   SC_SITE           the site's name
+#   SC_SITE_GATEWAY   1 on the site's gateways
+#   SC_WAN_ADVERTISE  a gateway's public address (none behind NAT)
+#   SC_WAN_JOIN       space-separated host:port of the other sites' public
+#                     gateways (WAN serf, port 7947)
+#   SC_SITE_BLOCK     the site's block of the segment (SUBNET lies in it)
 meshd_config() {
-	_join=""
-	for _j in $5; do
-		_join="${_join:+$_join, }$(sc_toml_string "$_j")"
-	done
 	cat <<EOF
 node_name = $(sc_toml_string "$1")
 data_dir = $(sc_toml_string "$2")
@@ -62,8 +79,13 @@ docker_plugin_socket = ""
 [cluster]
 bind_addr = $(sc_toml_string "$4")
 bind_port = 7946
-join = [$_join]
+join = [$(sc_toml_list "$5")]
 gossip_key_file = $(sc_toml_string "$6")
+EOF
+	if [ -n "${SC_SITE:-}" ]; then
+		sc_site_sections
+	fi
+	cat <<EOF
 
 [wireguard]
 interface = $(sc_toml_string "$7")
@@ -73,7 +95,45 @@ mode = $(sc_toml_string "$8")
 [[segments]]
 name = $(sc_toml_string "$9")
 cidr = $(sc_toml_string "${10}")
-subnet = $(sc_toml_string "${11}")
+EOF
+	if [ -n "${SC_SITE:-}" ]; then
+		echo "site_block = $(sc_toml_string "${SC_SITE_BLOCK:-}")"
+	fi
+	echo "subnet = $(sc_toml_string "${11}")"
+}
+
+# sc_site_sections prints [site] and, on a gateway, [wan] (meshd_config's
+# SC_* variables).
+sc_site_sections() {
+	printf '\n[site]\nname = %s\n' "$(sc_toml_string "$SC_SITE")"
+	[ "${SC_SITE_GATEWAY:-0}" = 1 ] || return 0
+	printf 'gateway = true\n\n[wan]\nbind_addr = "0.0.0.0"\nbind_port = 7947\n'
+	if [ -n "${SC_WAN_ADVERTISE:-}" ]; then
+		echo "advertise_addr = $(sc_toml_string "$SC_WAN_ADVERTISE")"
+	fi
+	echo "join = [$(sc_toml_list "${SC_WAN_JOIN:-}")]"
+}
+
+# sc_nat_rules WAN_IF [symmetric] prints the nftables ruleset of a site's
+# NAT router, as lab's routers load it (lab/site.go): masquerade
+# (port-preserving; with "symmetric", random,fully-random) what leaves by
+# WAN_IF, and forward what arrives there only if conntrack knows it (the
+# rest is counted and dropped).
+sc_nat_rules() {
+	_masq=masquerade
+	[ "${2:-}" = symmetric ] && _masq="masquerade random,fully-random"
+	cat <<EOF
+table ip lab {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "$1" $_masq
+	}
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		ct state established,related accept
+		iifname "$1" counter drop
+	}
+}
 EOF
 }
 

@@ -1,0 +1,135 @@
+package daemon
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"time"
+
+	"github.com/meshd/meshd/mesh"
+)
+
+// syncMeshAddr keeps the host's mesh address on the WireGuard interface
+// (cluster of several sites only); it moves when a claimed slice does.
+func (d *Daemon) syncMeshAddr(local mesh.Local) error {
+	var want []netip.Prefix
+	if d.ann.multi {
+		if a := MeshAddr(local); a.IsValid() {
+			want = []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
+		}
+	}
+	if slices.Equal(want, d.meshAddrs) && !d.meshAddrsDirty {
+		return nil
+	}
+	if err := d.device().SetAddrs(want); err != nil {
+		d.meshAddrsDirty = true
+		return fmt.Errorf("put the mesh address on the interface: %w", err)
+	}
+	d.meshAddrs, d.meshAddrsDirty = want, false
+	return nil
+}
+
+// relayDirectory, on a gateway, relays the WAN announcements into the
+// site pool: changes at once, everything at each refresh by the site's
+// first gateway.
+func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
+	if d.wan == nil {
+		return nil
+	}
+	now := time.Now()
+	refresh := d.directory.refreshDue(now) && d.firstGateway(members)
+	// A host that joined the site missed everything relayed before: send
+	// it all now rather than at the next refresh.
+	if d.directory.newcomers(members) {
+		refresh = true
+	}
+	return d.directory.relay(d.members, remote, refresh)
+}
+
+// firstGateway reports whether this host has the lowest name among its
+// site's live gateways.
+func (d *Daemon) firstGateway(members []mesh.Member) bool {
+	me := d.ann.local().Name
+	for _, m := range members {
+		if m.Status != mesh.StatusAlive || m.Name >= me {
+			continue
+		}
+		if ann, err := mesh.DecodeTags(m.Tags); err == nil && ann.Role.Gateway {
+			return false
+		}
+	}
+	return true
+}
+
+// updatePaths, on a gateway, announces what it learnt of its WAN paths:
+// draining while it cannot forward, where it is seen from behind NAT, and
+// the sites whose direct tunnel never came up.
+func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
+	if !local.Gateway {
+		return nil
+	}
+	noDirect := d.paths.updateNoDirect(st, local.NAT, time.Now())
+	observed, symmetric := d.paths.observedEndpoint()
+	if !d.ann.setPaths(!d.forwarding, observed, symmetric, noDirect) {
+		return nil
+	}
+	a := d.ann.local()
+	d.log.Warn("gateway paths changed; announcing them", "draining", a.Draining, "observed", observed, "symmetric_nat", symmetric, "relayed", a.NoDirect)
+	if err := d.ann.publish(); err != nil {
+		return err
+	}
+	d.Kick() // recompute with the new role
+	return nil
+}
+
+// drainingChanged runs updatePaths outside a pass when only forwarding
+// changed; it reports whether a pass is due anyway.
+func (d *Daemon) drainingChanged() bool {
+	l := d.ann.local()
+	if l.Gateway && l.Draining == d.forwarding {
+		d.Kick()
+	}
+	return false
+}
+
+// checkForwarding reads the kernel's forwarding switches. Off, the host
+// cannot carry its pods' traffic into the tunnel (status --check fails),
+// and a gateway drains: the other hosts stop sending it transit.
+func (d *Daemon) checkForwarding(missing map[string]string) {
+	v4, v6, err := d.sys.Host.Forwarding()
+	if err != nil {
+		return
+	}
+	ok := true
+	for _, seg := range d.config().Segments {
+		if (seg.CIDR.Addr().Is4() && !v4) || (seg.CIDR.Addr().Is6() && !v6) {
+			ok = false
+		}
+	}
+	if !ok {
+		missing["ip-forwarding"] = "IP forwarding is off for a segment's address family; pods cannot reach other hosts (sysctl net.ipv4.ip_forward / net.ipv6.conf.all.forwarding)"
+	}
+	if ok != d.forwarding {
+		d.log.Warn("IP forwarding changed", "on", ok)
+	}
+	d.forwarding = ok
+}
+
+// askWhoamiIfDue, on a gateway behind NAT, asks the public gateways in the
+// background where they see it from.
+func (d *Daemon) askWhoamiIfDue() {
+	l := d.ann.local()
+	if d.wan == nil || !l.NAT || !d.paths.askDue(time.Now()) {
+		return
+	}
+	wan, key := d.wan, l.PublicKey
+	go func() {
+		ep, symmetric, err := askWhoami(wan, key)
+		if err != nil || !ep.IsValid() {
+			return
+		}
+		if d.paths.setObserved(ep, symmetric) {
+			d.Kick()
+		}
+	}()
+}

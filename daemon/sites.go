@@ -1,0 +1,369 @@
+package daemon
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/cluster"
+	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/mesh"
+)
+
+// A cluster of several sites: every host gossips in its site's pool; its
+// gateways also in the WAN pool, where the gateways of all sites announce
+// their sites' blocks. Hosts that are not gateways learn the other sites
+// from their gateways, which relay the WAN announcements into the site
+// pool as user events (signed by their authors when the cluster has a
+// CA, so a relaying gateway cannot forge them).
+
+const (
+	// eventGateway carries one WAN announcement into a site pool.
+	eventGateway = "meshd-gw"
+	// queryWhoami asks the public gateways where they see the asking
+	// gateway's tunnels come from (its NAT mapping).
+	queryWhoami = "meshd-whoami"
+	// directoryRefresh is how often the site's first gateway repeats every
+	// WAN announcement into its site pool, so a host that missed one (or
+	// joined since) has it within this time; a change goes out at once.
+	directoryRefresh = 20 * time.Second
+	// directoryTTL forgets a relayed announcement no gateway repeated.
+	directoryTTL = 3 * directoryRefresh
+	// directTimeout is how long two gateways behind NAT try a direct
+	// tunnel before they relay through a transit site.
+	directTimeout = 10 * time.Second
+	// whoamiEvery is how often a gateway behind NAT asks where it is seen
+	// from; its mapping can change when the NAT restarts.
+	whoamiEvery = 30 * time.Second
+)
+
+// joinWAN makes a gateway a member of the WAN pool. A gateway behind NAT
+// advertises its mesh address: the others reach it through the tunnel it
+// opened, not at an address of its NAT, which accepts nothing unasked.
+func (d *Daemon) joinWAN(cfg *config.Config) error {
+	if !cfg.Site.Gateway {
+		return nil
+	}
+	tags, err := d.ann.wanTags()
+	if err != nil {
+		return err
+	}
+	advertise := cfg.WAN.AdvertiseAddr
+	if !advertise.IsValid() {
+		advertise = d.ann.meshAddr()
+		if !advertise.IsValid() {
+			return fmt.Errorf("a gateway behind NAT (no wan.advertise_addr) needs a slice for its mesh address first")
+		}
+	}
+	wan, err := d.sys.Join(cluster.MembershipConfig{
+		NodeName: cfg.NodeName, BindAddr: cfg.WAN.BindAddr, BindPort: cfg.WAN.BindPort, AdvertiseAddr: advertise,
+		GossipKey: cfg.Cluster.GossipKey, KeyringFile: filepath.Join(cfg.DataDir, "gossip-wan.keyring"), Tags: tags,
+		SnapshotPath: filepath.Join(cfg.DataDir, "serf-wan.snapshot"), Join: cfg.WAN.Join,
+		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
+		Log: d.log.With("pool", "wan"), OnQuery: d.paths.answerWhoami,
+	}, d.Kick)
+	if err != nil {
+		return fmt.Errorf("join the WAN pool: %w", err)
+	}
+	d.wan = wan
+	d.ann.wan = wan
+	d.undo("WAN pool membership", wan.Leave)
+	d.log.Info("joined the WAN pool as a gateway", "site", cfg.Site.Name, "advertise", advertise, "behind_nat", !cfg.WAN.AdvertiseAddr.IsValid())
+	return nil
+}
+
+// remoteGateways is what Compute needs of the other sites: the WAN pool on
+// a gateway, the relayed announcements elsewhere.
+func (d *Daemon) remoteGateways() []mesh.Member {
+	if d.wan != nil {
+		return d.wan.Members()
+	}
+	return d.directory.members(time.Now())
+}
+
+// directory holds the WAN announcements a site's gateways relayed.
+// Written by the site pool's event goroutine, read by the loop.
+type directory struct {
+	mu      sync.Mutex
+	entries map[string]dirEntry
+	// sent is the gateway side's memory (the loop's) of what it relayed
+	// last, to send only changes between refreshes.
+	sent     map[string]string
+	lastFull time.Time
+	// known is the loop's record of the site's live members at the last
+	// relay.
+	known map[string]bool
+}
+
+type dirEntry struct {
+	member mesh.Member
+	seen   time.Time
+}
+
+// dirRecord is one relayed announcement on the wire.
+type dirRecord struct {
+	Name   string            `json:"n"`
+	Status string            `json:"s"`
+	Tags   map[string]string `json:"t"`
+}
+
+func newDirectory() *directory {
+	return &directory{entries: map[string]dirEntry{}, sent: map[string]string{}}
+}
+
+// receive takes a relayed announcement. Everything in it is checked
+// later by Compute, as every announcement is.
+func (dir *directory) receive(name string, payload []byte) {
+	if name != eventGateway {
+		return
+	}
+	var r dirRecord
+	if err := json.Unmarshal(payload, &r); err != nil || r.Name == "" || len(r.Tags) > 32 {
+		return
+	}
+	m := mesh.Member{Name: r.Name, Status: mesh.Status(r.Status), Tags: r.Tags}
+	dir.mu.Lock()
+	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now()}
+	dir.mu.Unlock()
+}
+
+func (dir *directory) members(now time.Time) []mesh.Member {
+	dir.mu.Lock()
+	defer dir.mu.Unlock()
+	out := make([]mesh.Member, 0, len(dir.entries))
+	for name, e := range dir.entries {
+		if now.Sub(e.seen) > directoryTTL {
+			delete(dir.entries, name)
+			continue
+		}
+		out = append(out, e.member)
+	}
+	slices.SortFunc(out, func(a, b mesh.Member) int { return cmpString(a.Name, b.Name) })
+	return out
+}
+
+func cmpString(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// relay sends the WAN announcements into the site pool: those that
+// changed since the last call, and every one when a refresh is due (only
+// the site's first gateway refreshes, so a site of several gateways does
+// not repeat everything several times). Runs on the loop.
+func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) error {
+	if refresh {
+		dir.sent = map[string]string{}
+		dir.lastFull = time.Now()
+	}
+	var firstErr error
+	seen := map[string]bool{}
+	for _, m := range remote {
+		seen[m.Name] = true
+		raw, err := json.Marshal(dirRecord{Name: m.Name, Status: string(m.Status), Tags: m.Tags})
+		if err != nil {
+			continue
+		}
+		if dir.sent[m.Name] == string(raw) {
+			continue
+		}
+		if err := site.Broadcast(eventGateway, raw); err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("relay %s's announcement into the site: %w", m.Name, err)
+			}
+			continue
+		}
+		dir.sent[m.Name] = string(raw)
+	}
+	for name := range dir.sent {
+		if !seen[name] {
+			delete(dir.sent, name) // reaped from the WAN pool: the TTL ends it
+		}
+	}
+	return firstErr
+}
+
+// newcomers reports whether the site has live members it did not have at
+// the last relay.
+func (dir *directory) newcomers(members []mesh.Member) bool {
+	now := map[string]bool{}
+	added := false
+	for _, m := range members {
+		if m.Status == mesh.StatusAlive {
+			now[m.Name] = true
+			added = added || !dir.known[m.Name]
+		}
+	}
+	first := dir.known == nil
+	dir.known = now
+	return added && !first
+}
+
+func (dir *directory) refreshDue(now time.Time) bool {
+	return now.Sub(dir.lastFull) >= directoryRefresh
+}
+
+// paths tracks what a gateway learns about its WAN tunnels at run time:
+// where public gateways see it from when it is behind NAT, which direct
+// tunnels never came up, and the devices' view of every peer, which the
+// WAN pool's whoami queries are answered from.
+type paths struct {
+	mu sync.Mutex
+	// endpoints is each peer's endpoint and last handshake as the device
+	// last showed them; written by the loop, read by the query handler.
+	endpoints map[wgtypes.Key]peerSeen
+	// configured is when the loop first configured each direct NAT-to-NAT
+	// WAN peer (the loop's).
+	configured map[string]time.Time
+	noDirect   []string
+	// lastAsk and observed belong to whoever holds mu: the loop starts a
+	// whoami query, a goroutine stores its answer.
+	lastAsk   time.Time
+	observed  netip.AddrPort
+	symmetric bool
+}
+
+// askDue reports whether a whoami query is due, and notes that one is
+// starting: soon while nothing is known, then every whoamiEvery.
+func (p *paths) askDue(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	every := whoamiEvery
+	if !p.observed.IsValid() {
+		every = 3 * time.Second
+	}
+	if now.Sub(p.lastAsk) < every {
+		return false
+	}
+	p.lastAsk = now
+	return true
+}
+
+func (p *paths) setObserved(ep netip.AddrPort, symmetric bool) (changed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	changed = p.observed != ep || p.symmetric != symmetric
+	p.observed, p.symmetric = ep, symmetric
+	return changed
+}
+
+func (p *paths) observedEndpoint() (netip.AddrPort, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.observed, p.symmetric
+}
+
+type peerSeen struct {
+	endpoint  netip.AddrPort
+	handshake time.Time
+}
+
+func newPaths() *paths {
+	return &paths{endpoints: map[wgtypes.Key]peerSeen{}, configured: map[string]time.Time{}}
+}
+
+// observe stores the device's view of its peers.
+func (p *paths) observe(dev *wgtypes.Device) {
+	seen := make(map[wgtypes.Key]peerSeen, len(dev.Peers))
+	for _, peer := range dev.Peers {
+		ps := peerSeen{handshake: peer.LastHandshakeTime}
+		if peer.Endpoint != nil {
+			ap := peer.Endpoint.AddrPort()
+			ps.endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+		seen[peer.PublicKey] = ps
+	}
+	p.mu.Lock()
+	p.endpoints = seen
+	p.mu.Unlock()
+}
+
+// answerWhoami tells a gateway behind NAT where its handshakes came from.
+// It answers from the last device read, so the query handler never
+// waits on the device.
+func (p *paths) answerWhoami(name string, payload []byte) []byte {
+	if name != queryWhoami {
+		return nil
+	}
+	key, err := wgtypes.ParseKey(string(payload))
+	if err != nil {
+		return nil
+	}
+	p.mu.Lock()
+	ps, ok := p.endpoints[key]
+	p.mu.Unlock()
+	if !ok || !ps.endpoint.IsValid() || time.Since(ps.handshake) > 3*time.Minute {
+		return nil
+	}
+	return []byte(ps.endpoint.String())
+}
+
+// handshakeAt is when the device last completed a handshake with key.
+func (p *paths) handshakeAt(key wgtypes.Key) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.endpoints[key].handshake
+}
+
+// updateNoDirect adds the sites whose direct NAT-to-NAT tunnel had no
+// handshake within directTimeout of being configured. A site stays
+// relayed until the daemon restarts: retrying a path both NATs already
+// refused would only break the working relay now and then.
+func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []string {
+	live := map[string]bool{}
+	for _, peer := range st.Peers {
+		// Only where both ends sit behind NAT can a direct tunnel fail
+		// for good; a public end always accepts the NATed one's
+		// handshakes.
+		if !localNAT || !peer.WAN || !peer.NAT || slices.Contains(p.noDirect, peer.Site) {
+			continue
+		}
+		live[peer.Name] = true
+		first, ok := p.configured[peer.Name]
+		if !ok {
+			p.configured[peer.Name] = now
+			continue
+		}
+		if now.Sub(first) > directTimeout && p.handshakeAt(peer.PublicKey).Before(first) {
+			p.noDirect = append(p.noDirect, peer.Site)
+			slices.Sort(p.noDirect)
+		}
+	}
+	maps.DeleteFunc(p.configured, func(name string, _ time.Time) bool { return !live[name] })
+	return p.noDirect
+}
+
+// askWhoami asks the public gateways where they see this gateway's
+// tunnels come from, and keeps the answer most of them gave. Answers that
+// disagree on the port mean a symmetric NAT: a new mapping for every
+// destination, which no hole punching gets through.
+func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, err error) {
+	answers, err := wan.Ask(queryWhoami, []byte(key.String()), map[string]string{"r": "^g$"}, 3*time.Second)
+	if err != nil {
+		return netip.AddrPort{}, false, err
+	}
+	votes := map[netip.AddrPort]int{}
+	for _, a := range answers {
+		if ap, err := netip.ParseAddrPort(string(a.Payload)); err == nil {
+			votes[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]++
+		}
+	}
+	for ap, n := range votes {
+		if n > votes[best] || (n == votes[best] && ap.String() < best.String()) {
+			best = ap
+		}
+	}
+	return best, len(votes) > 1, nil
+}

@@ -1,0 +1,434 @@
+package mesh
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// A generated cluster: sites s000..sNNN, each with its block 10.<i>.0.0/16
+// of segment blue (10.0.0.0/8) and hosts whose slices are 10.<i>.<h>.0/24;
+// the first gateways hosts of each site are its gateways, public or
+// behind NAT.
+type genCluster struct {
+	sites, hosts, gateways int
+	nat                    func(site int) bool
+	// down marks gateways that failed, by name.
+	down map[string]bool
+}
+
+var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
+
+func siteName(i int) string       { return fmt.Sprintf("s%03d", i) }
+func hostName(site, h int) string { return fmt.Sprintf("%s-h%03d", siteName(site), h) }
+func genBlock(site int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(site), 0, 0}), 16)
+}
+func genSlice(site, h int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(site), byte(h), 0}), 24)
+}
+func genMesh(site, h int) netip.Addr { return netip.AddrFrom4([4]byte{10, byte(site), byte(h), 254}) }
+
+func genKey(site, h int) wgtypes.Key {
+	var k wgtypes.Key
+	k[0], k[1], k[2], k[31] = byte(site), byte(h), 0x5a, 1
+	return k
+}
+
+func (g *genCluster) isGateway(h int) bool { return h < g.gateways }
+
+func (g *genCluster) natted(site int) bool { return g.nat != nil && g.nat(site) }
+
+func (g *genCluster) announcement(site, h int, wan bool) Announcement {
+	a := Announcement{
+		PublicKey: genKey(site, h),
+		Endpoint:  netip.AddrPortFrom(netip.AddrFrom4([4]byte{172, 16, byte(site), byte(h + 1)}), 51820),
+		Site:      siteName(site),
+		MeshAddr:  genMesh(site, h),
+		Role:      Role{Gateway: g.isGateway(h)},
+	}
+	if !wan {
+		a.Slices = []Slice{{Segment: "blue", Prefix: genSlice(site, h)}}
+		return a
+	}
+	a.Blocks = []Slice{{Segment: "blue", Prefix: genBlock(site)}}
+	a.Endpoint = netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, byte(site), byte(h + 1)}), 51820)
+	if g.nat != nil && g.nat(site) {
+		a.Role.NAT, a.Endpoint = true, netip.AddrPort{}
+	}
+	return a
+}
+
+func (g *genCluster) member(t testing.TB, site, h int, wan bool) Member {
+	t.Helper()
+	tags, err := g.announcement(site, h, wan).Tags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := StatusAlive
+	if g.down[hostName(site, h)] {
+		st = StatusFailed
+	}
+	return Member{Name: hostName(site, h), Status: st, Tags: tags}
+}
+
+// pools returns what host (site, h) sees: its site pool and the gateways
+// of every site.
+func (g *genCluster) pools(t testing.TB, site int) (sitePool, remote []Member) {
+	for h := range g.hosts {
+		sitePool = append(sitePool, g.member(t, site, h, false))
+	}
+	for s := range g.sites {
+		for h := range g.gateways {
+			remote = append(remote, g.member(t, s, h, true))
+		}
+	}
+	return sitePool, remote
+}
+
+func (g *genCluster) local(site, h int) Local {
+	return Local{
+		Name: hostName(site, h), PublicKey: genKey(site, h), Link: "mesh0", TableBase: 100, RulePriority: 1000,
+		Site: siteName(site), Gateway: g.isGateway(h), NAT: g.isGateway(h) && g.nat != nil && g.nat(site),
+		Segments: []LocalSegment{{Name: "blue", CIDR: genCIDR, Subnet: genSlice(site, h), Block: genBlock(site)}},
+	}
+}
+
+func (g *genCluster) compute(t testing.TB, site, h int) State {
+	sitePool, remote := g.pools(t, site)
+	return ComputeTopology(g.local(site, h), sitePool, remote, nil)
+}
+
+// expectedGateway is the assignment computed independently of Compute:
+// the usable gateway of `of` with the highest rendezvous hash for the pair.
+func (g *genCluster) expectedGateway(of, other int) string {
+	var names []string
+	for h := range g.gateways {
+		if !g.down[hostName(of, h)] {
+			names = append(names, hostName(of, h))
+		}
+	}
+	return Assign(pairKey(siteName(of), siteName(other)), names)
+}
+
+// checkHost verifies one host's whole view against the topology rules.
+func (g *genCluster) checkHost(t *testing.T, site, h int, st State) {
+	t.Helper()
+	me := hostName(site, h)
+	if len(st.Rejected) > 0 {
+		t.Fatalf("%s rejected %v", me, st.Rejected[:min(3, len(st.Rejected))])
+	}
+	carriers := map[netip.Prefix]string{}
+	var wan []string
+	for _, p := range st.Peers {
+		if p.WAN {
+			wan = append(wan, p.Name)
+		} else if !strings.HasPrefix(p.Name, siteName(site)+"-") {
+			t.Fatalf("%s peers with %s of another site as a site peer", me, p.Name)
+		}
+		for _, a := range p.AllowedIPs {
+			if other, dup := carriers[a]; dup {
+				t.Fatalf("%s: %s is on both %s and %s", me, a, other, p.Name)
+			}
+			carriers[a] = p.Name
+		}
+	}
+	if !g.isGateway(h) && len(wan) > 0 {
+		t.Fatalf("%s is not a gateway but peers with %v across the WAN", me, wan)
+	}
+	// Every other host of the site is a peer, with exactly its slice.
+	for o := range g.hosts {
+		if o == h || g.down[hostName(site, o)] {
+			continue
+		}
+		if c := carriers[genSlice(site, o)]; c != hostName(site, o) {
+			t.Fatalf("%s: slice of %s is on %q", me, hostName(site, o), c)
+		}
+	}
+	routes := map[netip.Prefix]bool{}
+	for _, r := range st.Routes.Routes {
+		if r.Kind == Tunnel {
+			routes[r.Dst] = true
+		}
+	}
+	// Every other site's block is on the peer the assignment says, and
+	// routed with one route.
+	for s := range g.sites {
+		if s == site {
+			continue
+		}
+		local := g.expectedGateway(site, s)
+		want := local
+		if local == me {
+			want = g.expectedGateway(s, site)
+		}
+		if c := carriers[genBlock(s)]; c != want {
+			t.Fatalf("%s: block of %s is on %q, want %q", me, siteName(s), c, want)
+		}
+		if !routes[genBlock(s)] {
+			t.Fatalf("%s: no route to %s's block", me, siteName(s))
+		}
+	}
+	alive := 0
+	for o := range g.hosts {
+		if o != h && !g.down[hostName(site, o)] {
+			alive++
+		}
+	}
+	// A gateway has a gossip tunnel, with a host route, to every gateway
+	// on the other side of NAT.
+	gossip := 0
+	if g.isGateway(h) {
+		for s := range g.sites {
+			if s != site && g.natted(s) != g.natted(site) {
+				gossip += g.gateways
+			}
+		}
+	}
+	if want := 2 + alive + (g.sites - 1) + gossip; len(st.Routes.Routes) != want {
+		t.Fatalf("%s has %d routes, want %d (unreachable, throw, site peers, one per other site)", me, len(st.Routes.Routes), want)
+	}
+}
+
+// 100 sites of 100 hosts, two gateways each: what every kind of host
+// peers with, its AllowedIPs and routes, for a sample of hosts in every
+// site; and the pair tunnels match from both ends.
+func TestTopology100Sites(t *testing.T) {
+	g := &genCluster{sites: 100, hosts: 100, gateways: 2}
+	for site := 0; site < g.sites; site += 7 {
+		for _, h := range []int{0, 1, 50, 99} {
+			g.checkHost(t, site, h, g.compute(t, site, h))
+		}
+	}
+	// Both ends of every pair through site 3 use one tunnel.
+	for s := range g.sites {
+		if s == 3 {
+			continue
+		}
+		a, b := g.expectedGateway(3, s), g.expectedGateway(s, 3)
+		var ha, hb int
+		fmt.Sscanf(a[len(a)-3:], "%d", &ha)
+		fmt.Sscanf(b[len(b)-3:], "%d", &hb)
+		sa, sb := g.compute(t, 3, ha), g.compute(t, s, hb)
+		if p, ok := sa.PeerByName(b); !ok || !p.WAN {
+			t.Fatalf("%s does not peer with %s for the pair (s003, %s)", a, b, siteName(s))
+		}
+		if p, ok := sb.PeerByName(a); !ok || !p.WAN {
+			t.Fatalf("%s does not peer with %s for the pair (s003, %s)", b, a, siteName(s))
+		}
+	}
+}
+
+// The assignment spreads pairs over a site's gateways, and when one
+// fails only its pairs move, to the others.
+func TestGatewayAssignmentAndFailover(t *testing.T) {
+	g := &genCluster{sites: 40, hosts: 5, gateways: 3, down: map[string]bool{}}
+	before := map[int]string{}
+	count := map[string]int{}
+	for s := 1; s < g.sites; s++ {
+		before[s] = g.expectedGateway(0, s)
+		count[before[s]]++
+	}
+	for h := range g.gateways {
+		if n := count[hostName(0, h)]; n < 5 {
+			t.Errorf("gateway %s serves %d of 39 sites: the assignment does not spread", hostName(0, h), n)
+		}
+	}
+	failed := hostName(0, 1)
+	g.down[failed] = true
+	st := g.compute(t, 0, 4)
+	g.checkHost(t, 0, 4, st)
+	for s := 1; s < g.sites; s++ {
+		after := g.expectedGateway(0, s)
+		if after == failed {
+			t.Fatalf("site %s still assigned to the failed gateway", siteName(s))
+		}
+		if before[s] != failed && after != before[s] {
+			t.Fatalf("site %s moved from %s to %s although its gateway did not fail", siteName(s), before[s], after)
+		}
+		ss := st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(s) })]
+		if ss.Gateway != after {
+			t.Fatalf("status says %s is served by %s, want %s", siteName(s), ss.Gateway, after)
+		}
+	}
+	// The other side follows: site 5's gateway for the pair peers with the
+	// new gateway of site 0.
+	far := g.expectedGateway(5, 0)
+	var h int
+	fmt.Sscanf(far[len(far)-3:], "%d", &h)
+	other := g.compute(t, 5, h)
+	if _, ok := other.PeerByName(g.expectedGateway(0, 5)); !ok {
+		t.Fatalf("%s does not peer with %s after the failover", far, g.expectedGateway(0, 5))
+	}
+	if _, ok := other.PeerByName(failed); ok && g.expectedGateway(0, 5) != failed {
+		t.Fatalf("%s still peers with the failed %s", far, failed)
+	}
+}
+
+// Gateways behind NAT have no endpoint: their WAN peers wait for their
+// handshakes, and they keep the mappings open with keepalives.
+func TestNATGateways(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 3, gateways: 1, nat: func(s int) bool { return s == 2 || s == 3 }}
+	public := g.compute(t, 0, 0)
+	natted := g.compute(t, 2, 0)
+	g.checkHost(t, 0, 0, public)
+	g.checkHost(t, 2, 0, natted)
+	p, _ := public.PeerByName(hostName(2, 0))
+	if p.Endpoint.IsValid() || p.Keepalive != 0 {
+		t.Fatalf("public side's peer for a NATed gateway: endpoint %v keepalive %v, want none and off", p.Endpoint, p.Keepalive)
+	}
+	q, _ := natted.PeerByName(hostName(0, 0))
+	if !q.Endpoint.IsValid() || q.Keepalive != NATKeepalive {
+		t.Fatalf("NATed side's peer for a public gateway: endpoint %v keepalive %v, want its endpoint and %v", q.Endpoint, q.Keepalive, NATKeepalive)
+	}
+	// Every public gateway keeps a gossip tunnel to every NATed one, not
+	// only to those of the pairs it serves, carrying the mesh addresses.
+	for _, nat := range []int{2, 3} {
+		p, ok := public.PeerByName(hostName(nat, 0))
+		if !ok || !slices.Contains(p.AllowedIPs, netip.PrefixFrom(genMesh(nat, 0), 32)) {
+			t.Fatalf("no gossip tunnel from s000's gateway to %s: %+v", hostName(nat, 0), p)
+		}
+	}
+	if p, _ := natted.PeerByName(hostName(1, 0)); !slices.Contains(p.AllowedIPs, netip.PrefixFrom(genMesh(1, 0), 32)) {
+		t.Fatalf("the NATed gateway keeps no gossip tunnel to s001's public gateway: %+v", p)
+	}
+}
+
+// When the direct tunnel between two NATed sites fails, both ends route
+// the pair through the same transit site, and the transit site needs no
+// change at all: its gateways already carry both sites' blocks.
+func TestRelayThroughTransitSite(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 2, gateways: 1, nat: func(s int) bool { return s >= 2 }}
+	sitePool, remote := g.pools(t, 2)
+	local := g.local(2, 0)
+	local.NoDirect = []string{siteName(3)} // s002's gateway saw no handshake from s003
+	st := ComputeTopology(local, sitePool, remote, nil)
+	ss := st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(3) })]
+	if ss.Transit != siteName(0) {
+		t.Fatalf("transit for (s002, s003) is %q, want s000, the lowest public site", ss.Transit)
+	}
+	via, _ := st.PeerByName(hostName(0, 0))
+	if !slices.Contains(via.AllowedIPs, genBlock(3)) || !slices.Contains(via.AllowedIPs, genBlock(0)) {
+		t.Fatalf("s003's block is not relayed through s000's gateway: %v", via.AllowedIPs)
+	}
+	if _, ok := st.PeerByName(hostName(3, 0)); ok {
+		t.Fatal("still peers directly with s003's gateway")
+	}
+	// s003 follows what s002's gateway declared, through its tags.
+	tags, _ := func() (map[string]string, error) {
+		a := g.announcement(2, 0, true)
+		a.Relays = []string{siteName(3)}
+		return a.Tags()
+	}()
+	sitePool, remote = g.pools(t, 3)
+	for i := range remote {
+		if remote[i].Name == hostName(2, 0) {
+			remote[i].Tags = tags
+		}
+	}
+	other := ComputeTopology(g.local(3, 0), sitePool, remote, nil)
+	via, _ = other.PeerByName(hostName(0, 0))
+	if !slices.Contains(via.AllowedIPs, genBlock(2)) {
+		t.Fatalf("s003 does not relay s002 through s000: %v", via.AllowedIPs)
+	}
+	// A non-gateway host of s002 sends s003's traffic to its gateway, as
+	// for any other site.
+	sitePool, remote = g.pools(t, 2)
+	plain := ComputeTopology(g.local(2, 1), sitePool, remote, nil)
+	gw, _ := plain.PeerByName(hostName(2, 0))
+	if !slices.Contains(gw.AllowedIPs, genBlock(3)) {
+		t.Fatalf("s002's host does not send s003's traffic to its gateway: %v", gw.AllowedIPs)
+	}
+}
+
+// Nothing a remote gateway announces may take another site's block or
+// this site's own.
+func TestForgedSiteBlocksAreRefused(t *testing.T) {
+	g := &genCluster{sites: 3, hosts: 2, gateways: 1}
+	sitePool, remote := g.pools(t, 0)
+	forged := g.announcement(2, 0, true)
+	forged.Blocks = []Slice{{Segment: "blue", Prefix: genBlock(0)}} // claims site 0's block
+	forged.MeshAddr = genMesh(0, 77)
+	tags, _ := forged.Tags()
+	for i := range remote {
+		if remote[i].Name == hostName(2, 0) {
+			remote[i].Tags = tags
+		}
+	}
+	st := ComputeTopology(g.local(0, 1), sitePool, remote, nil)
+	if !slices.ContainsFunc(st.Rejected, func(r Rejection) bool {
+		return r.Member == hostName(2, 0) && strings.Contains(r.Reason, "overlaps")
+	}) {
+		t.Fatalf("a gateway announcing this site's block was not refused: %v", st.Rejected)
+	}
+	for _, p := range st.Peers {
+		if slices.Contains(p.AllowedIPs, genBlock(0)) {
+			t.Fatalf("%s got this site's own block", p.Name)
+		}
+	}
+	// A site-pool member claiming another site is no peer.
+	alien := g.announcement(1, 1, false)
+	tags, _ = alien.Tags()
+	sitePool = append(sitePool, Member{Name: "alien", Status: StatusAlive, Tags: tags})
+	st = ComputeTopology(g.local(0, 1), sitePool, remote, nil)
+	if !slices.ContainsFunc(st.Rejected, func(r Rejection) bool { return r.Member == "alien" && strings.Contains(r.Reason, "site") }) {
+		t.Fatalf("a member of another site in this site's pool was not refused: %v", st.Rejected)
+	}
+}
+
+// One host's computation at 10,000 hosts in 100 sites: its site's 100
+// members and the 200 gateways of all sites.
+func BenchmarkComputeTopology10000(b *testing.B) {
+	g := &genCluster{sites: 100, hosts: 100, gateways: 2}
+	sitePool, remote := g.pools(b, 42)
+	local := g.local(42, 50)
+	b.ReportAllocs()
+	for b.Loop() {
+		ComputeTopology(local, sitePool, remote, nil)
+	}
+}
+
+// The same with the previous state, as the reconciler runs it.
+func BenchmarkComputeTopology10000Incremental(b *testing.B) {
+	g := &genCluster{sites: 100, hosts: 100, gateways: 2}
+	sitePool, remote := g.pools(b, 42)
+	local := g.local(42, 50)
+	prev := ComputeTopology(local, sitePool, remote, nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		ComputeTopology(local, sitePool, remote, &prev)
+	}
+}
+
+// A symmetric NAT at either end of a NAT-to-NAT pair means no hole can be
+// punched: both ends relay at once, without waiting for a handshake that
+// never comes.
+func TestSymmetricNATRelaysAtOnce(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 1, gateways: 1, nat: func(s int) bool { return s >= 2 }}
+	sitePool, remote := g.pools(t, 2)
+	sym := g.announcement(3, 0, true)
+	sym.Role.Symmetric = true
+	tags, _ := sym.Tags()
+	for i := range remote {
+		if remote[i].Name == hostName(3, 0) {
+			remote[i].Tags = tags
+		}
+	}
+	st := ComputeTopology(g.local(2, 0), sitePool, remote, nil)
+	ss := st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(3) })]
+	if ss.Transit != siteName(0) {
+		t.Fatalf("pair with a symmetric NAT: transit %q, want s000 at once", ss.Transit)
+	}
+	local := g.local(3, 0)
+	local.Symmetric = true
+	sitePool, remote = g.pools(t, 3)
+	st = ComputeTopology(local, sitePool, remote, nil)
+	ss = st.Sites[slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(2) })]
+	if ss.Transit != siteName(0) {
+		t.Fatalf("the symmetric side itself: transit %q, want s000", ss.Transit)
+	}
+}
