@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -324,15 +325,16 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 }
 
 // exited explains why a meshd of hosts is no longer running, nil if all
-// are: a config with [[allow]] rules that meshd refuses makes the mode
-// unavailable rather than failed.
+// are: a config with [[allow]] rules that meshd refuses (exit status 2,
+// a config error) makes the mode unavailable rather than failed.
 func (t *meshdTunnel) exited(hosts []*lab.Host) error {
 	for _, h := range hosts {
 		if h.Running() {
 			continue
 		}
 		err, line := h.Wait(0), firstErrorLine(h.LogPath())
-		if t.extra != "" {
+		var ee *exec.ExitError
+		if t.extra != "" && errors.As(err, &ee) && ee.ExitCode() == 2 {
 			return unavailable("meshd on %s refused the config with [[allow]] rules: %v: %s", h.Name(), err, line)
 		}
 		return fmt.Errorf("meshd on %s exited: %v: %s", h.Name(), err, line)

@@ -194,12 +194,22 @@ func logTail(path string, n int) string {
 }
 
 // firstErrorLine picks the most telling line of a meshd log that ended in
-// an error: the last one mentioning "error" or "invalid", else the last.
+// an error: meshd's own last word ("meshd: ..."), else the last line
+// mentioning "error", "invalid" or "unknown" at a level above debug
+// (serf's debug lines carry "error" in passing), else the last line.
 func firstErrorLine(path string) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "meshd: ") {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.ToLower(lines[i])
+		if strings.Contains(l, "level=debug") {
+			continue
+		}
 		if strings.Contains(l, "error") || strings.Contains(l, "invalid") || strings.Contains(l, "unknown") {
 			return strings.TrimSpace(lines[i])
 		}
