@@ -20,8 +20,8 @@ type tableKind int
 const (
 	noTable tableKind = iota
 	// meshdTable is the table meshd installs for the lab's segments with
-	// no [[allow]] rules: segments, default deny, conntrack, MSS clamp
-	// and the same-segment fast path.
+	// no [[allow]] rules: segments, default deny, conntrack, MSS clamp,
+	// the no-plaintext guard and the same-segment fast path.
 	meshdTable
 	// trackedTable is meshdTable as it was before the fast path: no
 	// notrack chains, the segments' accepts after the conntrack rules,
@@ -37,6 +37,11 @@ func installTable(l *lab.Lab, h *lab.Host, iface string, kind tableKind) error {
 	rs, err := policy.Compile(labSegments(l), nil)
 	if err != nil {
 		return err
+	}
+	// As the daemon does: the no-plaintext guard lets traffic to the
+	// host's own slices leave through its pods' links.
+	for _, s := range l.Spec().Segments {
+		rs.Local = append(rs.Local, h.Subnet(s.Name))
 	}
 	plan, err := policy.Render(rs, iface)
 	if err != nil {

@@ -77,6 +77,10 @@ func TestInstallTableInTheHostNamespace(t *testing.T) {
 		if got, want := strings.Contains(out, policy.NotrackPrerouting), kind == meshdTable; got != want {
 			t.Errorf("table kind %d has the notrack chains: %v, want %v", kind, got, want)
 		}
+		// The guard must let the host's own pods be reached.
+		if !strings.Contains(out, h.Subnet("blue").String()) {
+			t.Errorf("table kind %d: the guard does not spare the host's slice %s:\n%s", kind, h.Subnet("blue"), out)
+		}
 		if out, _ := lab.Exec(ctx, "", "nft", "list", "ruleset"); strings.Contains(out, `"`+iface+`"`) {
 			t.Fatalf("the caller's namespace got the table:\n%s", out)
 		}
