@@ -134,8 +134,6 @@ type wggoTunnel struct {
 	table tableKind
 }
 
-func wggoOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
-
 func (t *wggoTunnel) setup(ctx context.Context) error {
 	var keys [2]wgtypes.Key
 	for i := range 2 {
@@ -161,7 +159,7 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 	for i := range 2 {
 		me, other := t.l.Host(i+1), t.l.Host(2-i)
 		port := wggoPort
-		allowed := []net.IPNet{prefixNet(other.Subnet(benchSegment)), prefixNet(netip.PrefixFrom(wggoOverlay(other.Index()), 32))}
+		allowed := []net.IPNet{prefixNet(other.Subnet(benchSegment))}
 		cfg := wgtypes.Config{
 			PrivateKey: &keys[i], ListenPort: &port, ReplacePeers: true,
 			Peers: []wgtypes.PeerConfig{{
@@ -175,7 +173,6 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 		}
 		ifn := t.ifnames[i]
 		if err := lab.IP(ctx, me.NS(),
-			[]string{"addr", "add", netip.PrefixFrom(wggoOverlay(me.Index()), 24).String(), "dev", ifn},
 			[]string{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"},
 			[]string{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn},
 		); err != nil {
@@ -221,7 +218,9 @@ func stopAll(ps []*lab.Process) {
 
 func (t *wggoTunnel) endpoints() endpoints {
 	if t.path == "host" {
-		return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: wggoOverlay(2)}
+		// The same addresses as meshd's: with meshd's table installed,
+		// any others would be cross-segment and denied.
+		return hostEndpoints(t.l)
 	}
 	return podEndpoints(t.l)
 }
@@ -370,13 +369,20 @@ func (t *meshdTunnel) policyHits() string {
 
 func (t *meshdTunnel) endpoints() endpoints {
 	if t.path == "host" {
-		// meshd routes a segment for anything on the host too, but the
-		// source must be the host's own slice address, or the peer's
-		// WireGuard drops the packet (not in AllowedIPs).
-		h1, h2 := t.l.Host(1), t.l.Host(2)
-		return endpoints{clientNS: h1.NS(), serverNS: h2.NS(), target: h2.Gateway(benchSegment), bind: h1.Gateway(benchSegment)}
+		return hostEndpoints(t.l)
 	}
 	return podEndpoints(t.l)
+}
+
+// hostEndpoints measures host to host between the hosts' own addresses
+// in the benchmark segment (their pod gateways). meshd routes a segment
+// for anything on the host too, but the source must be the host's own
+// slice address, or the peer's WireGuard drops the packet (not in
+// AllowedIPs); it is overlay traffic, so meshd's table allows it as
+// same-segment.
+func hostEndpoints(l *lab.Lab) endpoints {
+	h1, h2 := l.Host(1), l.Host(2)
+	return endpoints{clientNS: h1.NS(), serverNS: h2.NS(), target: h2.Gateway(benchSegment), bind: h1.Gateway(benchSegment)}
 }
 
 func (t *meshdTunnel) pids() []int { return []int{t.l.Host(1).Pid(), t.l.Host(2).Pid()} }
