@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/lab"
@@ -187,6 +188,9 @@ type convergeRun struct {
 	newcomer *lab.Host   // joins, then leaves
 	devs     *wgDevices
 	nl       map[*lab.Host]*netlink.Handle // each host's routes
+	// keepalive is the persistent keepalive meshd gives every peer once
+	// settled: the config's, defaults included.
+	keepalive time.Duration
 }
 
 func newConvergeRun(l *lab.Lab, bin string, n int) (_ *convergeRun, err error) {
@@ -211,6 +215,11 @@ func newConvergeRun(l *lab.Lab, bin string, n int) (_ *convergeRun, err error) {
 			return nil, err
 		}
 	}
+	cfg, err := config.Load(c.hosts[0].ConfigPath())
+	if err != nil {
+		return nil, err
+	}
+	c.keepalive = time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second
 	if c.devs, err = newWGDevices(); err != nil {
 		return nil, err
 	}
@@ -299,15 +308,16 @@ func others(hosts []*lab.Host, h *lab.Host) []*lab.Host {
 }
 
 // waitSettled waits until every one of hosts has exactly the others as
-// peers, each with its keepalive on: meshd turns a new peer's keepalive
-// on only after wgdev.KeepaliveDelay, so this is the end of the
-// start-up work a membership change causes.
+// peers, each with the configured keepalive: meshd gives a new peer its
+// keepalive only after wgdev.KeepaliveDelay, so this is the end of the
+// start-up work a membership change causes (at once when keepalives are
+// off, meshd's default).
 func (c *convergeRun) waitSettled(ctx context.Context, hosts []*lab.Host) error {
 	_, err := waitAll(ctx, time.Now(), 60*time.Second, len(hosts), func(_ context.Context, i int) bool {
-		return c.devs.settled(hosts[i], others(hosts, hosts[i]))
+		return c.devs.settled(hosts[i], others(hosts, hosts[i]), c.keepalive)
 	})
 	if err != nil {
-		return fmt.Errorf("keepalives not on everywhere: %w", err)
+		return fmt.Errorf("peers or their keepalive (%s) not configured everywhere: %w", c.keepalive, err)
 	}
 	return nil
 }
@@ -505,9 +515,10 @@ func (d *wgDevices) hasExactly(h *lab.Host, others []*lab.Host) bool {
 	return d.peersAre(h, others, func(wgtypes.Peer) bool { return true })
 }
 
-// settled is hasExactly with every peer's persistent keepalive on.
-func (d *wgDevices) settled(h *lab.Host, others []*lab.Host) bool {
-	return d.peersAre(h, others, func(p wgtypes.Peer) bool { return p.PersistentKeepaliveInterval > 0 })
+// settled is hasExactly with every peer's persistent keepalive at
+// keepalive.
+func (d *wgDevices) settled(h *lab.Host, others []*lab.Host, keepalive time.Duration) bool {
+	return d.peersAre(h, others, func(p wgtypes.Peer) bool { return p.PersistentKeepaliveInterval == keepalive })
 }
 
 func (d *wgDevices) peersAre(h *lab.Host, others []*lab.Host, ok func(wgtypes.Peer) bool) bool {
