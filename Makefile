@@ -64,10 +64,22 @@ vm-test:
 test-unit:
 	$(GO) test -count=1 ./config/... ./crypto/... ./mesh/... ./routes/... ./wgdev/... ./control/... ./cmd/... ./cni/... ./cnm/...
 
+# install never touches an existing meshd.toml or gossip key; it ends with
+# what an operator does next on this host.
 install: build
 	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/meshd
-	install -D -m 0644 config.example.toml $(DESTDIR)/etc/meshd/meshd.toml.example
+	install -d -m 0755 $(DESTDIR)/etc/meshd
+	install -m 0644 config.example.toml $(DESTDIR)/etc/meshd/meshd.toml.example
 	install -D -m 0644 packaging/meshd.service $(DESTDIR)/etc/systemd/system/meshd.service
+	@echo
+	@echo "meshd is installed. Next steps on this host:"
+	@echo "  1. the gossip key, once per cluster (then copy the file to every host, mode 0600):"
+	@echo "       (umask 077; $(PREFIX)/bin/meshd keygen gossip > /etc/meshd/gossip.key)"
+	@echo "  2. the config: set node_name, bind_addr, join and segments, then check it:"
+	@echo "       cp /etc/meshd/meshd.toml.example /etc/meshd/meshd.toml"
+	@echo "       $(PREFIX)/bin/meshd check --config /etc/meshd/meshd.toml"
+	@echo "  3. start it now and at every boot:"
+	@echo "       systemctl daemon-reload && systemctl enable --now meshd"
 
 clean:
 	rm -rf bin

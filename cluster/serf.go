@@ -284,30 +284,36 @@ func (m *Membership) Failed() <-chan error { return m.failed }
 // enough to be seen, rarely enough not to flood the log.
 const aloneWarnEvery = time.Minute
 
-// joinLoop retries the seeds with backoff whenever this host sees no other
-// live member, so a seed that starts late, or a whole-cluster restart,
-// heals without an operator. While alone it warns, naming the seeds and
-// the last error, so a host that never joins is not silent.
+// joinLoop retries the seeds with backoff until this host has merged
+// with one of them, and again whenever it sees no other live member, so a
+// seed that starts late, or a whole-cluster restart, heals without an
+// operator. Others joining this host is not enough: when hosts start
+// together, a host whose seed was not up yet can be joined by the hosts
+// that list it, and that group would live on as its own cluster, never
+// meeting the rest. While alone it warns, naming the seeds and the last
+// error, so a host that never joins is not silent.
 func (m *Membership) joinLoop(ctx context.Context) {
 	defer m.wg.Done()
 	if len(m.join) == 0 {
 		return
 	}
+	// A seed list usually names this host too; joining itself "succeeds"
+	// and proves nothing, so merging is judged on the other seeds.
+	seeds := m.otherSeeds(ctx)
 	const firstRetry = 500 * time.Millisecond
 	backoff := firstRetry
-	alone := true
+	alone, merged := true, len(seeds) == 0
 	aloneSince := time.Now()
 	var lastWarn time.Time
 	for {
-		if m.aliveOthers() == 0 {
+		others := m.aliveOthers()
+		switch {
+		case others == 0:
 			if !alone {
 				m.log.Warn("no other live member; retrying the seeds", "seeds", m.join)
 				aloneSince, lastWarn = time.Now(), time.Now()
 			}
-			alone = true
-			// A seed list usually contains this host itself, which
-			// "succeeds" without ending the isolation, so success alone
-			// does not reset the backoff: finding another member does.
+			alone, merged = true, len(seeds) == 0
 			n, err := m.serf.Join(m.join, true)
 			if err != nil && n == 0 {
 				m.log.Debug("join failed", "seeds", m.join, "err", err)
@@ -322,7 +328,23 @@ func (m *Membership) joinLoop(ctx context.Context) {
 					"seeds", m.join, "alone_for", time.Since(aloneSince).Round(time.Second), "last_error", last)
 			}
 			backoff = min(backoff*2, maxJoinBackoff)
-		} else {
+		case !merged:
+			if alone {
+				m.log.Info("joined by other members; still reaching for the seeds", "members", len(m.serf.Members()), "seeds", seeds)
+				alone = false
+			}
+			// A join that reached a seed exchanged full state with it:
+			// the two groups are one from then on.
+			n, err := m.serf.Join(seeds, true)
+			if n > 0 {
+				merged = true
+				m.log.Info("joined cluster", "members", len(m.serf.Members()))
+				backoff = firstRetry
+				break
+			}
+			m.log.Debug("join failed", "seeds", seeds, "err", err)
+			backoff = min(backoff*2, maxJoinBackoff)
+		default:
 			if alone {
 				m.log.Info("joined cluster", "members", len(m.serf.Members()))
 			}
@@ -334,6 +356,54 @@ func (m *Membership) joinLoop(ctx context.Context) {
 		case <-time.After(backoff):
 		}
 	}
+}
+
+// otherSeeds are the seeds that are not this host (as far as its
+// advertised address and the seeds' names tell).
+func (m *Membership) otherSeeds(ctx context.Context) []string {
+	local := m.serf.LocalMember()
+	localAddr, _ := netip.AddrFromSlice(local.Addr)
+	self := netip.AddrPortFrom(localAddr.Unmap(), local.Port)
+	var out []string
+	for _, seed := range m.join {
+		isSelf := false
+		for _, ap := range resolveSeed(ctx, seed) {
+			if ap == self || (ap.Addr().IsUnspecified() && ap.Port() == self.Port()) {
+				isSelf = true
+			}
+		}
+		if !isSelf {
+			out = append(out, seed)
+		}
+	}
+	return out
+}
+
+// seedLookupTimeout bounds the name lookup of a seed given by name.
+const seedLookupTimeout = 2 * time.Second
+
+// resolveSeed turns a seed (host:port, as the config normalised it) into
+// addresses; a name that does not resolve gives none.
+func resolveSeed(ctx context.Context, seed string) []netip.AddrPort {
+	if ap, err := netip.ParseAddrPort(seed); err == nil {
+		return []netip.AddrPort{netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
+	}
+	host, portText, err := net.SplitHostPort(seed)
+	port, perr := strconv.ParseUint(portText, 10, 16)
+	if err != nil || perr != nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, seedLookupTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil
+	}
+	out := make([]netip.AddrPort, len(addrs))
+	for i, a := range addrs {
+		out[i] = netip.AddrPortFrom(a.Unmap(), uint16(port))
+	}
+	return out
 }
 
 func (m *Membership) aliveOthers() int {

@@ -1,10 +1,20 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
+	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/serf/serf"
+
+	"github.com/meshd/meshd/internal/clustertest"
+	"github.com/meshd/meshd/mesh"
 )
 
 func TestMemberlistProfile(t *testing.T) {
@@ -67,5 +77,116 @@ func TestKickOnClockChange(t *testing.T) {
 	settle()
 	if n := kicks.Load(); n != 6 {
 		t.Fatalf("%d kicks after three clock changes, want 6", n)
+	}
+}
+
+// Hosts started together: c's seed b is not up yet, and a joins c. c is
+// then not alone, but it never reached a seed, so it must keep trying b,
+// or a and c would stay a cluster of their own that never meets b.
+func TestJoinKeepsReachingForASeedWhenOthersJoinedFirst(t *testing.T) {
+	network := clustertest.NewNetwork()
+	key := make([]byte, 32)
+	rand.Read(key)
+	tr := map[string]*clustertest.Transport{}
+	for _, n := range []string{"a", "b", "c"} {
+		tr[n] = network.NewTransport(n)
+	}
+	start := func(name string, seeds ...string) *Membership {
+		var join []string
+		for _, s := range seeds {
+			join = append(join, tr[s].Addr())
+		}
+		m, err := Join(MembershipConfig{NodeName: name, GossipKey: key, Tags: map[string]string{}, Join: join,
+			Log: slog.New(slog.DiscardHandler),
+			Tune: func(c *serf.Config) {
+				c.MemberlistConfig.Transport = tr[name]
+				c.MemberlistConfig.ProbeInterval, c.MemberlistConfig.ProbeTimeout = 100*time.Millisecond, 50*time.Millisecond
+				c.MemberlistConfig.GossipInterval = 20 * time.Millisecond
+			}}, func() {})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		t.Cleanup(func() { m.serf.Shutdown() })
+		return m
+	}
+	c := start("c", "b")
+	a := start("a", "c")
+	knows := func(m *Membership, name string) bool {
+		for _, mem := range m.Members() {
+			if mem.Name == name && mem.Status == mesh.StatusAlive {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !knows(c, "a") {
+		if time.Now().After(deadline) {
+			t.Fatal("a never joined c")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	start("b")
+	deadline = time.Now().Add(20 * time.Second) // c's retries back off to at most 10 s
+	for !knows(a, "b") || !knows(c, "b") {
+		if time.Now().After(deadline) {
+			t.Fatalf("b started after a joined c, and after 20 s a knows b: %v, c knows b: %v; a and c stayed a cluster of their own", knows(a, "b"), knows(c, "b"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// Merged, c stops joining: no stream opened for longer than its
+	// longest backoff (push/pull runs every 30 s here).
+	time.Sleep(time.Second)
+	dials := tr["c"].Dials()
+	time.Sleep(maxJoinBackoff + 2*time.Second)
+	if n := tr["c"].Dials() - dials; n > 0 {
+		t.Errorf("c opened %d streams after it merged: it keeps joining", n)
+	}
+}
+
+// syncBuffer is a log sink safe for serf's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A host that never finds another member says so at warn level, naming
+// the seeds it tries and why they fail, instead of staying silent.
+func TestAHostThatNeverJoinsWarns(t *testing.T) {
+	network := clustertest.NewNetwork()
+	seed := network.NewTransport("seed") // never started: connections are refused
+	tr := network.NewTransport("lonely")
+	key := make([]byte, 32)
+	rand.Read(key)
+	var logs syncBuffer
+	m, err := Join(MembershipConfig{NodeName: "lonely", GossipKey: key, Tags: map[string]string{}, Join: []string{seed.Addr()},
+		Log:  slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Tune: func(c *serf.Config) { c.MemberlistConfig.Transport = tr }}, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.serf.Shutdown()
+	deadline := time.Now().Add(25 * time.Second) // the first warning comes after 10 s alone
+	for !strings.Contains(logs.String(), "still alone") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning after 25 s alone; log:\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out := logs.String()
+	if !strings.Contains(out, seed.Addr()) || !strings.Contains(out, "refused") {
+		t.Errorf("the warning does not name the seed %s and the last error:\n%s", seed.Addr(), out)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 
@@ -16,7 +17,17 @@ import (
 // environment overrides. It only reads: nothing on the host is created or
 // changed, so it is safe to call from "meshd check"-style commands.
 // Every error it returns is a *Error.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return load(path, false) }
+
+// LoadClient is Load for the commands that only reach a running daemon
+// through its control socket or preview its allow rules (status, reload,
+// rotate-key, gossip-key, policy explain). It accepts the host's own
+// certificate outside its validity period: a certificate that expired
+// must not also break the health probe that reports it. Everything else
+// is checked as by Load; 'meshd run' and 'meshd check' use Load.
+func LoadClient(path string) (*Config, error) { return load(path, true) }
+
+func load(path string, client bool) (*Config, error) {
 	if path == "" {
 		return nil, &Error{Problem: "no config file given", Fix: "pass --config with the path to meshd.toml"}
 	}
@@ -27,7 +38,7 @@ func Load(path string) (*Config, error) {
 		e.Path = path
 		return nil, e
 	}
-	return finish(v, path)
+	return finish(v, path, client)
 }
 
 // Parse is Load for an in-memory document (tests, stdin). Environment
@@ -37,7 +48,7 @@ func Parse(r io.Reader) (*Config, error) {
 	if err := v.ReadConfig(r); err != nil {
 		return nil, readError(err)
 	}
-	return finish(v, "")
+	return finish(v, "", false)
 }
 
 func newViper() *viper.Viper {
@@ -56,8 +67,8 @@ func newViper() *viper.Viper {
 
 // finish returns a typed nil on success: returning a nil *Error as error
 // would make err != nil true for callers.
-func finish(v *viper.Viper, path string) (*Config, error) {
-	cfg, e := build(v)
+func finish(v *viper.Viper, path string, client bool) (*Config, error) {
+	cfg, e := build(v, client)
 	if e != nil {
 		e.Path = path
 		return nil, e
@@ -94,11 +105,14 @@ func readError(err error) *Error {
 	return e
 }
 
-func build(v *viper.Viper) (*Config, *Error) {
+func build(v *viper.Viper, client bool) (*Config, *Error) {
 	if e := checkUnknownKeys(v.AllKeys()); e != nil {
 		return nil, e
 	}
-	l := &loader{v: v}
+	if e := checkEnv(os.Environ()); e != nil {
+		return nil, e
+	}
+	l := &loader{v: v, client: client}
 	cfg := &Config{}
 	// Segments come before routing (the table range depends on their
 	// count) and allow (rules name them).

@@ -86,6 +86,7 @@ var defaults = []struct {
 	{keyCAFile, ""},
 	{keyCertFile, ""},
 	{keyKeyFile, ""},
+	{keyIdentityMode, string(TrustStrict)},
 
 	{keyCNIConfDir, defaultCNIConfDir},
 	{keyCNIIPAMDir, defaultCNIIPAMDir},

@@ -17,6 +17,21 @@ const (
 	keyCAFile       = "identity.ca_file"
 	keyCertFile     = "identity.cert_file"
 	keyKeyFile      = "identity.key_file"
+	keyIdentityMode = "identity.mode"
+)
+
+// TrustMode is how a host with a CA treats announcements without a
+// certificate.
+type TrustMode string
+
+const (
+	// TrustStrict refuses them: every host must sign.
+	TrustStrict TrustMode = "strict"
+	// TrustTransitional accepts them, counted, while a running cluster
+	// turns its CA on host by host; this host signs its own, and
+	// announcements with a bad signature or certificate are refused as
+	// in strict mode.
+	TrustTransitional TrustMode = "transitional"
 )
 
 // Identity is the host's certificate and signing key, and the cluster CA
@@ -27,6 +42,8 @@ type Identity struct {
 	CA                        ed25519.PublicKey
 	Cert                      *identity.Cert
 	Key                       ed25519.PrivateKey
+	// Mode is TrustStrict or TrustTransitional; set only with a CA.
+	Mode TrustMode
 }
 
 // Enabled reports whether announcements are signed and verified.
@@ -65,15 +82,23 @@ func (l *loader) identity(c *Config) *Error {
 		}
 		paths[i] = p
 	}
+	mode, e := l.oneOf(keyIdentityMode, string(TrustStrict), string(TrustTransitional))
+	if e != nil {
+		return e
+	}
 	switch set {
 	case 0:
+		if TrustMode(mode) == TrustTransitional {
+			return l.fail(keyIdentityMode, `"transitional" needs the cluster CA`,
+				"set ca_file, cert_file and key_file too, or leave mode at its default")
+		}
 		return nil
 	case 3:
 	default:
 		return l.fail(sectionIdentity, "ca_file, cert_file and key_file must be set together",
 			"set all three to use the cluster CA, or none to trust every holder of the gossip key")
 	}
-	id := Identity{CAFile: paths[0], CertFile: paths[1], KeyFile: paths[2]}
+	id := Identity{CAFile: paths[0], CertFile: paths[1], KeyFile: paths[2], Mode: TrustMode(mode)}
 	var err error
 	if id.CA, err = identity.LoadCAPublic(id.CAFile); err != nil {
 		return l.fileError(keyCAFile, err, "point it at the ca.crt written by 'meshd ca init'")
@@ -81,10 +106,21 @@ func (l *loader) identity(c *Config) *Error {
 	if id.Cert, id.Key, err = identity.LoadHost(id.CertFile, id.KeyFile); err != nil {
 		return l.fileError(keyCertFile, err, "point cert_file and key_file at the host.crt and host.key written by 'meshd ca sign'")
 	}
-	if e := l.checkOwnCert(c, id); e != nil {
-		return e
+	if e := checkOwnCert(c, id, l.client); e != nil {
+		return l.fail(e.Key, e.Problem, e.Fix)
 	}
 	c.Identity = id
+	return nil
+}
+
+// CheckIdentity reports whether id can serve this host as its own
+// identity: the checks Load makes of cert_file, against c's node name,
+// site, role and segments. A reload uses it to try a renewed certificate
+// against the settings the daemon runs with.
+func (c *Config) CheckIdentity(id Identity) error {
+	if e := checkOwnCert(c, id, false); e != nil {
+		return e
+	}
 	return nil
 }
 
@@ -96,20 +132,23 @@ func (l *loader) fileError(key string, err error, fix string) *Error {
 	return l.fail(key, err.Error(), fix)
 }
 
-func (l *loader) checkOwnCert(c *Config, id Identity) *Error {
-	if err := id.Cert.Verify(id.CA, time.Now()); err != nil {
-		return l.fail(keyCertFile, err.Error(), "sign a new certificate with 'meshd ca sign' using this cluster's CA")
+// checkOwnCert checks the host's own certificate as every other host
+// would, so a host they would refuse fails at start, with the reason.
+// client accepts a certificate outside its validity (see LoadClient).
+func checkOwnCert(c *Config, id Identity, client bool) *Error {
+	if err := id.Cert.Verify(id.CA, time.Now()); err != nil && !(client && outsideValidity(err)) {
+		return fail(keyCertFile, err.Error(), "sign a new certificate with 'meshd ca sign' using this cluster's CA")
 	}
 	if id.Cert.Name != c.NodeName {
-		return l.fail(keyCertFile, fmt.Sprintf("certificate is for %q but node_name is %q", id.Cert.Name, c.NodeName),
+		return fail(keyCertFile, fmt.Sprintf("certificate is for %q but node_name is %q", id.Cert.Name, c.NodeName),
 			"set node_name to the certificate's name, or sign a certificate for this name")
 	}
 	if id.Cert.SiteName() != c.Site.Name {
-		return l.fail(keyCertFile, fmt.Sprintf("certificate is for site %q but site.name is %q", id.Cert.SiteName(), c.Site.Name),
+		return fail(keyCertFile, fmt.Sprintf("certificate is for site %q but site.name is %q", id.Cert.SiteName(), c.Site.Name),
 			"sign a certificate with 'meshd ca sign --site "+c.Site.Name+"'")
 	}
 	if c.Site.Gateway && !id.Cert.Gateway {
-		return l.fail(keyCertFile, "site.gateway is true but the certificate does not allow this host to be a gateway",
+		return fail(keyCertFile, "site.gateway is true but the certificate does not allow this host to be a gateway",
 			"sign a certificate with 'meshd ca sign --gateway', or set site.gateway = false")
 	}
 	const fix = "sign a certificate that allows this segment and slice"
@@ -117,15 +156,19 @@ func (l *loader) checkOwnCert(c *Config, id Identity) *Error {
 		if !s.Subnet.IsValid() {
 			// The slice is claimed later; the segment must be allowed now.
 			if !certListsSegment(id.Cert, s.Name) {
-				return l.fail(segKey(i, segKeyName), fmt.Sprintf("certificate does not allow segment %q", s.Name), fix)
+				return fail(segKey(i, segKeyName), fmt.Sprintf("certificate does not allow segment %q", s.Name), fix)
 			}
 			continue
 		}
 		if err := id.Cert.Allows(identity.Slice{Segment: s.Name, Prefix: s.Subnet}); err != nil {
-			return l.fail(segKey(i, segKeySubnet), err.Error(), fix)
+			return fail(segKey(i, segKeySubnet), err.Error(), fix)
 		}
 	}
 	return nil
+}
+
+func outsideValidity(err error) bool {
+	return errors.Is(err, identity.ErrExpired) || errors.Is(err, identity.ErrNotYetValid)
 }
 
 func certListsSegment(c *identity.Cert, name string) bool {

@@ -17,6 +17,9 @@ import (
 // type be reported against its key instead.
 type loader struct {
 	v *viper.Viper
+	// client accepts the host's own certificate outside its validity
+	// period (see LoadClient).
+	client bool
 }
 
 // fail is fail() plus a note when the value came from the environment, since

@@ -48,6 +48,94 @@ type Status struct {
 	// Failovers counts how often another site moved to another gateway
 	// (of this site or of its own) since meshd started.
 	Failovers int `json:"gateway_failovers"`
+	// Probes are this host's checks of its site's gateways (only a few
+	// hosts of a site with several gateways probe them).
+	Probes []GatewayProbe `json:"gateway_probes,omitempty"`
+	// Ejections counts how often this gateway drained because its site's
+	// probes found it forwarding nothing; ProbeReports how often this
+	// host reported a gateway so.
+	Ejections    int `json:"gateway_ejections"`
+	ProbeReports int `json:"gateway_reports"`
+	// Identity is this host's certificate and trust mode; absent when
+	// the cluster runs without a CA.
+	Identity *Identity `json:"identity,omitempty"`
+}
+
+// GatewayProbe is one gateway of this host's site as its probes see it.
+type GatewayProbe struct {
+	Gateway string `json:"gateway"`
+	// Targets is how many remote gateways are probed through it.
+	Targets int `json:"targets"`
+	// Failing counts the rounds in a row in which the gateway answered
+	// but forwarded none of the probes; Reported is set while this host
+	// reports it.
+	Failing  int  `json:"failing"`
+	Reported bool `json:"reported"`
+	// Silent: in the last round nothing answered, not even the gateway
+	// itself (it is down, or probes cannot be sent: see the log).
+	Silent bool `json:"silent,omitempty"`
+}
+
+// Identity is this host's standing under the cluster CA.
+type Identity struct {
+	// Mode is "strict" or "transitional" (identity.mode).
+	Mode string `json:"mode"`
+	// Certificate is the name the host's certificate is issued to,
+	// NotAfter its end of validity (RFC 3339), and ExpirySeconds how long
+	// it is still valid: negative once it expired, when every other host
+	// refuses this one.
+	Certificate   string  `json:"certificate"`
+	NotAfter      string  `json:"not_after"`
+	ExpirySeconds float64 `json:"expiry_seconds"`
+	// Unsigned names the members whose announcement carried no
+	// certificate and was accepted (transitional mode): the hosts still
+	// to be converted before the cluster can turn strict.
+	Unsigned []string `json:"unsigned_accepted"`
+}
+
+// KeyringAnswer is what a gossip keyring operation ('meshd gossip-key')
+// found on the members.
+type KeyringAnswer struct {
+	Response *KeyringResponse `json:"response"`
+	Error    string           `json:"error"`
+	// Absent lists the members the cluster knows that are not alive
+	// (failed, left): serf's operation neither reaches nor counts them,
+	// and they keep the keyring they had.
+	Absent []Member `json:"absent,omitempty"`
+}
+
+// KeyringResponse is serf's key manager's answer, with keys given by
+// their fingerprints (cluster.KeyFingerprint): never the keys themselves.
+type KeyringResponse struct {
+	Messages    map[string]string // member -> why it failed
+	NumNodes    int               // live members asked
+	NumResp     int
+	NumErr      int
+	Keys        map[string]int // fingerprint -> members holding it
+	PrimaryKeys map[string]int // fingerprint -> members writing with it
+}
+
+// Member is a member of the cluster and its serf state.
+type Member struct {
+	Name  string `json:"name"`
+	State string `json:"state"`
+}
+
+// ReloadRequest is what 'meshd reload' sends: the config file it read
+// the control socket from, which must be the one the daemon runs with.
+type ReloadRequest struct {
+	Config string `json:"config,omitempty"`
+}
+
+// ReloadResult is what a reload (the request or SIGHUP) applied and what
+// waits for a restart.
+type ReloadResult struct {
+	// Applied describes each change that took effect, e.g. "2 allow
+	// rules" or "certificate h1 (/etc/meshd/host.crt), valid until ...".
+	Applied []string `json:"applied"`
+	// Restart lists the changed keys that take effect only at the next
+	// start, e.g. "segments[1].cidr"; their running values stay.
+	Restart []string `json:"restart"`
 }
 
 // Site is one other site as this host reaches it.
@@ -90,6 +178,8 @@ type Node struct {
 	Site     string `json:"site"`
 	Gateway  bool   `json:"gateway"`
 	Draining bool   `json:"draining,omitempty"`
+	// DrainReason says why a draining gateway drains.
+	DrainReason string `json:"drain_reason,omitempty"`
 	// NAT is a gateway without a public address; Observed is where the
 	// public gateways see its tunnels come from.
 	NAT      bool   `json:"nat,omitempty"`
@@ -123,6 +213,9 @@ type Peer struct {
 	// that differs from what it announced: a NAT's mapping, or a gateway
 	// behind NAT that announced none.
 	LearnedEndpoint string `json:"learned_endpoint,omitempty"`
+	// Idle is a peer without keepalives that nothing was sent to for 3
+	// minutes: its session may have lapsed, and that is fine.
+	Idle bool `json:"idle,omitempty"`
 	// HandshakeAgeSeconds is -1 when no handshake has completed yet.
 	HandshakeAgeSeconds float64 `json:"handshake_age_seconds"`
 	RxBytes             int64   `json:"rx_bytes"`

@@ -13,6 +13,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/segment"
 )
 
 // announcer is this host's identity as the cluster sees it: its node
@@ -21,7 +22,6 @@ import (
 // and, on a gateway, one for the WAN pool. The loop changes it (claims,
 // key rotation, draining, NAT paths); status reads it, hence the mutex.
 type announcer struct {
-	id config.Identity
 	// endpoint is the WireGuard endpoint announced to the site, and
 	// wanEndpoint the one announced to other sites (invalid behind NAT).
 	endpoint, wanEndpoint netip.AddrPort
@@ -34,6 +34,9 @@ type announcer struct {
 	mu  sync.Mutex
 	key wgtypes.Key
 	me  mesh.Local
+	// id signs the announcements; a reload may replace it (a renewed
+	// certificate, the CA turned on or off).
+	id config.Identity
 	// observed is the endpoint public gateways see this NATed gateway's
 	// tunnels come from.
 	observed netip.AddrPort
@@ -44,6 +47,18 @@ type announcer struct {
 	// stale is set when an announcement failed to go out; the loop
 	// retries it, so peers never stay on an old key.
 	stale bool
+}
+
+// reportSigner signs gateway reports with the host's certified key; nil
+// without a CA.
+func (a *announcer) reportSigner() func([]byte) []byte {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.id.Enabled() {
+		return nil
+	}
+	key := a.id.Key
+	return func(p []byte) []byte { return identity.SignPayload(key, p) }
 }
 
 func newAnnouncer(cfg *config.Config, key wgtypes.Key, endpoint netip.AddrPort) *announcer {
@@ -66,6 +81,22 @@ func (a *announcer) privateKey() wgtypes.Key {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.key
+}
+
+// identity is the certificate and key announcements are signed with.
+func (a *announcer) identity() config.Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+// setIdentity signs with id from the next announcement on and verifies
+// others against its CA and mode; the caller publishes.
+func (a *announcer) setIdentity(id config.Identity) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.id = id
+	a.me.CA, a.me.AcceptUnsigned = id.CA, id.Mode == config.TrustTransitional
 }
 
 // setSegments replaces the claimed slices.
@@ -119,7 +150,7 @@ func MeshAddr(l mesh.Local) netip.Addr {
 	if !best.IsValid() {
 		return netip.Addr{}
 	}
-	last := lastAddr(best)
+	last := segment.LastAddr(best)
 	if best.Addr().Is4() {
 		return last.Prev() // the last one is the broadcast address
 	}
@@ -229,7 +260,7 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		Name: cfg.NodeName, PublicKey: pub, Link: cfg.WireGuard.Interface,
 		TableBase: cfg.Routing.TableBase, RulePriority: cfg.Routing.RulePriority,
 		Keepalive: time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second,
-		CA:        cfg.Identity.CA,
+		CA:        cfg.Identity.CA, AcceptUnsigned: cfg.Identity.Mode == config.TrustTransitional,
 	}
 	if cfg.Site.Multi() {
 		l.Site, l.Gateway = cfg.Site.Name, cfg.Site.Gateway
@@ -239,14 +270,4 @@ func localNode(cfg *config.Config, pub wgtypes.Key) mesh.Local {
 		l.Segments = append(l.Segments, mesh.LocalSegment{Name: s.Name, CIDR: s.CIDR, Subnet: s.Subnet, Block: s.SiteBlock})
 	}
 	return l
-}
-
-// lastAddr is the highest address inside p.
-func lastAddr(p netip.Prefix) netip.Addr {
-	b := p.Masked().Addr().AsSlice()
-	for i := p.Bits(); i < len(b)*8; i++ {
-		b[i/8] |= 1 << (7 - i%8)
-	}
-	a, _ := netip.AddrFromSlice(b)
-	return a
 }

@@ -7,13 +7,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
-
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/mesh"
 )
 
 // api is the control socket's write side: each handler validates its
@@ -32,24 +34,41 @@ func (a *api) register(s *control.Server) {
 }
 
 func (a *api) reload(w http.ResponseWriter, r *http.Request) {
-	if err := a.d.onLoop(r, a.d.reload); err != nil {
+	var req control.ReloadRequest
+	// An empty body is a client that names no file (--socket alone).
+	if body, _ := io.ReadAll(io.LimitReader(r.Body, 4096)); len(body) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			writeError(w, fmt.Errorf("%w: reload request is not JSON: %v", errBadRequest, err))
+			return
+		}
+	}
+	if err := a.d.checkReloadPath(req.Config); err != nil {
 		writeError(w, err)
 		return
 	}
-	w.Write([]byte("reloaded\n"))
+	answerFromLoop(a.d, w, r, a.d.reload)
 }
 
 func (a *api) rotateKey(w http.ResponseWriter, r *http.Request) {
-	var pub wgtypes.Key
-	err := a.d.onLoop(r, func() (err error) {
-		pub, err = a.d.rotateKey()
+	answerFromLoop(a.d, w, r, func() (map[string]string, error) {
+		pub, err := a.d.rotateKey()
+		return map[string]string{"public_key": pub.String(), "fingerprint": crypto.Fingerprint(pub)}, err
+	})
+}
+
+// answerFromLoop runs fn on the loop and answers with its result as JSON,
+// or with its error.
+func answerFromLoop[T any](d *Daemon, w http.ResponseWriter, r *http.Request, fn func() (T, error)) {
+	var out T
+	err := d.onLoop(r, func() (err error) {
+		out, err = fn()
 		return err
 	})
 	if err != nil {
 		writeError(w, err)
 		return
 	}
-	json.NewEncoder(w).Encode(map[string]string{"public_key": pub.String(), "fingerprint": crypto.Fingerprint(pub)})
+	json.NewEncoder(w).Encode(out)
 }
 
 // gossipKey runs a serf keyring operation across the whole cluster. It
@@ -71,16 +90,47 @@ func (a *api) gossipKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	resp, err := a.d.members.KeyringOp(op, key)
+	out := control.KeyringAnswer{Response: fingerprinted(resp), Absent: a.absentMembers()}
 	if err != nil {
-		a.d.log.Warn("gossip keyring operation incomplete", "op", op, "err", err)
+		out.Error = err.Error()
+	}
+	if err != nil || len(out.Absent) > 0 {
+		a.d.log.Warn("gossip keyring operation incomplete", "op", op, "err", err, "absent", out.Absent)
 	} else {
 		a.d.log.Info("gossip keyring operation done", "op", op)
 	}
-	out := map[string]any{"response": resp}
-	if err != nil {
-		out["error"] = err.Error()
-	}
 	json.NewEncoder(w).Encode(out)
+}
+
+// absentMembers are the members serf knows but did not ask: a keyring
+// operation only reaches live members, and a host that misses a rotation
+// is locked out once its keys are removed.
+func (a *api) absentMembers() []control.Member {
+	var out []control.Member
+	for _, m := range a.d.members.Members() {
+		if m.Status != mesh.StatusAlive {
+			out = append(out, control.Member{Name: m.Name, State: string(m.Status)})
+		}
+	}
+	slices.SortFunc(out, func(x, y control.Member) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+// fingerprinted replaces the keys of serf's answer with their
+// fingerprints: the answer leaves the daemon, the keys need not.
+func fingerprinted(r *cluster.KeyResponse) *control.KeyringResponse {
+	if r == nil {
+		return nil
+	}
+	out := &control.KeyringResponse{Messages: r.Messages, NumNodes: r.NumNodes, NumResp: r.NumResp, NumErr: r.NumErr,
+		Keys: map[string]int{}, PrimaryKeys: map[string]int{}}
+	for k, n := range r.Keys {
+		out.Keys[cluster.KeyFingerprint(k)] = n
+	}
+	for k, n := range r.PrimaryKeys {
+		out.PrimaryKeys[cluster.KeyFingerprint(k)] = n
+	}
+	return out
 }
 
 // request is work for the loop.

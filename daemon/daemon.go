@@ -32,6 +32,9 @@ type Options struct {
 	// Reload re-reads the configuration (SIGHUP, `meshd reload`); nil
 	// disables reloading.
 	Reload func() (*config.Config, error)
+	// ConfigPath is the file Reload reads, so that a reload asked for
+	// with another file is refused; "" skips that check.
+	ConfigPath string
 	// Hangup delivers SIGHUP.
 	Hangup <-chan struct{}
 }
@@ -65,6 +68,13 @@ type Daemon struct {
 	// of its WAN tunnels (see paths for who owns what).
 	directory *directory
 	paths     *paths
+	// prober is a probing host's record of its site's gateways, ejector
+	// a gateway's of the reports naming it (see probe.go).
+	prober  *prober
+	ejector *ejector
+	inbox   *inbox
+	// probeErrOnce logs the first probe that could not be sent at all.
+	probeErrOnce sync.Once
 
 	// Set by Start.
 	under    Underlay
@@ -85,6 +95,9 @@ type Daemon struct {
 	keepaliveTimer *time.Timer
 	// healthTicks is the loop's count of health checks.
 	healthTicks int
+	// expiryWarned is the loop's count of certificate expiry thresholds
+	// (see expiryThresholds) already logged for the certificate in use.
+	expiryWarned int
 	// guarded is the loop's record of the slices the applied allow-list
 	// lets through its no-plaintext guard.
 	guarded []netip.Prefix
@@ -110,6 +123,8 @@ type Daemon struct {
 	reconciles int
 	failovers  int
 	lastErr    error
+	// drainWhy says why this gateway drains ("" when it does not).
+	drainWhy string
 	// missing names what a health check found gone and not yet put
 	// back; status --check fails while it is not empty.
 	missing map[string]string
@@ -131,7 +146,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true,
+		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 
@@ -209,6 +224,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.startWatchers(ctx)
+	if cfg.Site.Multi() && !cfg.Site.Gateway {
+		d.startProbes(ctx)
+	}
 	if err := d.startControl(ctx, cfg); err != nil {
 		return err
 	}
@@ -284,7 +302,7 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 		AdvertiseAddr: d.under.Advertise, GossipKey: cfg.Cluster.GossipKey, KeyringFile: cfg.Cluster.GossipKeyring, Tags: tags,
 		SnapshotPath: filepath.Join(cfg.DataDir, "serf.snapshot"), Join: cfg.Cluster.Join,
 		Profile: string(cfg.Cluster.Profile), ProbeInterval: cfg.Cluster.ProbeInterval,
-		Log: d.log, OnEvent: d.directory.receive,
+		Log: d.log, OnEvent: d.onSiteEvent,
 	}, d.Kick)
 	if err != nil {
 		return err

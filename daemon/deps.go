@@ -116,4 +116,7 @@ type System struct {
 	// ContainerDataplane creates bridges and veths for the Docker
 	// driver; only asked for when docker_plugin_socket is set.
 	ContainerDataplane func() (cnm.Dataplane, io.Closer, error)
+	// Echo sends one ICMP echo from src to dst through whatever the
+	// routes say, and waits for the reply until ctx ends.
+	Echo func(ctx context.Context, src, dst netip.Addr) error
 }

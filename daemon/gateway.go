@@ -62,19 +62,34 @@ func (d *Daemon) firstGateway(members []mesh.Member) bool {
 }
 
 // updatePaths, on a gateway, announces what it learnt of its WAN paths:
-// draining while it cannot forward, where it is seen from behind NAT, and
-// the sites whose direct tunnel never came up.
+// draining while it cannot forward (IP forwarding off, or its site's
+// probes found it forwarding nothing), where it is seen from behind NAT,
+// and the sites whose direct tunnel never came up.
 func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 	if !local.Gateway {
 		return nil
 	}
-	noDirect := d.paths.updateNoDirect(st, local.NAT, time.Now())
+	now := time.Now()
+	d.takeReports(st, local, now)
+	if d.ejector.decide(local.Name, st.Probers, st.Gateways, now) {
+		_, by, until := d.ejector.ejected(now)
+		d.log.Warn("the site's probes find no forwarding through this gateway; draining so the site's traffic takes another gateway",
+			"reported_by", by, "for", until.Sub(now).Round(time.Second))
+	}
+	if by := d.ejector.takeDeclined(); by != "" {
+		d.log.Warn("the site's probes find no forwarding through this gateway, but no other gateway could take its traffic; not draining", "reported_by", by)
+	}
+	why := d.drainReason(now)
+	d.mu.Lock()
+	d.drainWhy = why
+	d.mu.Unlock()
+	noDirect := d.paths.updateNoDirect(st, local.NAT, now)
 	observed, symmetric := d.paths.observedEndpoint()
-	if !d.ann.setPaths(!d.forwarding, observed, symmetric, noDirect) {
+	if !d.ann.setPaths(why != "", observed, symmetric, noDirect) {
 		return nil
 	}
 	a := d.ann.local()
-	d.log.Warn("gateway paths changed; announcing them", "draining", a.Draining, "observed", observed, "symmetric_nat", symmetric, "relayed", a.NoDirect)
+	d.log.Warn("gateway paths changed; announcing them", "draining", a.Draining, "why", why, "observed", observed, "symmetric_nat", symmetric, "relayed", a.NoDirect)
 	if err := d.ann.publish(); err != nil {
 		return err
 	}
@@ -82,14 +97,13 @@ func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 	return nil
 }
 
-// drainingChanged runs updatePaths outside a pass when only forwarding
-// changed; it reports whether a pass is due anyway.
-func (d *Daemon) drainingChanged() bool {
+// drainingChanged asks for a pass (whose updatePaths announces it) when
+// whether this gateway should drain no longer matches what it announced.
+func (d *Daemon) drainingChanged() {
 	l := d.ann.local()
-	if l.Gateway && l.Draining == d.forwarding {
+	if l.Gateway && l.Draining != (d.drainReason(time.Now()) != "") {
 		d.Kick()
 	}
-	return false
 }
 
 // checkForwarding reads the kernel's forwarding switches. Off, the host
@@ -124,11 +138,11 @@ func (d *Daemon) askWhoamiIfDue() {
 	}
 	wan, key := d.wan, l.PublicKey
 	go func() {
-		ep, symmetric, err := askWhoami(wan, key)
+		ep, symmetric, answered, err := askWhoami(wan, key)
 		if err != nil || !ep.IsValid() {
 			return
 		}
-		if d.paths.setObserved(ep, symmetric) {
+		if d.paths.setObserved(ep, symmetric, answered) {
 			d.Kick()
 		}
 	}()

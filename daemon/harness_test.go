@@ -48,6 +48,15 @@ type testHost struct {
 	addr netip.Addr
 	// wanTr is a gateway's transport in the WAN pool, on its own network.
 	wanTr *clustertest.Transport
+	// wanUpdates counts the gateway's announcements in the WAN pool.
+	wanUpdates int
+	// wanPool is the gateway's WAN membership while a daemon runs.
+	wanPool *recordingCluster
+	// tune sets the gossip's transport and timers; nil is fastGossip.
+	tune func(memberlist.Transport) func(*serf.Config)
+	// echo answers the daemon's gateway probes; nil fails them all, as a
+	// host without routes would.
+	echo func(src, dst netip.Addr) error
 
 	nl  *routestest.Fake
 	nft *policytest.Conn
@@ -245,13 +254,28 @@ func (h *testHost) system() System {
 				h.record("join")
 			}
 			mc.Tune = fastGossip(tr)
+			if h.tune != nil {
+				mc.Tune = h.tune(tr)
+			}
 			m, err := cluster.Join(mc, kick)
 			if err != nil {
 				return nil, err
 			}
-			return &recordingCluster{Membership: m, h: h}, nil
+			rc := &recordingCluster{Membership: m, h: h, wan: tr == h.wanTr}
+			if rc.wan {
+				h.mu.Lock()
+				h.wanPool = rc
+				h.mu.Unlock()
+			}
+			return rc, nil
 		},
 		ConfigWriter: func(dir string) ConfigWriter { return cni.NewWriter(dir) },
+		Echo: func(ctx context.Context, src, dst netip.Addr) error {
+			if h.echo == nil {
+				return errors.New("no route")
+			}
+			return h.echo(src, dst)
+		},
 	}
 }
 
@@ -284,6 +308,31 @@ func (e *recordingEnforcer) Flush() error {
 type recordingCluster struct {
 	*cluster.Membership
 	h *testHost
+	// wan marks the WAN pool, whose tag updates the host counts.
+	wan bool
+}
+
+// SetTags counts the WAN pool's announcements: a site's churn must not
+// cause any.
+func (c *recordingCluster) SetTags(tags map[string]string) error {
+	if c.wan {
+		c.h.mu.Lock()
+		c.h.wanUpdates++
+		c.h.mu.Unlock()
+	}
+	return c.Membership.SetTags(tags)
+}
+
+func (h *testHost) wan() *recordingCluster {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wanPool
+}
+
+func (h *testHost) wanAnnouncements() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.wanUpdates
 }
 
 func (c *recordingCluster) Leave() error {

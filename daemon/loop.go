@@ -72,7 +72,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				continue
 			}
 		case <-d.opts.Hangup:
-			if err := d.reload(); err != nil {
+			if _, err := d.reload(); err != nil {
 				d.log.Error("reload failed; keeping the running configuration", "err", err)
 			}
 			continue
@@ -196,14 +196,20 @@ func (d *Daemon) checkHealth() (repairDue bool) {
 		missing["nftables"] = err.Error()
 	}
 	d.checkForwarding(missing)
+	d.drainingChanged() // forwarding, or an ejection that ended
+	if at := d.paths.decideAt; !at.IsZero() && time.Now().After(at) {
+		d.paths.decideAt = time.Time{}
+		d.Kick() // a direct NAT-to-NAT tunnel's time to come up is over
+	}
 	d.askWhoamiIfDue()
+	d.warnExpiry(time.Now())
 	d.mu.Lock()
 	d.missing = missing
 	d.mu.Unlock()
 	if _, off := missing["ip-forwarding"]; off && len(missing) == 1 {
 		// Nothing meshd can put back: it is reported, and a gateway
 		// drains, but it takes no repairing pass.
-		return d.drainingChanged()
+		return false
 	}
 	if len(missing) == 0 {
 		return false
@@ -346,6 +352,17 @@ func (d *Daemon) logRejections(prev, st *mesh.State) {
 		}
 		d.log.Warn("announcement rejected", "member", r.Member, "reason", r.Reason)
 	}
+}
+
+// startProbes runs the gateway probes (probe.go) until Close.
+func (d *Daemon) startProbes(ctx context.Context) {
+	pctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	d.undo("gateway probes", func() error { stop(); <-done; return nil })
+	go func() {
+		defer close(done)
+		d.probeLoop(pctx)
+	}()
 }
 
 // startWatchers restores routes and rules someone else deletes,

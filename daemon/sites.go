@@ -31,9 +31,13 @@ const (
 	// gateway's tunnels come from (its NAT mapping).
 	queryWhoami = "meshd-whoami"
 	// directoryRefresh is how often the site's first gateway repeats every
-	// WAN announcement into its site pool, so a host that missed one (or
-	// joined since) has it within this time; a change goes out at once.
-	directoryRefresh = 20 * time.Second
+	// WAN announcement into its site pool, so a host that missed one has it
+	// within this time. A change goes out at once, a newcomer to the site
+	// gets everything at once, and serf's push/pull repairs most lost
+	// broadcasts, so this is a safety net, kept rare: each refresh costs
+	// every member of the site about sites x 500 bytes x serf's
+	// retransmissions (measured in TestSitesAtScale).
+	directoryRefresh = 2 * time.Minute
 	// directoryTTL forgets a relayed announcement no gateway repeated.
 	directoryTTL = 3 * directoryRefresh
 	// directTimeout is how long two gateways behind NAT try a direct
@@ -228,20 +232,34 @@ type paths struct {
 	// WAN peer (the loop's).
 	configured map[string]time.Time
 	noDirect   []string
+	// decideAt is when the loop must look again at a direct tunnel still
+	// waiting for its first handshake (the loop's; zero when none waits):
+	// passes follow events, and none may come when the deadline passes.
+	decideAt time.Time
 	// lastAsk and observed belong to whoever holds mu: the loop starts a
 	// whoami query, a goroutine stores its answer.
 	lastAsk   time.Time
 	observed  netip.AddrPort
 	symmetric bool
+	// answers is how many public gateways answered the last query, and
+	// firstAsk when the first query went out.
+	answers  int
+	firstAsk time.Time
 }
 
 // askDue reports whether a whoami query is due, and notes that one is
-// starting: soon while nothing is known, then every whoamiEvery.
+// starting: soon while nothing is known, and while fewer than two public
+// gateways answered during the first minute (a symmetric NAT only shows
+// as two gateways seeing different ports, and a public gateway whose
+// tunnel is not up yet has nothing to say); then every whoamiEvery.
 func (p *paths) askDue(now time.Time) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.firstAsk.IsZero() {
+		p.firstAsk = now
+	}
 	every := whoamiEvery
-	if !p.observed.IsValid() {
+	if !p.observed.IsValid() || (p.answers < 2 && now.Sub(p.firstAsk) < time.Minute) {
 		every = 3 * time.Second
 	}
 	if now.Sub(p.lastAsk) < every {
@@ -251,9 +269,16 @@ func (p *paths) askDue(now time.Time) bool {
 	return true
 }
 
-func (p *paths) setObserved(ep netip.AddrPort, symmetric bool) (changed bool) {
+// setObserved stores a whoami answer. Whether the NAT is symmetric only
+// changes on two answers or more: one gateway alone (the others' tunnels
+// down for a moment) cannot show that its mapping differs from theirs.
+func (p *paths) setObserved(ep netip.AddrPort, symmetric bool, answers int) (changed bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.answers = answers
+	if answers < 2 {
+		symmetric = p.symmetric
+	}
 	changed = p.observed != ep || p.symmetric != symmetric
 	p.observed, p.symmetric = ep, symmetric
 	return changed
@@ -268,6 +293,11 @@ func (p *paths) observedEndpoint() (netip.AddrPort, bool) {
 type peerSeen struct {
 	endpoint  netip.AddrPort
 	handshake time.Time
+	// tx is the bytes sent to the peer, and txAt when that last grew:
+	// without keepalives an idle tunnel has no handshake to show, and
+	// only a peer meshd is trying to send to needs one.
+	tx   int64
+	txAt time.Time
 }
 
 func newPaths() *paths {
@@ -276,9 +306,16 @@ func newPaths() *paths {
 
 // observe stores the device's view of its peers.
 func (p *paths) observe(dev *wgtypes.Device) {
+	now := time.Now()
+	p.mu.Lock()
+	old := p.endpoints
+	p.mu.Unlock()
 	seen := make(map[wgtypes.Key]peerSeen, len(dev.Peers))
 	for _, peer := range dev.Peers {
-		ps := peerSeen{handshake: peer.LastHandshakeTime}
+		ps := peerSeen{handshake: peer.LastHandshakeTime, tx: peer.TransmitBytes, txAt: now}
+		if prev, ok := old[peer.PublicKey]; ok && prev.tx == peer.TransmitBytes {
+			ps.txAt = prev.txAt
+		}
 		if peer.Endpoint != nil {
 			ap := peer.Endpoint.AddrPort()
 			ps.endpoint = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
@@ -310,6 +347,15 @@ func (p *paths) answerWhoami(name string, payload []byte) []byte {
 	return []byte(ps.endpoint.String())
 }
 
+// sentSince reports whether anything was sent to key since t (as far as
+// the last device reads tell).
+func (p *paths) sentSince(key wgtypes.Key, t time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ps, ok := p.endpoints[key]
+	return !ok || ps.txAt.After(t)
+}
+
 // handshakeAt is when the device last completed a handshake with key.
 func (p *paths) handshakeAt(key wgtypes.Key) time.Time {
 	p.mu.Lock()
@@ -322,6 +368,7 @@ func (p *paths) handshakeAt(key wgtypes.Key) time.Time {
 // relayed until the daemon restarts: retrying a path both NATs already
 // refused would only break the working relay now and then.
 func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []string {
+	p.decideAt = time.Time{}
 	live := map[string]bool{}
 	for _, peer := range st.Peers {
 		// Only where both ends sit behind NAT can a direct tunnel fail
@@ -333,12 +380,19 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 		live[peer.Name] = true
 		first, ok := p.configured[peer.Name]
 		if !ok {
+			first = now
 			p.configured[peer.Name] = now
-			continue
 		}
-		if now.Sub(first) > directTimeout && p.handshakeAt(peer.PublicKey).Before(first) {
+		if !p.handshakeAt(peer.PublicKey).Before(first) {
+			continue // the direct tunnel came up
+		}
+		if now.Sub(first) > directTimeout {
 			p.noDirect = append(p.noDirect, peer.Site)
 			slices.Sort(p.noDirect)
+			continue
+		}
+		if due := first.Add(directTimeout + time.Millisecond); p.decideAt.IsZero() || due.Before(p.decideAt) {
+			p.decideAt = due
 		}
 	}
 	maps.DeleteFunc(p.configured, func(name string, _ time.Time) bool { return !live[name] })
@@ -349,15 +403,16 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 // tunnels come from, and keeps the answer most of them gave. Answers that
 // disagree on the port mean a symmetric NAT: a new mapping for every
 // destination, which no hole punching gets through.
-func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, err error) {
+func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric bool, answered int, err error) {
 	answers, err := wan.Ask(queryWhoami, []byte(key.String()), map[string]string{"r": "^g$"}, 3*time.Second)
 	if err != nil {
-		return netip.AddrPort{}, false, err
+		return netip.AddrPort{}, false, 0, err
 	}
 	votes := map[netip.AddrPort]int{}
 	for _, a := range answers {
 		if ap, err := netip.ParseAddrPort(string(a.Payload)); err == nil {
 			votes[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())]++
+			answered++
 		}
 	}
 	for ap, n := range votes {
@@ -365,5 +420,5 @@ func askWhoami(wan Cluster, key wgtypes.Key) (best netip.AddrPort, symmetric boo
 			best = ap
 		}
 	}
-	return best, len(votes) > 1, nil
+	return best, len(votes) > 1, answered, nil
 }

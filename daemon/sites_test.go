@@ -4,12 +4,17 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/clustertest"
 	"github.com/meshd/meshd/mesh"
 )
@@ -107,7 +112,8 @@ func (ts *twoSites) peersOf(name string) map[string][]string {
 	dev, _ := d.Client.Device("mesh0")
 	for _, p := range dev.Peers {
 		for o, oh := range ts.hosts {
-			if oh.publicKey() == p.PublicKey {
+			k, err := crypto.LoadPrivateKey(filepath.Join(oh.dir, "data", crypto.KeyFileName))
+			if err == nil && k.PublicKey() == p.PublicKey {
 				var ips []string
 				for _, n := range p.AllowedIPs {
 					ips = append(ips, n.String())
@@ -181,4 +187,193 @@ func TestTwoSites(t *testing.T) {
 		})
 		t.Logf("failover in %s", took.Round(time.Millisecond))
 	})
+}
+
+// The WAN pool carries sites, not hosts: a host joining or leaving a site
+// makes no gateway announce anything there, and the WAN pool's members
+// stay what they were.
+func TestSiteChurnCausesNoWANUpdate(t *testing.T) {
+	ts := newTwoSites(t)
+	for _, n := range []string{"a1", "a2", "a3", "b1"} {
+		startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	eventually(t, 20*time.Second, "a2 reaches site b", func() error {
+		for _, ips := range ts.peersOf("a2") {
+			if slices.Contains(ips, "10.42.16.0/20") {
+				return nil
+			}
+		}
+		return errors.New("no peer carries site b's block")
+	})
+	time.Sleep(time.Second) // let the gateways' start-up announcements settle
+	before := map[string]int{}
+	for _, g := range []string{"a1", "a3", "b1"} {
+		before[g] = ts.hosts[g].wanAnnouncements()
+	}
+	// b2 joins site b, and site b's gateway relays the other sites to it.
+	r := startDaemon(t, ts.hosts["b2"], ts.config("b2"), Options{})
+	eventually(t, 20*time.Second, "b2 reaches site a through b1", func() error {
+		return expectPeers(ts, "b2", map[string][]string{"b1": {"10.42.0.0/20", "10.42.17.0/24"}})
+	})
+	r.stop(t)
+	eventually(t, 10*time.Second, "b1 drops b2", func() error {
+		return expectPeers(ts, "b1", map[string][]string{mesh.Assign("a|b", []string{"a1", "a3"}): {"10.42.0.0/20"}})
+	})
+	for g, n := range before {
+		if got := ts.hosts[g].wanAnnouncements(); got != n {
+			t.Errorf("%s announced %d times in the WAN pool while a host joined and left site b", g, got-n)
+		}
+	}
+}
+
+// dataPlane plays the packets of a gateway probe over the fake devices of
+// a twoSites cluster: each hop sends to the peer whose AllowedIPs hold the
+// destination (longest prefix, as WireGuard does), and every host on the
+// way but the last must forward.
+type dataPlane struct {
+	ts     *twoSites
+	mu     sync.Mutex
+	broken map[string]bool
+}
+
+func (dp *dataPlane) meshAddr(name string) netip.Addr {
+	return netip.AddrFrom4([4]byte{10, 42, byte(dp.ts.slice[name]), 254})
+}
+
+func (dp *dataPlane) setBroken(name string, broken bool) {
+	dp.mu.Lock()
+	defer dp.mu.Unlock()
+	dp.broken[name] = broken
+}
+
+func (dp *dataPlane) nextHop(from string, dst netip.Addr) string {
+	d := dp.ts.hosts[from].link("mesh0")
+	if d == nil {
+		return ""
+	}
+	dev, err := d.Client.Device("mesh0")
+	if err != nil {
+		return ""
+	}
+	best, bestBits := wgtypes.Key{}, -1
+	for _, p := range dev.Peers {
+		for _, n := range p.AllowedIPs {
+			ones, _ := n.Mask.Size()
+			if n.Contains(dst.AsSlice()) && ones > bestBits {
+				best, bestBits = p.PublicKey, ones
+			}
+		}
+	}
+	if bestBits < 0 {
+		return ""
+	}
+	for name, h := range dp.ts.hosts {
+		if k, err := crypto.LoadPrivateKey(filepath.Join(h.dir, "data", crypto.KeyFileName)); err == nil && k.PublicKey() == best {
+			return name
+		}
+	}
+	return ""
+}
+
+func (dp *dataPlane) deliver(from string, dst netip.Addr) error {
+	cur := from
+	for range 4 {
+		next := dp.nextHop(cur, dst)
+		switch {
+		case next == "":
+			return fmt.Errorf("%s has no route to %s", cur, dst)
+		case dp.meshAddr(next) == dst:
+			return nil
+		}
+		dp.mu.Lock()
+		broken := dp.broken[next]
+		dp.mu.Unlock()
+		if broken {
+			return fmt.Errorf("%s does not forward", next)
+		}
+		cur = next
+	}
+	return fmt.Errorf("%s: no path to %s within 4 hops", from, dst)
+}
+
+// echo is the probe of host from: the request and the reply must both
+// arrive.
+func (dp *dataPlane) echo(from string) func(src, dst netip.Addr) error {
+	return func(src, dst netip.Addr) error {
+		if err := dp.deliver(from, dst); err != nil {
+			return err
+		}
+		for name := range dp.ts.hosts {
+			if dp.meshAddr(name) == dst {
+				return dp.deliver(name, src)
+			}
+		}
+		return errors.New("nobody holds " + dst.String())
+	}
+}
+
+// A gateway that stays alive in gossip but stops forwarding (as after a
+// firewall reload) is found by the probes of its site's plain host and
+// drains: both ends move the pair to the other gateway. Once its ejection
+// ends it carries the pair again, is probed again, and stays.
+func TestGatewayThatStopsForwardingIsBypassed(t *testing.T) {
+	ts := newTwoSites(t)
+	dp := &dataPlane{ts: ts, broken: map[string]bool{}}
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		ts.hosts[n].echo = dp.echo(n)
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	pairA := mesh.Assign("a|b", []string{"a1", "a3"})
+	other := map[string]string{"a1": "a3", "a3": "a1"}[pairA]
+	servedBy := func(gw string) func() error {
+		return func() error {
+			return errors.Join(
+				expectPeers(ts, "a2", map[string][]string{gw: {fmt.Sprintf("10.42.%d.0/24", ts.slice[gw]), "10.42.16.0/20"},
+					map[string]string{"a1": "a3", "a3": "a1"}[gw]: {fmt.Sprintf("10.42.%d.0/24", ts.slice[map[string]string{"a1": "a3", "a3": "a1"}[gw]])}}),
+				expectPeers(ts, "b1", map[string][]string{"b2": {"10.42.18.0/24"}, gw: {"10.42.0.0/20"}}),
+			)
+		}
+	}
+	eventually(t, 20*time.Second, "site b served by "+pairA, servedBy(pairA))
+	// Probes run and find it forwarding.
+	eventually(t, 10*time.Second, "a2 probes both gateways", func() error {
+		st := run["a2"].d.Status()
+		if len(st.Probes) == 0 {
+			return fmt.Errorf("a2 probes nothing")
+		}
+		for _, p := range st.Probes {
+			if p.Failing > 0 || p.Reported {
+				return fmt.Errorf("a2 sees %+v before anything broke", p)
+			}
+		}
+		return nil
+	})
+
+	dp.setBroken(pairA, true)
+	took := eventually(t, 15*time.Second, "site b moved to "+other, servedBy(other))
+	t.Logf("a gateway that stopped forwarding was bypassed in %s", took.Round(time.Millisecond))
+	st := run[pairA].d.Status()
+	if !st.Node.Draining || !strings.Contains(st.Node.DrainReason, "probes by a2") || st.Ejections != 1 {
+		t.Errorf("%s: draining %v (%q), %d ejections; want draining on a2's report, 1 ejection", pairA, st.Node.Draining, st.Node.DrainReason, st.Ejections)
+	}
+	if st := run["a2"].d.Status(); st.ProbeReports != 1 {
+		t.Errorf("a2 made %d reports, want 1", st.ProbeReports)
+	}
+
+	// Fixed while ejected: it comes back after the ejection, and the
+	// report is withdrawn once probes cross it again.
+	dp.setBroken(pairA, false)
+	eventually(t, ejectBase+15*time.Second, "site b back on "+pairA, servedBy(pairA))
+	eventually(t, 15*time.Second, "a2 finds "+pairA+" forwarding again", func() error {
+		for _, p := range run["a2"].d.Status().Probes {
+			if p.Gateway == pairA && p.Failing == 0 && !p.Reported {
+				return nil
+			}
+		}
+		return fmt.Errorf("a2's probes: %+v", run["a2"].d.Status().Probes)
+	})
+	if st := run[pairA].d.Status(); st.Node.Draining || st.Ejections != 1 {
+		t.Errorf("%s after the fix: draining %v, %d ejections", pairA, st.Node.Draining, st.Ejections)
+	}
 }

@@ -19,14 +19,20 @@ import (
 // counters; everything else is the reconciler's last result.
 func (d *Daemon) Status() control.Status {
 	d.mu.Lock()
-	st, members, reconciles, lastErr, failovers := d.state, d.lastSeen, d.reconciles, d.lastErr, d.failovers
+	st, members, reconciles, lastErr, failovers, drainWhy := d.state, d.lastSeen, d.reconciles, d.lastErr, d.failovers, d.drainWhy
 	missing := d.missing
 	cfg, dev := d.cfg, d.dev
 	d.mu.Unlock()
 	local := d.ann.local()
 
 	out := control.Status{Node: d.nodeStatus(cfg, dev, local), Reconciles: reconciles, Peers: []control.Peer{}, Rejected: []control.Rejection{},
-		Repairs: d.repairs.snapshot(), Failovers: failovers}
+		Repairs: d.repairs.snapshot(), Failovers: failovers, Ejections: d.ejector.ejections()}
+	if out.Node.Draining {
+		out.Node.DrainReason = drainWhy
+	}
+	if st != nil {
+		out.Probes, out.ProbeReports = d.prober.status(st.Probes, time.Now())
+	}
 	for _, what := range sortedKeys(missing) {
 		out.Missing = append(out.Missing, what+": "+missing[what])
 	}
@@ -48,6 +54,7 @@ func (d *Daemon) Status() control.Status {
 		if st != nil {
 			if p, ok := st.PeerByName(m.Name); ok {
 				fillPeer(&ps, p, live[p.PublicKey], now)
+				ps.Idle = p.Keepalive == 0 && !d.paths.sentSince(p.PublicKey, now.Add(-idleAfter))
 			}
 		}
 		out.Peers = append(out.Peers, ps)
@@ -59,6 +66,7 @@ func (d *Daemon) Status() control.Status {
 	} else if out.LastError == "" {
 		out.LastError = "read policy counters: " + err.Error()
 	}
+	out.Identity = d.identityStatus(st, now)
 	slices.SortFunc(out.Peers, func(a, b control.Peer) int { return strings.Compare(a.Name, b.Name) })
 	if st != nil {
 		for _, r := range st.Rejected {
@@ -75,6 +83,10 @@ func (d *Daemon) Status() control.Status {
 	}
 	return out
 }
+
+// idleAfter is how long a peer without keepalives may go without traffic
+// before a missing handshake stops counting against health.
+const idleAfter = 3 * time.Minute
 
 // wanPeers lists the gateways of other sites this gateway has tunnels
 // to; the site's members are listed from the site pool.

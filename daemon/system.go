@@ -22,6 +22,7 @@ import (
 	"github.com/meshd/meshd/cnm"
 	"github.com/meshd/meshd/internal/bounded"
 	"github.com/meshd/meshd/policy"
+	"github.com/meshd/meshd/probe"
 	"github.com/meshd/meshd/routes"
 	"github.com/meshd/meshd/wgdev"
 )
@@ -55,6 +56,7 @@ func HostSystem() System {
 			}
 			return cnm.NewNetlink(h), closerFunc(h.Close), nil
 		},
+		Echo: probe.Echo,
 	}
 }
 

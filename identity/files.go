@@ -3,6 +3,8 @@ package identity
 import (
 	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -18,16 +20,33 @@ import (
 // it; like crypto.KeyError it is a configuration problem, not a crash.
 type FileError = fileio.Error
 
-// LoadHost reads a host's certificate and key and checks they belong
-// together. It does not verify the certificate against a CA.
-func LoadHost(certFile, keyFile string) (*Cert, ed25519.PrivateKey, error) {
-	raw, err := readPEM(certFile, pemHostCert)
+// LoadCert reads a host certificate without its key. It does not verify
+// it against a CA.
+func LoadCert(path string) (*Cert, error) {
+	raw, err := readPEM(path, pemHostCert)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	cert, err := ParseCert(raw)
 	if err != nil {
-		return nil, nil, &FileError{Path: certFile, Problem: err.Error(), Fix: "sign the host again with 'meshd ca sign'"}
+		return nil, &FileError{Path: path, Problem: err.Error(), Fix: "sign the host again with 'meshd ca sign'"}
+	}
+	return cert, nil
+}
+
+// Fingerprint identifies a public key (a CA's, a host certificate's) in
+// output meant for people: the first 8 bytes of its SHA-256, in hex.
+func Fingerprint(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	return hex.EncodeToString(sum[:8])
+}
+
+// LoadHost reads a host's certificate and key and checks they belong
+// together. It does not verify the certificate against a CA.
+func LoadHost(certFile, keyFile string) (*Cert, ed25519.PrivateKey, error) {
+	cert, err := LoadCert(certFile)
+	if err != nil {
+		return nil, nil, err
 	}
 	key, err := loadPrivateKey(keyFile, pemHostKey,
 		"if it may have leaked, sign the host again with 'meshd ca sign --force'; otherwise chmod 600 it")

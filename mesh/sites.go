@@ -51,6 +51,7 @@ func ComputeTopology(local Local, members, remote []Member, prev *State) State {
 	t.admitSites()
 	t.route()
 	t.gossipTunnels()
+	t.probes()
 	st.Routes = routesFor(local, st.Peers, st.Lost, st.Sites, t.hostRoutes)
 	return st
 }
@@ -82,6 +83,9 @@ type topology struct {
 	// hostRoutes are the mesh addresses of gateways reached by their
 	// own gossip tunnel, routed one by one.
 	hostRoutes []peerRoute
+	// remoteMesh is the mesh address of each remote gateway a pair of
+	// sites is assigned to, by name.
+	remoteMesh map[string]netip.Addr
 }
 
 type localGateway struct {
@@ -96,7 +100,8 @@ type peerRoute struct {
 }
 
 func newTopology(local Local, st *State, prev *State) *topology {
-	t := &topology{local: local, st: st, sites: map[string]*siteInfo{}, localGateways: map[string]localGateway{}, wasSite: map[string]bool{}}
+	t := &topology{local: local, st: st, sites: map[string]*siteInfo{}, localGateways: map[string]localGateway{}, wasSite: map[string]bool{},
+		remoteMesh: map[string]netip.Addr{}}
 	if prev != nil {
 		for _, s := range prev.Sites {
 			t.wasSite[s.Name] = true
@@ -286,6 +291,9 @@ func (t *topology) route() {
 			remoteNames[i] = g.name
 		}
 		ss.Remote = Assign(pair, remoteNames)
+		if g := remote[slices.Index(remoteNames, ss.Remote)]; g.ann.MeshAddr.IsValid() {
+			t.remoteMesh[ss.Remote] = g.ann.MeshAddr
+		}
 		if ss.Gateway == t.local.Name {
 			g := remote[slices.Index(remoteNames, ss.Remote)]
 			t.carry(t.wanPeer(hop, g), si)
@@ -333,6 +341,72 @@ func (t *topology) gossipTunnels() {
 		}
 	}
 	slices.SortFunc(t.st.Peers, func(a, b Peer) int { return strings.Compare(a.Name, b.Name) })
+}
+
+// probersPerSite is how many hosts of a site probe its gateways: more
+// than one, so one host's own trouble cannot drain a gateway unseen by the
+// other, and few, so a large site does not probe every gateway from every
+// host.
+const probersPerSite = 2
+
+// probes fills in who probes the site's gateways, and what this host
+// probes if it is one of them.
+func (t *topology) probes() {
+	t.st.Gateways = sortedKeys(t.localGateways)
+	if len(t.st.Gateways) < 2 {
+		return // nothing to move to
+	}
+	t.st.Probers = t.probers(t.local.SiteName())
+	if !slices.Contains(t.st.Probers, t.local.Name) {
+		return
+	}
+	for _, g := range t.st.Gateways {
+		d := t.st.decoded[g]
+		if d == nil || d.err != nil || !d.ann.MeshAddr.IsValid() {
+			continue
+		}
+		pr := Probe{Gateway: g, Via: d.ann.MeshAddr}
+		for _, ss := range t.st.Sites {
+			// A relayed site's far gateway is routed through the transit
+			// site's pair, not necessarily through g.
+			if ss.Gateway != g || ss.Transit != "" || ss.Unreachable != "" {
+				continue
+			}
+			if a, ok := t.remoteMesh[ss.Remote]; ok && !slices.Contains(pr.Targets, a) {
+				pr.Targets = append(pr.Targets, a)
+			}
+		}
+		if len(pr.Targets) > 0 {
+			slices.SortFunc(pr.Targets, netip.Addr.Compare)
+			t.st.Probes = append(t.st.Probes, pr)
+		}
+	}
+}
+
+// probers are the hosts of the site that probe its gateways: the
+// probersPerSite hosts that are not gateways with the highest rendezvous
+// hash, so every host of the site agrees on them.
+func (t *topology) probers(site string) []string {
+	var hosts []string
+	if !t.local.Gateway {
+		hosts = append(hosts, t.local.Name)
+	}
+	for _, p := range t.st.Peers {
+		if d := t.st.decoded[p.Name]; !p.WAN && d != nil && d.err == nil && !d.ann.Role.Gateway {
+			hosts = append(hosts, p.Name)
+		}
+	}
+	var out []string
+	for range probersPerSite {
+		best := Assign("probe|"+site, hosts)
+		if best == "" {
+			break
+		}
+		out = append(out, best)
+		hosts = slices.DeleteFunc(hosts, func(h string) bool { return h == best })
+	}
+	slices.Sort(out)
+	return out
 }
 
 func (t *topology) segmentOf(a netip.Addr) (string, bool) {

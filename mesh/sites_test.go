@@ -432,3 +432,71 @@ func TestSymmetricNATRelaysAtOnce(t *testing.T) {
 		t.Fatalf("the symmetric side itself: transit %q, want s000", ss.Transit)
 	}
 }
+
+// In a site with two gateways, two hosts that are not gateways (the same
+// two, whichever host computes it) probe each gateway through the remote
+// gateways at the far end of the pairs it serves; gateways probe nothing.
+func TestProbePlan(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 6, gateways: 2}
+	probers := map[string]bool{}
+	var agreed []string
+	for h := range g.hosts {
+		st := g.compute(t, 0, h)
+		if h == 0 {
+			agreed = st.Probers
+		}
+		if !slices.Equal(st.Probers, agreed) || len(agreed) != probersPerSite {
+			t.Fatalf("%s sees probers %v, %s saw %v", hostName(0, h), st.Probers, hostName(0, 0), agreed)
+		}
+		if want := []string{hostName(0, 0), hostName(0, 1)}; !slices.Equal(st.Gateways, want) {
+			t.Fatalf("%s: site gateways %v, want %v", hostName(0, h), st.Gateways, want)
+		}
+		if g.isGateway(h) {
+			if len(st.Probes) > 0 {
+				t.Errorf("gateway %s probes %v", hostName(0, h), st.Probes)
+			}
+			continue
+		}
+		if len(st.Probes) == 0 {
+			continue
+		}
+		probers[hostName(0, h)] = true
+		for _, p := range st.Probes {
+			gw := slices.Index([]string{hostName(0, 0), hostName(0, 1)}, p.Gateway)
+			if gw < 0 || p.Via != genMesh(0, gw) {
+				t.Fatalf("probe %+v is not through a gateway of the site at its mesh address", p)
+			}
+			var want []netip.Addr
+			for other := 1; other < g.sites; other++ {
+				if g.expectedGateway(0, other) == p.Gateway {
+					far := g.expectedGateway(other, 0)
+					for fh := range g.gateways {
+						if hostName(other, fh) == far {
+							want = append(want, genMesh(other, fh))
+						}
+					}
+				}
+			}
+			slices.SortFunc(want, netip.Addr.Compare)
+			if !slices.Equal(p.Targets, want) {
+				t.Errorf("%s probes %s through %v, want %v", hostName(0, h), p.Gateway, p.Targets, want)
+			}
+		}
+	}
+	if len(probers) != probersPerSite {
+		t.Errorf("probers %v, want %d hosts", probers, probersPerSite)
+	}
+	for p := range probers {
+		if !slices.Contains(agreed, p) {
+			t.Errorf("%s probes but is not among the probers %v", p, agreed)
+		}
+	}
+
+	// One gateway: nothing to move to, so nothing is probed.
+	one := &genCluster{sites: 3, hosts: 4, gateways: 1}
+	for h := range one.hosts {
+		if st := one.compute(t, 0, h); len(st.Probes) > 0 {
+			t.Errorf("site with one gateway: %s probes %v", hostName(0, h), st.Probes)
+		}
+	}
+}

@@ -64,6 +64,10 @@ type Local struct {
 	// and a signature; Now is when certificates are checked for expiry.
 	CA  ed25519.PublicKey
 	Now time.Time
+	// AcceptUnsigned is the transitional mode of a cluster turning its
+	// CA on: announcements without a certificate are accepted (see
+	// State.Unsigned), signed ones are verified as always.
+	AcceptUnsigned bool
 
 	// Several sites: this host's site ("" is DefaultSite) and role. A
 	// draining gateway stops being chosen; a gateway behind NAT keeps its
@@ -139,6 +143,29 @@ type State struct {
 	// decodedRemote is decoded's counterpart for the gateways of other
 	// sites.
 	decodedRemote map[string]*decodedTags
+	// Gateways are this site's gateways that carry traffic now (not
+	// draining), this host included when it is one; sorted.
+	Gateways []string
+	// Probers are the hosts of this site that probe its gateways (see
+	// Probe); Probes what this host probes, if it is one of them.
+	Probers []string
+	Probes  []Probe
+}
+
+// Probe asks this host to check that Gateway, a gateway of its site,
+// forwards. Echo requests to Via, the gateway's own mesh address, show
+// the tunnel to it works; echo requests to Targets, the mesh addresses of
+// the remote gateways at the far end of its WAN tunnels, cross it both
+// ways, since both ends of a pair of sites route through the same two
+// gateways. A gateway that answers the first but none of the second
+// does not forward. Only a site with another gateway to move to is
+// probed, and only by probersPerSite of its hosts that are not gateways
+// (they have no gossip tunnels, so their routes to a remote gateway's
+// mesh address are the site's).
+type Probe struct {
+	Gateway string
+	Via     netip.Addr
+	Targets []netip.Addr
 }
 
 // Slices returns the accepted peers' slices of segment: what a new claim

@@ -3,6 +3,7 @@ package mesh
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/meshd/meshd/identity"
 )
@@ -14,11 +15,23 @@ import (
 // holding the gossip key is trusted and this is a no-op.
 // A verified announcement raises counters[name], the replay high-water
 // mark, even when it is refused later for its claims.
+//
+// With local.AcceptUnsigned, an announcement with neither certificate nor
+// signature passes: it comes from a host not yet converted to the CA.
+// Anything signed is still verified in full, and a host seen signing
+// cannot fall back to unsigned: otherwise anyone holding the gossip key
+// could speak for a converted host while it is away.
 func verifyIdentity(local Local, c candidate, counters map[string]uint64) error {
 	if local.CA == nil {
 		return nil
 	}
 	ann := c.ann
+	if unsigned(ann) && local.AcceptUnsigned {
+		if counters[c.member.Name] > 0 {
+			return errors.New("unsigned announcement from a host that has signed its announcements before")
+		}
+		return nil
+	}
 	if len(ann.Cert) == 0 || len(ann.Signature) == 0 {
 		return errors.New("unsigned announcement: this cluster requires a host certificate from its CA")
 	}
@@ -58,4 +71,23 @@ func verifyIdentity(local Local, c candidate, counters map[string]uint64) error 
 		}
 	}
 	return nil
+}
+
+func unsigned(ann *Announcement) bool { return len(ann.Cert) == 0 && len(ann.Signature) == 0 }
+
+// Unsigned names, sorted, the live members whose announcement carried no
+// certificate and was accepted: under a CA in transitional mode, the
+// hosts still to be converted before the cluster can turn strict.
+// Without a CA it names every accepted member.
+func (s *State) Unsigned() []string {
+	var out []string
+	for _, cache := range []map[string]*decodedTags{s.decoded, s.decodedRemote} {
+		for name, d := range cache {
+			if d.err == nil && unsigned(&d.ann) && !slices.ContainsFunc(s.Rejected, func(r Rejection) bool { return r.Member == name }) {
+				out = append(out, name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -87,6 +87,8 @@ type collector struct {
 	policyPackets, policyBytes     *prometheus.Desc
 	repairs, missing               *prometheus.Desc
 	sites, failovers, relayed      *prometheus.Desc
+	ejections, probeReports        *prometheus.Desc
+	certExpiry, unsigned           *prometheus.Desc
 }
 
 // repairKinds are always exported, at 0 until meshd first repairs one, so
@@ -116,12 +118,17 @@ func NewCollector(status func() control.Status) prometheus.Collector {
 		sites:         d("sites", "Other sites by whether this host has a path to them.", "state"),
 		failovers:     d("gateway_failovers_total", "Times another site's traffic moved to another gateway, at either end."),
 		relayed:       d("relayed_bytes_total", "Bytes this host forwarded from the tunnel back into it (a gateway's or a transit site's relaying)."),
+		ejections:     d("gateway_ejections_total", "Times this gateway drained because its site's probes found it forwarding nothing."),
+		probeReports:  d("gateway_reports_total", "Times this host's probes reported a gateway of its site as forwarding nothing."),
+		certExpiry:    d("certificate_expiry_seconds", "Seconds until this host's certificate expires, negative once it has (every other host then refuses it); only with a cluster CA."),
+		unsigned:      d("unsigned_announcements", "Members whose announcement carried no certificate and was accepted (identity.mode transitional): hosts still to be converted to the CA; only with a cluster CA."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.info, c.members, c.peers, c.rejected,
-		c.handshakeAge, c.rxBytes, c.txBytes, c.policyPackets, c.policyBytes, c.repairs, c.missing, c.sites, c.failovers, c.relayed} {
+		c.handshakeAge, c.rxBytes, c.txBytes, c.policyPackets, c.policyBytes, c.repairs, c.missing, c.sites, c.failovers, c.relayed,
+		c.ejections, c.probeReports, c.certExpiry, c.unsigned} {
 		ch <- d
 	}
 }
@@ -143,6 +150,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	c.collectPolicy(ch, st.Policy)
 	c.collectRepairs(ch, st)
 	c.collectSites(ch, st)
+	if id := st.Identity; id != nil {
+		gauge(c.certExpiry, id.ExpirySeconds)
+		gauge(c.unsigned, float64(len(id.Unsigned)))
+	}
 }
 
 func (c *collector) collectSites(ch chan<- prometheus.Metric, st control.Status) {
@@ -165,6 +176,8 @@ func (c *collector) collectSites(ch chan<- prometheus.Metric, st control.Status)
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(c.relayed, prometheus.CounterValue, float64(relayed))
+	ch <- prometheus.MustNewConstMetric(c.ejections, prometheus.CounterValue, float64(st.Ejections))
+	ch <- prometheus.MustNewConstMetric(c.probeReports, prometheus.CounterValue, float64(st.ProbeReports))
 }
 
 func (c *collector) collectRepairs(ch chan<- prometheus.Metric, st control.Status) {

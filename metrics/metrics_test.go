@@ -286,3 +286,24 @@ func freePort(t *testing.T) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// The certificate's remaining validity and the unsigned members accepted
+// in transitional mode are exported only when the cluster has a CA.
+func TestIdentityMetrics(t *testing.T) {
+	if fams := scrape(t, New(fakeStatus)); fams["meshd_certificate_expiry_seconds"] != nil || fams["meshd_unsigned_announcements"] != nil {
+		t.Error("identity metrics exported without a CA")
+	}
+	fams := scrape(t, New(func() control.Status {
+		st := fakeStatus()
+		st.Identity = &control.Identity{Mode: "transitional", Certificate: "h1", ExpirySeconds: 86000, Unsigned: []string{"h2", "h3"}}
+		return st
+	}))
+	for name, want := range map[string]string{"meshd_certificate_expiry_seconds": ": 86000", "meshd_unsigned_announcements": ": 2"} {
+		if got := series(t, fams, name); strings.Join(got, ";") != want {
+			t.Errorf("%s = %q, want %q", name, got, want)
+		}
+		if fams[name].GetType() != dto.MetricType_GAUGE || fams[name].GetHelp() == "" {
+			t.Errorf("%s: type %s, help %q", name, fams[name].GetType(), fams[name].GetHelp())
+		}
+	}
+}

@@ -107,13 +107,14 @@ func TestUnitDirectives(t *testing.T) {
 func TestUnitCapabilities(t *testing.T) {
 	u := parseUnit(t, unitPath)
 	caps := u.words("Service.CapabilityBoundingSet")
-	for _, need := range []string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"} {
+	used := []string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE", "CAP_NET_RAW"}
+	for _, need := range used {
 		if !slices.Contains(caps, need) {
 			t.Errorf("CapabilityBoundingSet lacks %s", need)
 		}
 	}
 	for _, c := range caps {
-		if !slices.Contains([]string{"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}, c) {
+		if !slices.Contains(used, c) {
 			t.Errorf("CapabilityBoundingSet grants %s, which meshd does not use", c)
 		}
 	}

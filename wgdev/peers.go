@@ -47,12 +47,15 @@ type PeerSync struct {
 	// names remembers who is behind each key, so a removal is logged with
 	// the name of the host that went away.
 	names map[wgtypes.Key]string
-	// keepaliveDue holds new peers whose persistent keepalive is not on
-	// yet, and when to turn it on. Turning it on makes WireGuard initiate
-	// a handshake at once; done the moment a peer is added, that
-	// handshake reaches hosts that have not learnt this one's key yet,
-	// is dropped, and WireGuard waits 5 s (REKEY_TIMEOUT) to retry. By
-	// the time it is due, gossip has told the other side.
+	// keepaliveDue holds new peers whose first handshake is not started
+	// yet, and when to start it, by turning their persistent keepalive on
+	// (off again at once when they want none: the keepalive it queued
+	// keeps WireGuard trying until the handshake completes). Started the
+	// moment a peer is added, that handshake reaches hosts that have not
+	// learnt this one's key yet, is dropped, and WireGuard waits 5 s
+	// (REKEY_TIMEOUT) to retry. By the time it is due, gossip has told
+	// the other side. Without it a peer without keepalives would wait
+	// for traffic, and a rotated key would stall a stream for 5 s.
 	keepaliveDue map[wgtypes.Key]time.Time
 	now          func() time.Time
 	ops          int
@@ -145,7 +148,7 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 		switch due, pending := s.keepaliveDue[d.PublicKey]; {
 		case d.Remove:
 			delete(s.keepaliveDue, d.PublicKey)
-		case !d.UpdateOnly && d.PersistentKeepaliveInterval != nil && *d.PersistentKeepaliveInterval > 0:
+		case !d.UpdateOnly:
 			off := time.Duration(0)
 			d.PersistentKeepaliveInterval = &off
 			s.keepaliveDue[d.PublicKey] = now.Add(KeepaliveDelay)
@@ -183,15 +186,27 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 		delete(s.keepaliveDue, key)
 		p := desired[at]
 		ka := p.Keepalive
+		if ka == 0 {
+			ka = nudgeKeepalive
+		}
 		if i, ok := inDeltas[key]; ok {
 			outD[i].PersistentKeepaliveInterval = &ka
-			continue
+		} else {
+			outD = append(outD, wgtypes.PeerConfig{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
+			outN = append(outN, p.Name)
 		}
-		outD = append(outD, wgtypes.PeerConfig{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: &ka})
-		outN = append(outN, p.Name)
+		if p.Keepalive == 0 {
+			off := time.Duration(0)
+			outD = append(outD, wgtypes.PeerConfig{PublicKey: key, UpdateOnly: true, PersistentKeepaliveInterval: &off})
+			outN = append(outN, p.Name)
+		}
 	}
 	return outD, outN
 }
+
+// nudgeKeepalive is the keepalive that starts a peer's first handshake
+// when it wants none of its own; it is switched off in the same batch.
+const nudgeKeepalive = 25 * time.Second
 
 // Deltas computes the per-peer changes that turn current into desired.
 // names[i] is the member name behind deltas[i] ("" for a peer meshd does

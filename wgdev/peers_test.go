@@ -137,3 +137,41 @@ func TestOneChangeAmongThousandCostsOneOp(t *testing.T) {
 		t.Fatalf("one joining member cost %d device ops, want 1", n)
 	}
 }
+
+// A peer that wants no keepalive still gets its first handshake started
+// once gossip had time to tell the other side: the keepalive goes on and
+// off in one batch, which makes WireGuard send one (and so handshake),
+// and leaves the peer without keepalives. A peer behind NAT with no
+// endpoint gets none set.
+func TestFirstHandshakeWithoutKeepalive(t *testing.T) {
+	f := wgdevtest.NewClient()
+	s := NewPeerSync(f, "mesh0", quietLog())
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
+	want := peers(2)
+	for i := range want {
+		want[i].Keepalive = 0
+	}
+	want[1].Endpoint = netip.AddrPort{} // behind NAT
+	if err := s.Set(want); err != nil || f.Ops() != 2 {
+		t.Fatalf("initial apply: %d ops, err %v", f.Ops(), err)
+	}
+	if got, _ := f.Peer(key(1)); got.Endpoint != nil {
+		t.Fatalf("a peer without an announced endpoint got %v", got.Endpoint)
+	}
+	if s.NextKeepalive().IsZero() {
+		t.Fatal("no first handshake scheduled for peers without keepalives")
+	}
+	clock = clock.Add(KeepaliveDelay)
+	if err := s.Set(want); err != nil || f.Ops() != 6 {
+		t.Fatalf("the due handshakes cost %d ops, want 4 (on and off for each), err %v", f.Ops()-2, err)
+	}
+	for i := range 2 {
+		if got, _ := f.Peer(key(i)); got.PersistentKeepaliveInterval != 0 {
+			t.Fatalf("peer %d left with keepalive %v, want none", i, got.PersistentKeepaliveInterval)
+		}
+	}
+	if err := s.Set(want); err != nil || f.Ops() != 6 {
+		t.Fatalf("a later pass sent %d more ops", f.Ops()-6)
+	}
+}

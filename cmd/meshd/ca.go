@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,7 +19,13 @@ import (
 	"github.com/meshd/meshd/segment"
 )
 
-const defaultCADir = "/etc/meshd/ca"
+// defaultCADir is relative: the CA lives on the machine that provisions
+// hosts, in the directory the operator works in, never on a meshd host,
+// where a stolen ca.key would let a thief certify any name and slice.
+const defaultCADir = "meshd-ca"
+
+// oldCADir is where 'meshd ca init' used to put a CA by default.
+const oldCADir = "/etc/meshd/ca"
 
 func newCACommand() *cobra.Command {
 	ca := &cobra.Command{
@@ -29,9 +37,11 @@ announcement with the certificate's key, so knowing the gossip key is no
 longer enough to claim a slice of a segment.
 
 Keep ca.key on the machine that provisions hosts, not on the hosts; every
-host needs only ca.crt plus its own host.key and host.crt.`,
+host needs only ca.crt plus its own host.key and host.crt. The CA
+directory defaults to ./meshd-ca, in the directory you run meshd ca from,
+for that reason.`,
 	}
-	ca.AddCommand(newCAInitCommand(), newCASignCommand())
+	ca.AddCommand(newCAInitCommand(), newCASignCommand(), newCAShowCommand())
 	return ca
 }
 
@@ -40,7 +50,14 @@ func newCAInitCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new cluster CA (ca.key and ca.crt)",
-		Args:  noArgs,
+		Long: `Init creates a new cluster CA in --out: ca.key (mode 0600), which signs
+every host's certificate, and ca.crt, which every host needs.
+
+--out defaults to ./meshd-ca, in the current directory, not to a path on a
+meshd host: run this on the machine that provisions hosts and keep ca.key
+there, offline if you can. Whoever holds ca.key can certify any host name
+for any segment and slice; a meshd host never needs it.`,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usageError{errors.New("--out must name a directory")}
@@ -56,7 +73,7 @@ func newCAInitCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&out, "out", defaultCADir, "directory for ca.key and ca.crt (created 0700)")
+	cmd.Flags().StringVar(&out, "out", defaultCADir, "directory for ca.key and ca.crt (created 0700), on the provisioning machine, not a meshd host")
 	return cmd
 }
 
@@ -96,7 +113,7 @@ Example:
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.caDir, "ca", defaultCADir, "CA directory written by 'meshd ca init'")
+	fl.StringVar(&f.caDir, "ca", defaultCADir, "CA directory written by 'meshd ca init --out'")
 	fl.StringVar(&f.name, "name", "", "host name the certificate is issued to (required)")
 	fl.StringVar(&f.segments, "segments", "", "comma-separated segments the host may hold, e.g. blue,green (required)")
 	fl.StringVar(&f.subnets, "subnets", "", "pin segments to exact subnets, e.g. blue=10.42.1.0/24,green=10.43.1.0/24 (every segment of --segments, or none)")
@@ -257,9 +274,115 @@ func caLoadError(dir string, err error) error {
 	var fe *identity.FileError
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
+		if _, serr := os.Stat(filepath.Join(oldCADir, identity.CAKeyFile)); serr == nil && dir == defaultCADir {
+			return usageError{fmt.Errorf("--ca %s: no CA there; the CA in %s (where 'meshd ca init' used to put it) can be used with --ca %s, and moved off this host", dir, oldCADir, oldCADir)}
+		}
 		return usageError{fmt.Errorf("--ca %s: no CA there (%v); create one with 'meshd ca init --out %s'", dir, err, dir)}
 	case errors.As(err, &fe):
 		return usageError{fmt.Errorf("--ca: %w", err)}
 	}
 	return err
+}
+
+func newCAShowCommand() *cobra.Command {
+	var caPath string
+	cmd := &cobra.Command{
+		Use:   "show FILE",
+		Short: "Print a host certificate: name, site, role, segments, subnets, validity, fingerprints",
+		Long: `Show prints what a host certificate (host.crt) grants: the host name, its
+site and whether it may be a gateway, the segments and pinned subnets it
+may hold, its validity and the days left, and the fingerprints of its key
+and of the CA that signed it.
+
+The signature is checked against --ca (a CA directory or its ca.crt), or
+against ca.crt beside FILE when there is one. Exit codes: 0 shown (also
+for an expired certificate, or one that no CA given verifies: the output
+says so), 2 FILE or --ca is not a readable certificate.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError{fmt.Errorf("meshd ca show takes one FILE (a host.crt), got %q; see 'meshd ca show --help'", args)}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cert, err := identity.LoadCert(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			ca, caFile, err := showCA(caPath, args[0])
+			if err != nil {
+				return err
+			}
+			printCert(cmd.OutOrStdout(), cert, ca, caFile, time.Now())
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&caPath, "ca", "", "CA directory or ca.crt to check the signature against (default: ca.crt beside FILE, if any)")
+	return cmd
+}
+
+// showCA finds the CA to check against: --ca (a directory or a file), or
+// ca.crt beside the certificate; none is not an error.
+func showCA(flag, certFile string) (ed25519.PublicKey, string, error) {
+	path := flag
+	if path == "" {
+		path = filepath.Join(filepath.Dir(certFile), identity.CACertFile)
+		if _, err := os.Stat(path); err != nil {
+			return nil, "", nil
+		}
+	} else if info, err := os.Stat(path); err == nil && info.IsDir() {
+		path = filepath.Join(path, identity.CACertFile)
+	}
+	ca, err := identity.LoadCAPublic(path)
+	if err != nil {
+		return nil, "", usageError{fmt.Errorf("--ca: %w", err)}
+	}
+	return ca, path, nil
+}
+
+func printCert(w io.Writer, c *identity.Cert, ca ed25519.PublicKey, caFile string, now time.Time) {
+	yesNo := map[bool]string{true: "yes", false: "no"}
+	subnets := "none pinned: any slice of its segments"
+	if len(c.Subnets) > 0 {
+		pins := make([]string, len(c.Subnets))
+		for i, p := range c.Subnets {
+			pins[i] = p.String()
+		}
+		subnets = strings.Join(pins, ", ")
+	}
+	var left string
+	switch {
+	case now.Before(c.NotBefore):
+		left = fmt.Sprintf("not valid yet: starts in %s", days(c.NotBefore.Sub(now)))
+	case now.After(c.NotAfter):
+		left = fmt.Sprintf("EXPIRED %s ago", days(now.Sub(c.NotAfter)))
+	default:
+		left = days(c.NotAfter.Sub(now)) + " left"
+	}
+	signer := "not checked (no CA given: pass --ca DIR, or keep ca.crt beside the certificate)"
+	if ca != nil {
+		signer = identity.Fingerprint(ca) + " (" + caFile + "): "
+		if err := c.Verify(ca, c.NotBefore); err != nil {
+			signer += "NOT signed by this CA"
+		} else {
+			signer += "signature verified"
+		}
+	}
+	fmt.Fprintf(w, "name       %s\n", c.Name)
+	fmt.Fprintf(w, "site       %s\n", c.SiteName())
+	fmt.Fprintf(w, "gateway    %s\n", yesNo[c.Gateway])
+	fmt.Fprintf(w, "segments   %s\n", strings.Join(c.Segments, ", "))
+	fmt.Fprintf(w, "subnets    %s\n", subnets)
+	fmt.Fprintf(w, "valid      %s to %s (%s)\n", c.NotBefore.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339), left)
+	fmt.Fprintf(w, "key        %s\n", identity.Fingerprint(c.PublicKey))
+	fmt.Fprintf(w, "CA         %s\n", signer)
+}
+
+// days renders a validity left as whole days, or hours and minutes
+// under one.
+func days(d time.Duration) string {
+	if d < 24*time.Hour {
+		return d.Round(time.Minute).String()
+	}
+	return fmt.Sprintf("%d days", int(d.Round(24*time.Hour)/(24*time.Hour)))
 }

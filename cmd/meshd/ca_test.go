@@ -146,3 +146,51 @@ func TestCASignRefusesReadableCAKey(t *testing.T) {
 }
 
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+
+func TestCAShow(t *testing.T) {
+	caDir := initCA(t)
+	hostDir := filepath.Join(t.TempDir(), "gw1")
+	if out, code := execute(t, "ca", "sign", "--ca", caDir, "--name", "gw1", "--segments", "blue,green", "--site", "paris", "--gateway",
+		"--subnets", "blue=10.42.16.0/20,green=10.43.16.0/20", "--not-before", "2025-01-01T00:00:00Z", "--not-after", "2999-01-01T00:00:00Z", "--out", hostDir); code != 0 {
+		t.Fatalf("ca sign: %s", out)
+	}
+	crt := filepath.Join(hostDir, "host.crt")
+	cert, err := identity.LoadCert(crt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPub, _ := identity.LoadCAPublic(filepath.Join(caDir, "ca.crt"))
+	out, code := execute(t, "ca", "show", crt, "--ca", caDir)
+	for _, want := range []string{"name       gw1\n", "site       paris\n", "gateway    yes\n", "segments   blue, green\n",
+		"subnets    blue=10.42.16.0/20, green=10.43.16.0/20\n", "valid      2025-01-01T00:00:00Z to 2999-01-01T00:00:00Z (", " days left)\n",
+		"key        " + identity.Fingerprint(cert.PublicKey) + "\n", "CA         " + identity.Fingerprint(caPub) + " (" + filepath.Join(caDir, "ca.crt") + "): signature verified\n"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("ca show: exit %d, output lacks %q:\n%s", code, want, out)
+		}
+	}
+	if out, code := execute(t, "ca", "show", crt); code != 0 || !strings.Contains(out, "CA         not checked") {
+		t.Errorf("ca show without a CA: exit %d\n%s", code, out)
+	}
+	if out, code := execute(t, "ca", "show", crt, "--ca", initCA(t)); code != 0 || !strings.Contains(out, "NOT signed by this CA") {
+		t.Errorf("ca show against another CA: exit %d\n%s", code, out)
+	}
+	for _, args := range [][]string{{filepath.Join(caDir, "ca.crt")}, {filepath.Join(caDir, "none.crt")}, {crt, "--ca", hostDir}, {}} {
+		if out, code := execute(t, append([]string{"ca", "show"}, args...)...); code != 2 {
+			t.Errorf("ca show %q: exit %d, want 2\n%s", args, code, out)
+		}
+	}
+}
+
+// A CA is created where the operator works, not in /etc/meshd on a host.
+func TestCAInitDefaultsToTheWorkingDirectory(t *testing.T) {
+	t.Chdir(t.TempDir())
+	if out, code := execute(t, "ca", "init"); code != 0 || !strings.Contains(out, "created CA in meshd-ca") {
+		t.Fatalf("ca init: exit %d: %s", code, out)
+	}
+	if out, code := execute(t, "ca", "sign", "--name", "h1", "--segments", "blue", "--out", "h1"); code != 0 {
+		t.Fatalf("ca sign with the default --ca: exit %d: %s", code, out)
+	}
+	if out, _ := execute(t, "ca", "init", "--help"); !strings.Contains(out, "a meshd host never needs it") {
+		t.Errorf("ca init --help does not say why:\n%s", out)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
+	"github.com/meshd/meshd/daemon"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/wgdev"
 )
@@ -56,6 +57,7 @@ func exitCode(err error) int {
 	var ce checkFailed
 	var re *control.RemoteError
 	var fe *identity.FileError
+	var he *daemon.HostError
 	switch {
 	case errors.As(err, &ce):
 		return exitFailure
@@ -64,7 +66,7 @@ func exitCode(err error) int {
 			return exitUsage
 		}
 		return exitFailure
-	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.As(err, &fe), errors.Is(err, wgdev.ErrKernelUnsupported):
+	case errors.As(err, &ue), config.IsConfigError(err), errors.As(err, &ke), errors.As(err, &fe), errors.As(err, &he), errors.Is(err, wgdev.ErrKernelUnsupported):
 		return exitUsage
 	}
 	return exitFailure
@@ -90,8 +92,11 @@ Start with 'meshd demo' to see a three-host mesh in network namespaces.`,
 			}
 			return nil
 		},
-		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		RunE:    func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+		Version: version,
 	}
+	// The same line as 'meshd version'.
+	root.SetVersionTemplate("meshd {{.Version}}\n")
 	// Bad flags are usage errors: exit 2, like every other input problem.
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(
@@ -115,10 +120,11 @@ func addConfigFlag(cmd *cobra.Command, path *string) {
 }
 
 // addClientFlags is for commands that talk to a running daemon: they find
-// its control socket through --config, or directly with --socket.
+// its control socket through --config, or directly with --socket. The
+// flags are persistent so that a command's subcommands take them too.
 func addClientFlags(cmd *cobra.Command, path, socket *string) {
-	addConfigFlag(cmd, path)
-	cmd.Flags().StringVar(socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
+	cmd.PersistentFlags().StringVarP(path, "config", "c", defaultConfig, "path to meshd.toml")
+	cmd.PersistentFlags().StringVar(socket, "socket", "", "control socket of the daemon (default: control_socket from --config)")
 }
 
 // noArgs rejects stray positional arguments as a usage error.

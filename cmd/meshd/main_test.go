@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/daemon"
 )
 
 // execute runs the CLI in-process and returns stdout and the exit code.
@@ -38,13 +40,18 @@ func TestExitCodes(t *testing.T) {
 		want string
 	}{
 		{[]string{"version"}, 0, "meshd "},
+		{[]string{"--version"}, 0, "meshd " + version},
+		{[]string{"gossip-key"}, 2, "usage: meshd gossip-key"},
+		{[]string{"gossip-key", "bogus"}, 2, `unknown gossip-key operation "bogus"`},
+		{[]string{"gossip-key", "install"}, 2, "takes one KEY"},
+		{[]string{"gossip-key", "--socket", filepath.Join(dir, "none.sock"), "list"}, 1, "no meshd is running"},
 		{[]string{"run", "--bogus"}, 2, "unknown flag"},
 		{[]string{"nonsense"}, 2, "unknown command"},
 		{[]string{"status", "extra"}, 2, "takes no arguments"},
 		{[]string{"run", "--config", filepath.Join(dir, "missing.toml")}, 2, "missing.toml"},
 		{[]string{"run", "--config", badCfg}, 2, "wireguard.listen_port"},
 		{[]string{"policy", "explain", "--config", badCfg}, 2, "--from and --to"},
-		{[]string{"policy", "explain", "--config", badCfg, "--from", "x", "--to", "10.0.0.1"}, 2, "--from"},
+		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.300", "--to", "10.0.0.1"}, 2, "--from"},
 		{[]string{"policy", "explain", "--config", badCfg, "--from", "10.0.0.1", "--to", "10.0.0.2", "--port", "tcp/99999"}, 2, "--port"},
 		{[]string{"status", "--socket", filepath.Join(dir, "none.sock")}, 1, "no meshd is running"},
 		{[]string{"demo", "--hosts", "1"}, 2, "--hosts"},
@@ -53,6 +60,17 @@ func TestExitCodes(t *testing.T) {
 		out, code := execute(t, tc.args...)
 		if code != tc.code || !strings.Contains(out, tc.want) {
 			t.Errorf("meshd %s: exit %d, output %q; want exit %d containing %q", strings.Join(tc.args, " "), code, out, tc.code, tc.want)
+		}
+	}
+}
+
+// Each gossip-key operation explains itself, not the whole family.
+func TestGossipKeySubcommandsHaveTheirOwnHelp(t *testing.T) {
+	parent, _ := execute(t, "gossip-key", "--help")
+	for op, want := range map[string]string{"install": "Install adds KEY", "use": "Use makes KEY the primary", "remove": "Remove drops KEY", "list": "List asks every member"} {
+		out, code := execute(t, "gossip-key", op, "--help")
+		if code != 0 || !strings.Contains(out, want) || out == parent || !strings.Contains(out, "--socket") {
+			t.Errorf("gossip-key %s --help: exit %d\n%s", op, code, out)
 		}
 	}
 }
@@ -108,5 +126,42 @@ func TestStatusTableAndHealthCheck(t *testing.T) {
 	out, code = execute(t, "status", "--socket", sock, "--check")
 	if code != 1 || !strings.Contains(out, "h2: last handshake 6m40s ago") {
 		t.Fatalf("stale handshake: --check exit %d, %q; want 1 naming h2", code, out)
+	}
+}
+
+// A host that cannot run the config (IP forwarding off) is refused before
+// anything is created, like a bad config: scripts see exit 2, not 1.
+func TestHostErrorIsAUsageExit(t *testing.T) {
+	err := fmt.Errorf("start: %w", &daemon.HostError{Problem: "net.ipv4.ip_forward is 0", Fix: "sysctl -w net.ipv4.ip_forward=1"})
+	if got := exitCode(err); got != exitUsage {
+		t.Fatalf("exitCode(%v) = %d, want %d", err, got, exitUsage)
+	}
+}
+
+// A site's gateway and prober show, in the table, why the gateway drains
+// and what the probes see.
+func TestStatusShowsGatewayDrainingAndProbes(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "meshd.sock")
+	st := control.Status{
+		Node: control.Node{Name: "a2", Mode: "userspace", Interface: "mesh0", Site: "a", Gateway: true, Draining: true,
+			DrainReason: "probes by a3, a4 found no forwarding through it; back in 25s"},
+		Sites:  []control.Site{{Name: "b", Blocks: []string{"blue=10.42.16.0/20"}, Gateway: "a1", Remote: "b1"}},
+		Probes: []control.GatewayProbe{{Gateway: "a1", Targets: 2}, {Gateway: "a2", Targets: 1, Failing: 6, Reported: true}, {Gateway: "a5", Targets: 1, Silent: true}},
+	}
+	srv, err := control.Listen(sock, fakeDaemon(st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	out, _ := execute(t, "status", "--socket", sock)
+	for _, want := range []string{
+		"gateway (draining: probes by a3, a4 found no forwarding through it; back in 25s)",
+		"a1 forwards (2 remote gateways probed)",
+		"a2 forwarded nothing for 6 rounds, reported",
+		"a5 no answer at all",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status output lacks %q:\n%s", want, out)
+		}
 	}
 }

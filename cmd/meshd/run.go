@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -37,9 +38,14 @@ Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad flags, config or key file
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
 			go exitIfStuck(ctx, log)
+			abs, err := filepath.Abs(path)
+			if err != nil {
+				return err
+			}
 			return daemon.Run(ctx, cfg, log, daemon.Options{
-				Reload: func() (*config.Config, error) { return config.Load(path) },
-				Hangup: hangups(ctx),
+				Reload:     func() (*config.Config, error) { return config.Load(abs) },
+				ConfigPath: abs,
+				Hangup:     hangups(ctx),
 			})
 		},
 	}
@@ -95,12 +101,13 @@ func newLogger(w io.Writer, cfg *config.Config) *slog.Logger {
 }
 
 // controlSocket finds the daemon's control socket: from --socket, or the
-// config the daemon runs with (--config).
+// config the daemon runs with (--config), read leniently: the host's own
+// certificate having expired is what status is there to report.
 func controlSocket(path, socket string) (string, error) {
 	if socket != "" {
 		return socket, nil
 	}
-	cfg, err := config.Load(path)
+	cfg, err := config.LoadClient(path)
 	if err != nil {
 		return "", fmt.Errorf("%w (or pass --socket)", err)
 	}

@@ -35,8 +35,14 @@ func newStatusCommand() *cobra.Command {
 identity and segments and, for every peer, its serf state, endpoint,
 slices, latest handshake and traffic counters.
 
---check exits 0 only when every alive peer has completed a handshake in
-the last 3 minutes (usable as a health probe), 1 otherwise.`,
+--check exits 0 only when every alive peer this host sends to has
+completed a handshake in the last 3 minutes, no state of meshd's is
+missing, IP forwarding is on and every other site is reachable (usable as
+a health probe), 1 otherwise, naming each problem. A peer without
+keepalives that nothing was sent to for 3 minutes is idle, and needs no
+recent handshake. With a cluster CA, --check also fails when this host's
+certificate has expired (the cause of every missing handshake then) or
+expires within a day.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			sock, err := controlSocket(path, socket)
@@ -69,8 +75,26 @@ the last 3 minutes (usable as a health probe), 1 otherwise.`,
 	return cmd
 }
 
+// expiringSoon is when status --check starts failing ahead of a
+// certificate's expiry: time to renew it before other hosts refuse this
+// one.
+const expiringSoon = 24 * time.Hour
+
 func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 	var bad []string
+	expired := false
+	if id := st.Identity; id != nil {
+		left := time.Duration(id.ExpirySeconds * float64(time.Second))
+		switch {
+		case left <= 0:
+			// Every peer refuses this host, so none has a handshake:
+			// naming each would hide the one cause.
+			expired = true
+			bad = append(bad, fmt.Sprintf("certificate %s expired at %s: every other host refuses this one; %s", id.Certificate, id.NotAfter, renewHint))
+		case left < expiringSoon:
+			bad = append(bad, fmt.Sprintf("certificate %s expires in %s (at %s); %s", id.Certificate, left.Round(time.Minute), id.NotAfter, renewHint))
+		}
+	}
 	for _, m := range st.Missing {
 		bad = append(bad, "missing (meshd is restoring it) "+m)
 	}
@@ -80,12 +104,14 @@ func healthCheck(out io.Writer, st *control.Status, verbose bool) error {
 		}
 	}
 	for _, p := range st.Peers {
-		if p.State != "alive" {
+		if p.State != "alive" || expired {
 			continue
 		}
 		switch {
 		case !p.Configured:
 			bad = append(bad, p.Name+": not configured")
+		case p.Idle:
+			// No keepalives and nothing to send: no handshake is due.
 		case p.HandshakeAgeSeconds < 0:
 			bad = append(bad, p.Name+": no handshake yet")
 		case p.HandshakeAgeSeconds > maxHandshakeAge.Seconds():
@@ -120,7 +146,11 @@ func printStatus(out io.Writer, st *control.Status) {
 		if n.Gateway {
 			role = "gateway"
 			if n.Draining {
-				role += " (draining: cannot forward)"
+				why := n.DrainReason
+				if why == "" {
+					why = "cannot forward"
+				}
+				role += " (draining: " + why + ")"
 			}
 			if n.NAT {
 				role += " behind NAT"
@@ -131,6 +161,7 @@ func printStatus(out io.Writer, st *control.Status) {
 		}
 		fmt.Fprintf(out, "site %s  %s  mesh address %s\n", n.Site, role, orDash(n.MeshAddr))
 	}
+	printIdentity(out, st.Identity)
 	for _, s := range n.Segments {
 		fmt.Fprintf(out, "segment %s %s  slice %s  table %d\n", s.Name, s.CIDR, s.Subnet, s.Table)
 	}
@@ -150,6 +181,7 @@ func printStatus(out io.Writer, st *control.Status) {
 	}
 	tw.Flush()
 	printSites(out, st.Sites)
+	printProbes(out, st.Probes)
 	if len(st.Rejected) > 0 {
 		fmt.Fprintln(out, "\nrejected announcements:")
 		for _, r := range st.Rejected {
@@ -161,6 +193,29 @@ func printStatus(out io.Writer, st *control.Status) {
 	if st.LastError != "" {
 		fmt.Fprintf(out, "\nlast reconcile error: %s\n", st.LastError)
 	}
+}
+
+// renewHint is how a certificate is renewed without a restart.
+const renewHint = "renew it with 'meshd ca sign --force' and 'meshd reload'"
+
+func printIdentity(out io.Writer, id *control.Identity) {
+	if id == nil {
+		return
+	}
+	left := time.Duration(id.ExpirySeconds * float64(time.Second))
+	validity := fmt.Sprintf("valid until %s (%s left)", id.NotAfter, days(left))
+	if left <= 0 {
+		validity = fmt.Sprintf("EXPIRED at %s: every other host refuses this one; %s", id.NotAfter, renewHint)
+	}
+	fmt.Fprintf(out, "identity: certificate %s %s; mode %s", id.Certificate, validity, id.Mode)
+	if id.Mode == "transitional" {
+		if len(id.Unsigned) == 0 {
+			fmt.Fprint(out, ", no unsigned members left (identity.mode = \"strict\" is safe here)")
+		} else {
+			fmt.Fprintf(out, ", accepting unsigned announcements from %d members: %s", len(id.Unsigned), strings.Join(id.Unsigned, ", "))
+		}
+	}
+	fmt.Fprintln(out)
 }
 
 func age(seconds float64) string {
@@ -255,4 +310,26 @@ func printSites(out io.Writer, sites []control.Site) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", s.Name, strings.Join(s.Blocks, ","), path)
 	}
 	tw.Flush()
+}
+
+// printProbes shows this host's checks of its site's gateways, one line.
+func printProbes(out io.Writer, probes []control.GatewayProbe) {
+	if len(probes) == 0 {
+		return
+	}
+	parts := make([]string, len(probes))
+	for i, p := range probes {
+		state := "forwards"
+		switch {
+		case p.Failing > 0:
+			state = fmt.Sprintf("forwarded nothing for %d rounds", p.Failing)
+		case p.Silent:
+			state = "no answer at all (down, or probes cannot be sent: see the log)"
+		}
+		if p.Reported {
+			state += ", reported"
+		}
+		parts[i] = fmt.Sprintf("%s %s (%d remote gateways probed)", p.Gateway, state, p.Targets)
+	}
+	fmt.Fprintf(out, "gateway probes: %s\n", strings.Join(parts, "; "))
 }

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -116,7 +117,19 @@ type Transport struct {
 
 	closeOnce sync.Once
 	closed    chan struct{}
+
+	sent  atomic.Int64 // bytes written, datagrams and streams alike
+	dials atomic.Int64 // streams opened: joins and push/pull
 }
+
+// Dials is how many streams the member opened (each join and each
+// push/pull opens one).
+func (t *Transport) Dials() int64 { return t.dials.Load() }
+
+// Sent is how many bytes the member has sent, gossip datagrams and
+// push/pull streams together, whether or not they arrived: what it would
+// cost its uplink.
+func (t *Transport) Sent() int64 { return t.sent.Load() }
 
 var _ memberlist.NodeAwareTransport = (*Transport)(nil)
 
@@ -139,6 +152,7 @@ func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
 // WriteToAddress delivers a packet, or drops it where UDP would.
 func (t *Transport) WriteToAddress(b []byte, a memberlist.Address) (time.Time, error) {
 	now := time.Now()
+	t.sent.Add(int64(len(b)))
 	dest, err := t.net.route(t, a)
 	if err != nil {
 		return now, nil // a lost datagram is not an error to the sender
@@ -167,14 +181,15 @@ func (t *Transport) DialTimeout(a string, timeout time.Duration) (net.Conn, erro
 // DialAddressTimeout opens a stream, as a TCP connect would, failing when
 // the peer is cut off, closed, or does not accept in time.
 func (t *Transport) DialAddressTimeout(a memberlist.Address, timeout time.Duration) (net.Conn, error) {
+	t.dials.Add(1)
 	dest, err := t.net.route(t, a)
 	if err != nil {
 		return nil, err
 	}
 	local, remote := net.Pipe()
 	select {
-	case dest.streams <- remote:
-		return local, nil
+	case dest.streams <- countingConn{remote, &dest.sent}:
+		return countingConn{local, &t.sent}, nil
 	case <-dest.closed:
 	case <-time.After(timeout):
 	}
@@ -201,3 +216,14 @@ type addr string
 
 func (a addr) Network() string { return "clustertest" }
 func (a addr) String() string  { return string(a) }
+
+type countingConn struct {
+	net.Conn
+	sent *atomic.Int64
+}
+
+func (c countingConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	c.sent.Add(int64(n))
+	return n, err
+}

@@ -482,11 +482,7 @@ func TestMeshWithUnitCapabilities(t *testing.T) {
 	testenv.RequireTools(t, "setpriv")
 	caps := unitCapabilities(t)
 	l := newLab(t, lab.Spec{Hosts: 2, Segments: []lab.SegmentSpec{blue}})
-	wrapper := filepath.Join(t.TempDir(), "meshd-unit-caps")
-	script := fmt.Sprintf("#!/bin/sh\nexec setpriv --bounding-set -all,%s --inh-caps -all --no-new-privs %s \"$@\"\n", caps, meshdBin)
-	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
+	wrapper := unitCapsWrapper(t)
 	for _, h := range l.Hosts() {
 		writeOpsConfig(t, h, "")
 		if err := h.Start(wrapper); err != nil {
@@ -501,6 +497,19 @@ func TestMeshWithUnitCapabilities(t *testing.T) {
 		}
 		assertNothingLeft(t, h)
 	}
+}
+
+// unitCapsWrapper writes a script that runs meshd as the unit does: with
+// only its capabilities and no_new_privs.
+func unitCapsWrapper(t *testing.T) string {
+	t.Helper()
+	testenv.RequireTools(t, "setpriv")
+	wrapper := filepath.Join(t.TempDir(), "meshd-unit-caps")
+	script := fmt.Sprintf("#!/bin/sh\nexec setpriv --bounding-set -all,%s --inh-caps -all --no-new-privs %s \"$@\"\n", unitCapabilities(t), meshdBin)
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return wrapper
 }
 
 // unitCapabilities reads CapabilityBoundingSet from the unit as setpriv

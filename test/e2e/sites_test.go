@@ -35,9 +35,22 @@ func TestSitesAndNAT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Site a's plain host probes its gateways; it runs as the systemd
+	// unit runs meshd, so the probes are shown to work with the unit's
+	// capabilities.
+	prober, unitCaps := l.Host(3), unitCapsWrapper(t)
 	began := time.Now()
 	for _, h := range hosts {
-		start(t, h, "")
+		if h != prober {
+			start(t, h, "")
+			continue
+		}
+		if _, err := h.WriteConfig(""); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Start(unitCaps); err != nil {
+			t.Fatal(err)
+		}
 	}
 	took := waitFor(t, 120*time.Second, "every pod answers every pod across sites and NAT", allPods(hosts, "blue", "green"))
 	t.Logf("MEASURE six hosts in three sites from start to full pod connectivity: %s", took.Round(time.Millisecond))
@@ -142,6 +155,57 @@ func TestSitesAndNAT(t *testing.T) {
 		st, _ = status(t, serving)
 		if !st.Node.Draining {
 			t.Errorf("%s does not report itself draining", serving.Name())
+		}
+	})
+
+	// Forwarding on, but a firewall of its own drops everything the
+	// gateway forwards (a reloaded FORWARD chain): only probes through the
+	// gateway can tell, and the site's plain host makes them.
+	t.Run("a gateway whose firewall drops forwarded packets is found by probes and bypassed", func(t *testing.T) {
+		// The gateway of the last step undrains when its forwarding comes
+		// back, and the pair returns to it: wait for that to settle, and
+		// for the probes' grace after a gateway (re)enters their plan.
+		waitFor(t, 60*time.Second, "site a's gateways carry traffic again", func() error {
+			for _, gw := range l.Site("a").Gateways() {
+				st, err := status(t, gw)
+				if err != nil {
+					return err
+				}
+				if st.Node.Draining {
+					return fmt.Errorf("%s drains: %s", gw.Name(), st.Node.DrainReason)
+				}
+			}
+			return pingPod(l.Host(3), l.Host(5), "blue")
+		})
+		time.Sleep(7 * time.Second)
+		st, err := status(t, l.Host(3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		serving := hostNamed(hosts, siteStatus(st, "b").Gateway)
+		run(t, serving.NS(), "nft", "add", "table", "inet", "e2e_firewall")
+		defer run(t, serving.NS(), "nft", "delete", "table", "inet", "e2e_firewall")
+		run(t, serving.NS(), "nft", "add", "chain", "inet", "e2e_firewall", "forward", "{ type filter hook forward priority -10; policy drop; }")
+		took := waitFor(t, 30*time.Second, "site a reaches site b around the gateway that drops", func() error {
+			return lab.Ping(context.Background(), l.Host(3).PodNS("blue"), l.Host(5).PodAddr("blue"), 1, time.Second)
+		})
+		t.Logf("MEASURE a gateway whose firewall drops forwarded packets bypassed after %s", took.Round(time.Millisecond))
+		if took > 15*time.Second {
+			t.Errorf("bypassed after %s, promised 15 s", took)
+		}
+		st, err = status(t, serving)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Node.Draining || !strings.Contains(st.Node.DrainReason, "probes by "+l.Host(3).Name()) || st.Ejections == 0 {
+			t.Errorf("%s: draining %v (%q), %d ejections; want draining on %s's report", serving.Name(), st.Node.Draining, st.Node.DrainReason, st.Ejections, l.Host(3).Name())
+		}
+		st, err = status(t, l.Host(3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ProbeReports == 0 {
+			t.Errorf("%s's status shows no report: %+v", l.Host(3).Name(), st.Probes)
 		}
 	})
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -450,8 +451,9 @@ func TestGossipKeyRotation(t *testing.T) {
 		}
 	}
 	out, _ := runMeshd(t, meshdBin, "gossip-key", "--socket", sock, "list")
-	if !strings.Contains(out, newKey+"  installed on 3  primary on 3") || strings.Contains(out, old) {
-		t.Fatalf("keyring after rotation:\n%s", out)
+	if !strings.Contains(out, cluster.KeyFingerprint(newKey)+"  installed on 3  primary on 3") ||
+		strings.Contains(out, cluster.KeyFingerprint(old)) || strings.Contains(out, newKey) {
+		t.Fatalf("keyring after rotation (by fingerprint, the old key gone, no key printed):\n%s", out)
 	}
 	for _, h := range hosts {
 		st, err := status(t, h)

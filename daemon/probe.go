@@ -1,0 +1,416 @@
+package daemon
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/meshd/meshd/control"
+	"github.com/meshd/meshd/mesh"
+)
+
+// A gateway that is alive in gossip but does not forward (a firewall
+// reload that dropped the FORWARD chain, a wedged data path) is found by
+// probes through it: the site's probers (mesh.Probe says who, and why
+// these addresses) ping the remote gateways at the far end of its WAN
+// tunnels every probeInterval, and the gateway's own mesh address. When
+// pings through it keep failing while the comparison says it is the
+// gateway (it answers itself, or another gateway of the site forwards),
+// they report it in a signed site-pool event. A gateway that every prober
+// reported drains for a while, as it does when its IP forwarding is off:
+// both ends of its pairs of sites move to another gateway. After the
+// ejection it carries traffic again and is probed again; one that is
+// still broken is reported again and ejected for twice as long, as
+// outlier ejection in a load balancer works (it cannot be probed while it
+// carries nothing, so time is the only retest).
+const (
+	probeInterval = time.Second
+	// probeWait bounds one echo; a round never overlaps the next.
+	probeWait = 900 * time.Millisecond
+	// probeGrace ignores a gateway's first rounds in the plan: the
+	// tunnels behind it may still be handshaking.
+	probeGrace = 5 * time.Second
+	// stuckRounds failed rounds in a row make a report; with two or more
+	// targets, at least two of them must have failed, so one remote
+	// gateway going away is not blamed on this one.
+	stuckRounds = 5
+	// reReportEvery renews a report while the gateway still carries
+	// traffic and still forwards nothing: the other prober's report must
+	// meet it within reportFresh, and a gateway that was the site's only
+	// usable one when the first came may have company now.
+	reReportEvery = 10 * time.Second
+	// reportFresh is how long a gateway counts a report.
+	reportFresh = 15 * time.Second
+	// maxProbedGateways bounds the echoes of one round.
+	maxProbedGateways = 8
+	// maxInbox bounds the report events queued for the loop.
+	maxInbox = 64
+
+	ejectBase = 30 * time.Second
+	ejectMax  = 5 * time.Minute
+	// ejectForgetAfter resets the doubling once a gateway went this long
+	// without being ejected.
+	ejectForgetAfter = 10 * time.Minute
+)
+
+// gatewayProbe is what one prober knows of one gateway's forwarding.
+type gatewayProbe struct {
+	since      time.Time // first round in the plan
+	round      int
+	fails      int // failed rounds in a row that point at the gateway
+	failed     map[netip.Addr]bool
+	reportedAt time.Time
+	// silent: in the last round neither the gateway nor the remote
+	// gateway answered.
+	silent bool
+}
+
+// prober is the probing host's side. The probe goroutine writes it,
+// status reads it.
+type prober struct {
+	mu   sync.Mutex
+	gw   map[string]*gatewayProbe
+	made int
+}
+
+func newProber() *prober { return &prober{gw: map[string]*gatewayProbe{}} }
+
+// target picks this round's remote gateway for pr, in turn.
+func (p *prober) target(pr mesh.Probe, now time.Time) netip.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	g := p.gw[pr.Gateway]
+	if g == nil {
+		g = &gatewayProbe{since: now, failed: map[netip.Addr]bool{}}
+		p.gw[pr.Gateway] = g
+	}
+	g.round++
+	return pr.Targets[g.round%len(pr.Targets)]
+}
+
+// roundResult is one gateway's outcome in one round.
+type roundResult struct {
+	target          netip.Addr
+	viaOK, targetOK bool
+}
+
+// observe takes a whole round, one result per gateway of plan, and
+// returns the gateways to report now. A failed round counts against a
+// gateway only with evidence that the gateway is at fault: it answered
+// itself, or another gateway forwarded in the same round. When nothing
+// works, the fault is more likely this host's or the site's uplink.
+func (p *prober) observe(plan []mesh.Probe, results []roundResult, now time.Time) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var report []string
+	for i, pr := range plan {
+		g := p.gw[pr.Gateway]
+		r := results[i]
+		if g == nil {
+			continue
+		}
+		g.silent = !r.viaOK && !r.targetOK
+		if now.Sub(g.since) < probeGrace {
+			continue
+		}
+		otherOK := slices.ContainsFunc(results, func(o roundResult) bool { return o.targetOK && o != r })
+		switch {
+		case r.targetOK:
+			g.fails = 0
+			clear(g.failed)
+			g.reportedAt = time.Time{}
+			continue
+		case r.viaOK || otherOK:
+			g.fails++
+			g.failed[r.target] = true
+		default:
+			g.fails = 0
+			clear(g.failed)
+			continue
+		}
+		if g.fails < stuckRounds || len(g.failed) < min(2, len(pr.Targets)) {
+			continue
+		}
+		// Reporting every gateway of the site at once would drain none
+		// usefully: with several probed, one must still work.
+		if len(plan) > 1 && !otherOK {
+			continue
+		}
+		if now.Sub(g.reportedAt) >= reReportEvery {
+			g.reportedAt = now
+			p.made++
+			report = append(report, pr.Gateway)
+		}
+	}
+	return report
+}
+
+// retain forgets the results of gateways no longer probed (draining, or
+// no longer assigned a pair).
+func (p *prober) retain(plan []mesh.Probe) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for name := range p.gw {
+		if !slices.ContainsFunc(plan, func(pr mesh.Probe) bool { return pr.Gateway == name }) {
+			delete(p.gw, name)
+		}
+	}
+}
+
+// status describes the gateways in plan, and counts the reports made.
+func (p *prober) status(plan []mesh.Probe, now time.Time) ([]control.GatewayProbe, int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []control.GatewayProbe
+	for _, pr := range plan {
+		gp := control.GatewayProbe{Gateway: pr.Gateway, Targets: len(pr.Targets)}
+		if g := p.gw[pr.Gateway]; g != nil {
+			gp.Failing, gp.Silent = g.fails, g.silent
+			gp.Reported = !g.reportedAt.IsZero() && now.Sub(g.reportedAt) < reportFresh
+		}
+		out = append(out, gp)
+	}
+	return out, p.made
+}
+
+// probeLoop runs the probe rounds until ctx ends.
+func (d *Daemon) probeLoop(ctx context.Context) {
+	tick := time.NewTicker(probeInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.probeRound(ctx)
+	}
+}
+
+func (d *Daemon) probeRound(ctx context.Context) {
+	d.mu.Lock()
+	st := d.state
+	d.mu.Unlock()
+	if st == nil {
+		return
+	}
+	d.prober.retain(st.Probes)
+	local := d.ann.local()
+	src := MeshAddr(local)
+	plan := st.Probes[:min(len(st.Probes), maxProbedGateways)]
+	if !src.IsValid() || len(plan) == 0 {
+		return
+	}
+	now := time.Now()
+	results := make([]roundResult, len(plan))
+	var wg sync.WaitGroup
+	for i, pr := range plan {
+		results[i].target = d.prober.target(pr, now)
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			results[i].viaOK = d.echo(ctx, src, pr.Via)
+		}()
+		go func() {
+			defer wg.Done()
+			results[i].targetOK = d.echo(ctx, src, results[i].target)
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	for _, gw := range d.prober.observe(plan, results, time.Now()) {
+		r := mesh.Report{Reporter: local.Name, Gateway: gw, At: uint64(time.Now().Unix())}
+		if err := d.members.Broadcast(mesh.ReportEvent, r.Encode(d.ann.reportSigner())); err != nil {
+			d.log.Warn("could not report a gateway that forwards nothing", "gateway", gw, "err", err)
+			continue
+		}
+		d.log.Warn("gateway forwards none of the probes through it; reporting it to the site so that it drains", "gateway", gw)
+	}
+}
+
+// echo sends one probe; an error other than a missing reply (no
+// permission for ICMP sockets, no route) is logged once per kind, since
+// it would otherwise make every probe look like a dead gateway.
+func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) bool {
+	ctx, cancel := context.WithTimeout(ctx, probeWait)
+	defer cancel()
+	err := d.sys.Echo(ctx, src, dst)
+	if err != nil && ctx.Err() == nil {
+		d.probeErrOnce.Do(func() {
+			d.log.Warn("gateway probes cannot be sent; gateways that stop forwarding will not be found", "err", err)
+		})
+	}
+	return err == nil
+}
+
+// onSiteEvent dispatches the site pool's user events; it runs on the
+// membership's event goroutine and must not block.
+func (d *Daemon) onSiteEvent(name string, payload []byte) {
+	switch name {
+	case eventGateway:
+		d.directory.receive(name, payload)
+	case mesh.ReportEvent:
+		if d.inbox.add(payload) {
+			d.Kick()
+		}
+	}
+}
+
+// inbox queues report events for the loop, which verifies them against
+// the state it computes.
+type inbox struct {
+	mu    sync.Mutex
+	items [][]byte
+}
+
+func (in *inbox) add(p []byte) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if len(in.items) >= maxInbox {
+		return false
+	}
+	in.items = append(in.items, slices.Clone(p))
+	return true
+}
+
+func (in *inbox) take() [][]byte {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	items := in.items
+	in.items = nil
+	return items
+}
+
+// ejector is a gateway's side: the reports it accepted, and its ejection.
+// Owned by the loop; status reads it under mu.
+type ejector struct {
+	mu sync.Mutex
+	// fresh holds, per gateway of the site, when each prober's latest
+	// report naming it arrived.
+	fresh map[string]map[string]time.Time
+	// lastAt is each reporter's newest report time about each gateway
+	// (key reporter "\n" gateway): an older one is a replay.
+	lastAt   map[string]uint64
+	until    time.Time
+	by       string
+	count    int // ejections in a row, for the doubling
+	lastEnd  time.Time
+	total    int
+	declined string // reporters of a report not acted on, for the log
+}
+
+func newEjector() *ejector {
+	return &ejector{fresh: map[string]map[string]time.Time{}, lastAt: map[string]uint64{}}
+}
+
+// add takes a verified report; replays and reports dated far in the
+// future (which would make every later one look old) are dropped.
+func (e *ejector) add(r mesh.Report, now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	key := r.Reporter + "\n" + r.Gateway
+	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(5*time.Minute).Unix()) {
+		return
+	}
+	e.lastAt[key] = r.At
+	if e.fresh[r.Gateway] == nil {
+		e.fresh[r.Gateway] = map[string]time.Time{}
+	}
+	e.fresh[r.Gateway][r.Reporter] = now
+}
+
+// decide drains this gateway when every prober of the site reported it
+// within reportFresh and another usable gateway, reported by none, can
+// take its traffic: reports that name every gateway at once (the site's
+// uplink went down) drain none. It reports whether an ejection started.
+func (e *ejector) decide(me string, probers, usable []string, now time.Time) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for gw, by := range e.fresh {
+		for r, at := range by {
+			if now.Sub(at) > reportFresh {
+				delete(by, r)
+			}
+		}
+		if len(by) == 0 {
+			delete(e.fresh, gw)
+		}
+	}
+	mine := e.fresh[me]
+	if now.Before(e.until) || len(probers) == 0 || len(mine) == 0 {
+		return false
+	}
+	for _, p := range probers {
+		if _, ok := mine[p]; !ok {
+			return false
+		}
+	}
+	reporters := strings.Join(slices.Sorted(maps.Keys(mine)), ", ")
+	if !slices.ContainsFunc(usable, func(g string) bool { return g != me && len(e.fresh[g]) == 0 }) {
+		e.declined = reporters
+		return false
+	}
+	if !e.lastEnd.IsZero() && now.Sub(e.lastEnd) > ejectForgetAfter {
+		e.count = 0
+	}
+	e.until = now.Add(min(ejectBase<<min(e.count, 4), ejectMax))
+	e.by, e.count, e.lastEnd = reporters, e.count+1, e.until
+	e.total++
+	delete(e.fresh, me) // spent: another ejection needs new reports
+	return true
+}
+
+// ejected reports whether this gateway drains on reports now, on whose,
+// and until when.
+func (e *ejector) ejected(now time.Time) (bool, string, time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return now.Before(e.until), e.by, e.until
+}
+
+// takeDeclined returns the reporters of reports not acted on since the
+// last call, for the log.
+func (e *ejector) takeDeclined() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	r := e.declined
+	e.declined = ""
+	return r
+}
+
+func (e *ejector) ejections() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.total
+}
+
+// takeReports verifies the queued report events against st and feeds
+// the accepted ones to the ejector (gateways only).
+func (d *Daemon) takeReports(st *mesh.State, local mesh.Local, now time.Time) {
+	for _, p := range d.inbox.take() {
+		r, err := st.VerifyReport(local, p)
+		if err != nil {
+			d.log.Debug("gateway report refused", "err", err)
+			continue
+		}
+		d.ejector.add(r, now)
+	}
+}
+
+// drainReason says why this gateway drains, for status and the log.
+func (d *Daemon) drainReason(now time.Time) string {
+	var why []string
+	if !d.forwarding {
+		why = append(why, "IP forwarding is off")
+	}
+	if ej, by, until := d.ejector.ejected(now); ej {
+		why = append(why, "probes by "+by+" found no forwarding through it; back in "+until.Sub(now).Round(time.Second).String())
+	}
+	return strings.Join(why, "; ")
+}
