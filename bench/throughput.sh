@@ -8,7 +8,7 @@
 #   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json] [-P DIR] [-B REV]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
-#   -m  comma list of raw,wggo,wggonft,wggoct,meshd,meshd100,meshdbase,nebula
+#   -m  comma list of raw,wggo,wggonft,wggoct,meshd,meshdnotrack,meshd100,meshdbase,nebula
 #       (default: raw,wggo,wggonft,meshd,meshd100,nebula)
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host

@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/identity"
+	"github.com/meshd/meshd/policy"
 )
 
 // reloadable starts host i with Options that reload its own meshd.toml,
@@ -73,6 +74,20 @@ func TestReloadAppliesWhatItCanAndNamesTheRest(t *testing.T) {
 	c.edit(t, 1, c.text(1, ""))
 	if res, err := reloadHost(t, h1, ""); err != nil || len(res.Restart) != 0 || len(res.Applied) != 1 {
 		t.Errorf("reload of the rules alone: %+v, %v", res, err)
+	}
+
+	// The same-segment fast path is applied by reload, with the rules.
+	c.edit(t, 1, c.text(1, "\n[policy]\nuntracked_same_segment = true\n"))
+	res, err = reloadHost(t, h1, "")
+	if err != nil || len(res.Restart) != 0 || !slices.Contains(res.Applied, "policy.untracked_same_segment = true") {
+		t.Errorf("reload turning the fast path on: %+v, %v", res, err)
+	}
+	if !slices.Contains(h1.nft.Chains("meshd"), policy.NotrackPrerouting) {
+		t.Errorf("the fast path's chains are not in the table: %v", h1.nft.Chains("meshd"))
+	}
+	c.edit(t, 1, c.text(1, ""))
+	if _, err := reloadHost(t, h1, ""); err != nil || slices.Contains(h1.nft.Chains("meshd"), policy.NotrackPrerouting) {
+		t.Errorf("reload turning the fast path off: %v; chains %v", err, h1.nft.Chains("meshd"))
 	}
 
 	// A reload asked for with another file than the daemon's is refused.

@@ -66,6 +66,7 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Untracked = true // every chain the table can have
 	rec := &recorder{}
 	e := NewEnforcer(rec, "mesh0", nil)
 	for range 2 {

@@ -62,7 +62,9 @@ func TestSameSegmentUntrackedNetns(t *testing.T) {
 	}
 	echoTCP(t, p, podBlue+":8080")
 	e := policy.NewEnforcer(tp.conn, tunIface, nil)
-	if err := e.Apply(compile(t, policy.Rule{From: "blue", To: "green", Ports: []string{"tcp/8080"}})); err != nil {
+	rs := compile(t, policy.Rule{From: "blue", To: "green", Ports: []string{"tcp/8080"}})
+	rs.Untracked = true
+	if err := e.Apply(rs); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(conntrackFlows(t, r)); n != 0 {

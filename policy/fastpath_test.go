@@ -22,7 +22,27 @@ func fastPathRuleset(t *testing.T) *Ruleset {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Untracked = true
 	return rs
+}
+
+// TestFastPathIsOptIn: without Untracked the table has no notrack chains
+// and the policy chain keeps its conntrack rules first, as before.
+func TestFastPathIsOptIn(t *testing.T) {
+	rs := fastPathRuleset(t)
+	rs.Untracked = false
+	plan, err := Render(rs, "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range plan.Chains {
+		if c.Name == NotrackPrerouting || c.Name == NotrackOutput {
+			t.Errorf("chain %s rendered without the fast path", c.Name)
+		}
+	}
+	if first := labelOf(chainRules(plan, PolicyChain)[0].UserData); first != "established" {
+		t.Errorf("the policy chain starts with %q, want the conntrack rules first", first)
+	}
 }
 
 func chainRules(plan *Plan, chain string) []*nftables.Rule {

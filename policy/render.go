@@ -57,9 +57,6 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	out := p.chain(baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter))
 	mss := p.chain(mssChain(t))
 	guard := p.chain(guardChain(t))
-	notrackPre, notrackOut := notrackChains(t)
-	p.chain(notrackPre)
-	p.chain(notrackOut)
 
 	// A packet both entering and leaving the tunnel is transit: a gateway
 	// carrying traffic between its site and others, or a transit site
@@ -73,20 +70,28 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	p.add(fwd, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
 	p.add(in, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
 	p.add(out, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
-	if err := p.addPolicy(pol, rs.Entries); err != nil {
+	if err := p.addPolicy(pol, rs.Entries, rs.Untracked); err != nil {
 		return nil, err
 	}
 	p.add(mss, LabelMSSClamp, mssClampExprs(iface)...)
 	p.addGuard(guard, rs, iface)
-	p.addNotrack(notrackPre, notrackOut, iface, rs.Entries)
+	if rs.Untracked {
+		notrackPre, notrackOut := notrackChains(t)
+		p.chain(notrackPre)
+		p.chain(notrackOut)
+		p.addNotrack(notrackPre, notrackOut, iface, rs.Entries)
+	}
 	return p, nil
 }
 
-// addPolicy renders the policy chain: the segments' accepts that the
-// fast path moves to its head, the conntrack and link-local rules, then
+// addPolicy renders the policy chain: with the fast path, the segments'
+// accepts it moves to its head; the conntrack and link-local rules; then
 // the entries in order.
-func (p *Plan) addPolicy(pol *nftables.Chain, entries []Entry) error {
-	head := fastPath(entries)
+func (p *Plan) addPolicy(pol *nftables.Chain, entries []Entry, untracked bool) error {
+	var head []int
+	if untracked {
+		head = fastPath(entries)
+	}
 	for _, i := range head {
 		if err := p.addEntry(pol, entries, i); err != nil {
 			return err

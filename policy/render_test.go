@@ -36,6 +36,7 @@ func TestRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Untracked = true // the golden shows the fast path too; TestFastPathIsOptIn the default
 	rs.Local = []netip.Prefix{netip.MustParsePrefix("10.42.1.0/24"), netip.MustParsePrefix("fd42:0:0:1::/64")}
 	plan, err := Render(rs, "mesh0")
 	if err != nil {

@@ -5,7 +5,6 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/userdata"
 	"github.com/vishvananda/netns"
 
 	"github.com/meshd/meshd/lab"
@@ -20,12 +19,13 @@ type tableKind int
 const (
 	noTable tableKind = iota
 	// meshdTable is the table meshd installs for the lab's segments with
-	// no [[allow]] rules: segments, default deny, conntrack, MSS clamp,
-	// the no-plaintext guard and the same-segment fast path.
+	// no [[allow]] rules and the same-segment fast path on
+	// ([policy] untracked_same_segment): segments, default deny,
+	// conntrack, MSS clamp, the no-plaintext guard, notrack chains.
 	meshdTable
-	// trackedTable is meshdTable as it was before the fast path: no
-	// notrack chains, the segments' accepts after the conntrack rules,
-	// so conntrack sees every packet.
+	// trackedTable is meshd's default table: no notrack chains, the
+	// segments' accepts after the conntrack rules, so conntrack sees
+	// every packet.
 	trackedTable
 )
 
@@ -43,12 +43,10 @@ func installTable(l *lab.Lab, h *lab.Host, iface string, kind tableKind) error {
 	for _, s := range l.Spec().Segments {
 		rs.Local = append(rs.Local, h.Subnet(s.Name))
 	}
+	rs.Untracked = kind == meshdTable
 	plan, err := policy.Render(rs, iface)
 	if err != nil {
 		return err
-	}
-	if kind == trackedTable {
-		plan = withoutFastPath(plan)
 	}
 	return withNftables(h, func(conn *nftables.Conn) error {
 		conn.AddTable(plan.Table)
@@ -97,41 +95,4 @@ func labSegments(l *lab.Lab) []policy.Segment {
 		segs = append(segs, policy.Segment{Name: s.Name, CIDR: netip.MustParsePrefix(s.CIDR)})
 	}
 	return segs
-}
-
-// withoutFastPath turns a rendered table into the one meshd rendered
-// before the same-segment fast path: the notrack chains go, and the
-// segments' accepts the fast path moved to the head of the policy chain
-// go back to where the entries put them, just before the default deny.
-func withoutFastPath(p *policy.Plan) *policy.Plan {
-	notrack := func(chain string) bool { return chain == policy.NotrackPrerouting || chain == policy.NotrackOutput }
-	out := &policy.Plan{Table: p.Table}
-	for _, c := range p.Chains {
-		if !notrack(c.Name) {
-			out.Chains = append(out.Chains, c)
-		}
-	}
-	var head []*nftables.Rule // the moved segment accepts
-	inHead := true
-	for _, r := range p.Rules {
-		switch label := ruleLabel(r); {
-		case notrack(r.Chain.Name):
-			continue
-		case r.Chain.Name != policy.PolicyChain:
-		case inHead && policy.Reason(label) == "same-segment":
-			head = append(head, r)
-			continue
-		case label == policy.LabelDefaultDeny:
-			out.Rules = append(out.Rules, head...)
-		default:
-			inHead = false
-		}
-		out.Rules = append(out.Rules, r)
-	}
-	return out
-}
-
-func ruleLabel(r *nftables.Rule) string {
-	l, _ := userdata.GetString(r.UserData, userdata.TypeComment)
-	return l
 }

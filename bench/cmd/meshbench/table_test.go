@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,45 +10,6 @@ import (
 	"github.com/meshd/meshd/lab"
 	"github.com/meshd/meshd/policy"
 )
-
-// TestWithoutFastPath: the "no fast path" modes measure the table meshd
-// installed before the fast path, rule for rule: no notrack chains, and
-// the policy chain in its old order.
-func TestWithoutFastPath(t *testing.T) {
-	rs, err := policy.Compile([]policy.Segment{
-		{Name: "blue", CIDR: netip.MustParsePrefix("10.42.0.0/16")},
-		{Name: "green", CIDR: netip.MustParsePrefix("10.43.0.0/16")},
-	}, []policy.Rule{{From: "blue", To: "green", Ports: []string{"tcp/8080"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	plan, err := policy.Render(rs, "mesh0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := withoutFastPath(plan)
-	for _, c := range old.Chains {
-		if strings.HasPrefix(c.Name, "notrack") {
-			t.Errorf("chain %s kept", c.Name)
-		}
-	}
-	var labels []string
-	for _, r := range old.Rules {
-		if strings.HasPrefix(r.Chain.Name, "notrack") {
-			t.Errorf("rule %s in chain %s kept", ruleLabel(r), r.Chain.Name)
-		}
-		if r.Chain.Name == policy.PolicyChain {
-			labels = append(labels, ruleLabel(r))
-		}
-	}
-	want := []string{"established", "invalid", "link-local", "allow[0]", "segment:blue", "segment:green", "default-deny"}
-	if !slices.Equal(labels, want) {
-		t.Errorf("policy chain %q, want the order before the fast path %q", labels, want)
-	}
-	if len(old.Rules) != len(plan.Rules)-2*3 {
-		t.Errorf("%d rules, want all but the 6 notrack rules of %d", len(old.Rules), len(plan.Rules))
-	}
-}
 
 // TestInstallTableInTheHostNamespace: the table lands in the lab host's
 // namespace, never in the caller's, and removeTable takes it away again.

@@ -50,6 +50,7 @@ var allModes = []modeInfo{
 	{"wggonft", "wireguard-go + meshd's nftables"},
 	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
 	{"meshd", "meshd"},
+	{"meshdnotrack", "meshd, untracked same-segment"},
 	{"meshdbase", "meshd (base build)"},
 	{"meshd100", "meshd +100 rules"},
 	{"nebula", "nebula"},
@@ -121,7 +122,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	o := &tpOptions{}
 	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
 	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshd100, meshdbase, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshdnotrack, meshd100, meshdbase, nebula")
 	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
 	fs.StringVar(&o.meshdBase, "meshd-base", "", "another meshd binary to compare with (mode meshdbase), e.g. built from the main branch")
@@ -302,13 +303,16 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 		}
 		r.rep.Notes = append(r.rep.Notes, "meshd (base build) is "+o.meshdBaseName)
 		return &meshdTunnel{l: l, bin: o.meshdBase, path: o.path, wg: wg}, ""
-	case "meshd", "meshd100":
+	case "meshd", "meshdnotrack", "meshd100":
 		if o.meshdBin == "" {
 			return nil, "no -meshd binary"
 		}
 		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg}
-		if key == "meshd100" {
+		switch key {
+		case "meshd100":
 			t.extra, t.wantRules = allowRules(100), 100
+		case "meshdnotrack":
+			t.extra = "\n[policy]\nuntracked_same_segment = true\n"
 		}
 		return t, ""
 	case "nebula":
