@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/fileio"
 	"github.com/meshd/meshd/wgdev"
@@ -61,7 +62,7 @@ type HostRoute struct {
 func Check(cfg *config.Config, host HostView) error {
 	var errs []error
 	for _, check := range []func(*config.Config, HostView) error{
-		checkDataDir, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface, checkForwarding,
+		checkDataDir, checkControlSocket, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface, checkForwarding,
 	} {
 		if err := check(cfg, host); err != nil {
 			errs = append(errs, err)
@@ -103,6 +104,13 @@ func checkDataDir(cfg *config.Config, _ HostView) error {
 		return nil
 	}
 	return nil
+}
+
+// checkControlSocket refuses a control_socket path that holds anything
+// but a socket before anything is created: Listen would refuse it only
+// after the interface, routes and table exist.
+func checkControlSocket(cfg *config.Config, _ HostView) error {
+	return control.CheckPath(cfg.ControlSocket)
 }
 
 // checkKeys reads the WireGuard key and the saved gossip keyring if they

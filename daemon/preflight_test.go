@@ -169,3 +169,20 @@ func TestCheckReadOnlyDataDir(t *testing.T) {
 		t.Fatalf("read-only data_dir: %v", err)
 	}
 }
+
+// Something other than a socket at control_socket stops the start before
+// anything is created, and stays where it is.
+func TestCheckRefusesAFileAtControlSocket(t *testing.T) {
+	cfg := checkConfig(t, "", "10.42.0.0/16")
+	cfg.ControlSocket = filepath.Join(t.TempDir(), "meshd.sock")
+	if err := os.WriteFile(cfg.ControlSocket, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ce *config.Error
+	if err := Check(cfg, underlayHost()); !errors.As(err, &ce) || ce.Key != "control_socket" {
+		t.Fatalf("Check = %v; want a config error on control_socket", err)
+	}
+	if b, err := os.ReadFile(cfg.ControlSocket); err != nil || string(b) != "precious" {
+		t.Fatalf("the file at control_socket: %q, %v", b, err)
+	}
+}
