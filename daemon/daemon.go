@@ -81,7 +81,9 @@ type Daemon struct {
 	router   Router
 	enforcer Enforcer
 	cni      ConfigWriter
-	members  Cluster
+	// members is written by join under mu, since the control socket
+	// already serves then and reads it through siteCluster.
+	members Cluster
 	// wan is the WAN pool on a gateway, nil elsewhere.
 	wan     Cluster
 	ctrl    *control.Server
@@ -307,7 +309,9 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.members = members
+	d.mu.Unlock()
 	d.ann.site = members
 	d.undo("cluster membership", members.Leave)
 	d.log.Info("meshd running", "interface", d.device().Name(), "mode", string(d.device().Kind()),
@@ -382,6 +386,14 @@ func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
+}
+
+// siteCluster is the site pool for the control socket's goroutines; nil
+// until the join.
+func (d *Daemon) siteCluster() Cluster {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.members
 }
 
 func (d *Daemon) device() Device {
