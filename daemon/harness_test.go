@@ -436,6 +436,9 @@ func (d *fakeDevice) ConfigureDevice(name string, cfg wgtypes.Config) error {
 	if err := d.Present(); err != nil {
 		return err
 	}
+	if err := d.h.injected("configure key"); err != nil && cfg.PrivateKey != nil {
+		return err
+	}
 	d.mu.Lock()
 	if cfg.PrivateKey != nil {
 		d.key = *cfg.PrivateKey
