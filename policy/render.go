@@ -296,11 +296,15 @@ func matchExprs(fam int, src, dst netip.Prefix, port PortSpec) ([]expr.Any, erro
 }
 
 // addrExprs matches a prefix against the source or destination address;
-// an invalid or zero-length prefix matches everything of its family.
+// an invalid or zero-length prefix matches everything of its family. A
+// prefix with host bits set matches as its canonical form, as Explain
+// (netip.Prefix.Contains) has it: compared unmasked with the masked
+// packet address it would never match at all.
 func addrExprs(p netip.Prefix, source bool) []expr.Any {
 	if !p.IsValid() || p.Bits() == 0 {
 		return nil
 	}
+	p = p.Masked()
 	offset, size := uint32(16), uint32(4) // IPv4 daddr
 	if p.Addr().Is6() {
 		offset, size = 24, 16

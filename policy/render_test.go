@@ -218,3 +218,34 @@ func TestRenderSkipsMixedFamilies(t *testing.T) {
 		t.Errorf("got %d rules for the entry, want 1:\n%s", n, plan)
 	}
 }
+
+// A prefix with host bits set (a hand-edited claim, a caller that did not
+// mask) is rendered as its canonical form, so the kernel matches what
+// Explain says: unmasked, the comparison with the masked packet address
+// would never match, and a guard's exception for this host's own slice
+// would silently drop its pods' traffic.
+func TestRenderMasksPrefixes(t *testing.T) {
+	build := func(seg, src, dst, local string) *Ruleset {
+		return &Ruleset{
+			Segments: []Segment{{Name: "blue", CIDR: netip.MustParsePrefix(seg)}},
+			Entries:  []Entry{{Label: "allow[0]", Action: Accept, Src: pfx(src), Dst: pfx(dst)}},
+			Local:    pfx(local),
+		}
+	}
+	loose, err := Render(build("10.42.0.7/16", "10.42.1.9/24", "10.42.2.1/24", "10.42.3.5/24"), "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exact, err := Render(build("10.42.0.0/16", "10.42.1.0/24", "10.42.2.0/24", "10.42.3.0/24"), "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(loose.Rules) != len(exact.Rules) {
+		t.Fatalf("%d rules, want %d", len(loose.Rules), len(exact.Rules))
+	}
+	for i := range exact.Rules {
+		if got, want := formatExprs(loose.Rules[i].Exprs), formatExprs(exact.Rules[i].Exprs); got != want {
+			t.Errorf("rule %d (chain %s):\n got  %s\n want %s", i, exact.Rules[i].Chain.Name, got, want)
+		}
+	}
+}
