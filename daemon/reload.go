@@ -47,6 +47,9 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 	if err := d.enforcer.Apply(ruleset); err != nil {
 		return res, fmt.Errorf("apply allow-list: %w", err)
 	}
+	// The guard now spares exactly these slices; a stale record would
+	// make the next pass apply the table again (and reset its counters).
+	d.guarded = ruleset.Local
 	res.Applied = append(res.Applied, allowRules(len(next.Allow)))
 	if cur.UntrackedSameSegment != next.UntrackedSameSegment {
 		res.Applied = append(res.Applied, fmt.Sprintf("policy.untracked_same_segment = %v", next.UntrackedSameSegment))
