@@ -17,8 +17,9 @@ import (
 type genCluster struct {
 	sites, hosts, gateways int
 	nat                    func(site int) bool
-	// down marks gateways that failed, by name.
-	down map[string]bool
+	// down marks gateways that failed, by name; offWAN those alive in
+	// their site but missing from the WAN pool (a dead uplink).
+	down, offWAN map[string]bool
 }
 
 var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
@@ -84,7 +85,9 @@ func (g *genCluster) pools(t testing.TB, site int) (sitePool, remote []Member) {
 	}
 	for s := range g.sites {
 		for h := range g.gateways {
-			remote = append(remote, g.member(t, s, h, true))
+			if !g.offWAN[hostName(s, h)] {
+				remote = append(remote, g.member(t, s, h, true))
+			}
 		}
 	}
 	return sitePool, remote
@@ -108,7 +111,7 @@ func (g *genCluster) compute(t testing.TB, site, h int) State {
 func (g *genCluster) expectedGateway(of, other int) string {
 	var names []string
 	for h := range g.gateways {
-		if !g.down[hostName(of, h)] {
+		if !g.down[hostName(of, h)] && !g.offWAN[hostName(of, h)] {
 			names = append(names, hostName(of, h))
 		}
 	}
@@ -498,5 +501,132 @@ func TestProbePlan(t *testing.T) {
 		if st := one.compute(t, 0, h); len(st.Probes) > 0 {
 			t.Errorf("site with one gateway: %s probes %v", hostName(0, h), st.Probes)
 		}
+	}
+}
+
+// reannounce re-encodes member m after f changed its announcement.
+func reannounce(t *testing.T, m Member, f func(*Announcement)) Member {
+	t.Helper()
+	a, err := DecodeTags(m.Tags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f(&a)
+	if m.Tags, err = a.Tags(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A gateway alive in its site but missing from the WAN pool (its uplink
+// died) carries no pair: the other sites, which see only the WAN pool,
+// have moved its pairs, and both ends must agree.
+func TestGatewayOffTheWANCarriesNoPair(t *testing.T) {
+	g := &genCluster{sites: 12, hosts: 4, gateways: 2, offWAN: map[string]bool{}}
+	g.offWAN[hostName(0, 1)] = true
+	for h := range g.hosts {
+		if h == 1 {
+			continue // its own view is below
+		}
+		st := g.compute(t, 0, h)
+		if slices.Contains(st.Gateways, hostName(0, 1)) {
+			t.Fatalf("%s counts %s usable though the WAN pool lacks it", hostName(0, h), hostName(0, 1))
+		}
+		for _, ss := range st.Sites {
+			if ss.Gateway != hostName(0, 0) {
+				t.Fatalf("%s: site %s served by %s", hostName(0, h), ss.Name, ss.Gateway)
+			}
+		}
+	}
+	// Its own WAN pool shows every other site failed: it counts itself out.
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		if !strings.HasPrefix(remote[i].Name, siteName(0)) {
+			remote[i].Status = StatusFailed
+		}
+	}
+	if st := ComputeTopology(g.local(0, 1), sitePool, remote, nil); slices.Contains(st.Gateways, hostName(0, 1)) {
+		t.Errorf("a gateway that sees no other site counts itself usable: %v", st.Gateways)
+	}
+	// The far end agrees: site 5's gateway for the pair peers with s000-h000.
+	far := g.expectedGateway(5, 0)
+	var h int
+	fmt.Sscanf(far[len(far)-3:], "%d", &h)
+	other := g.compute(t, 5, h)
+	if p, ok := other.PeerByName(hostName(0, 0)); !ok || !slices.Contains(p.AllowedIPs, genBlock(0)) {
+		t.Fatalf("%s does not carry s000 through s000-h000: %+v", far, p)
+	}
+}
+
+// A NATed gateway that drains keeps its gossip tunnels: the WAN pool must
+// keep reaching it, or it flaps in every site for as long as it drains.
+func TestDrainingNATGatewayKeepsItsGossipTunnel(t *testing.T) {
+	g := &genCluster{sites: 3, hosts: 2, gateways: 1, nat: func(s int) bool { return s == 2 }}
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		if remote[i].Name == hostName(2, 0) {
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.Role.Draining = true })
+		}
+	}
+	st := ComputeTopology(g.local(0, 0), sitePool, remote, nil)
+	p, ok := st.PeerByName(hostName(2, 0))
+	if !ok || !slices.Equal(p.AllowedIPs, []netip.Prefix{netip.PrefixFrom(genMesh(2, 0), 32)}) {
+		t.Fatalf("gossip tunnel to the draining NATed gateway: %+v (present %v)", p, ok)
+	}
+}
+
+// Names and keys identify one host: a remote gateway may not take the name
+// of a member of this site, this host's key, or another gateway's key.
+func TestRemoteGatewayIdentityCollisions(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 3, gateways: 1}
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		switch remote[i].Name {
+		case hostName(1, 0):
+			remote[i].Name = hostName(0, 2) // the name of a host of site 0
+		case hostName(2, 0):
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.PublicKey = genKey(0, 0) }) // this host's key
+		case hostName(3, 0):
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.PublicKey = genKey(0, 1) }) // a site peer's key
+		}
+	}
+	st := ComputeTopology(g.local(0, 0), sitePool, remote, nil)
+	want := map[string]string{hostName(0, 2): "name is taken", hostName(2, 0): "already used", hostName(3, 0): "already used"}
+	for _, r := range st.Rejected {
+		if w := want[r.Member]; w != "" && strings.Contains(r.Reason, w) {
+			delete(want, r.Member)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("not refused: %v; rejected %+v", want, st.Rejected)
+	}
+	if len(st.Sites) != 0 {
+		t.Errorf("sites reached through impostors: %+v", st.Sites)
+	}
+	p, _ := st.PeerByName(hostName(0, 2))
+	if slices.Contains(p.AllowedIPs, genBlock(1)) {
+		t.Errorf("site 1's block was put on the local host %s", hostName(0, 2))
+	}
+}
+
+// A newcomer gateway with a mistyped site_block does not take its site
+// over, even with the lowest name: the blocks accepted before stay.
+func TestNewGatewayCannotChangeItsSitesBlocks(t *testing.T) {
+	g := &genCluster{sites: 3, hosts: 3, gateways: 2}
+	sitePool, remote := g.pools(t, 0)
+	local := g.local(0, 0)
+	st := ComputeTopology(local, sitePool, remote, nil)
+	newcomer := reannounce(t, g.member(t, 1, 1, true), func(a *Announcement) {
+		a.Blocks = []Slice{{Segment: "blue", Prefix: netip.MustParsePrefix("10.1.0.0/17")}}
+		a.PublicKey[5] = 0x77
+	})
+	newcomer.Name = "s001-a-first"
+	st = ComputeTopology(local, sitePool, append(remote, newcomer), &st)
+	i := slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(1) })
+	if i < 0 || st.Sites[i].Blocks[0].Prefix != genBlock(1) {
+		t.Fatalf("site 1 after the newcomer: %+v", st.Sites)
+	}
+	if !slices.ContainsFunc(st.Rejected, func(r Rejection) bool { return r.Member == newcomer.Name && strings.Contains(r.Reason, "differ") }) {
+		t.Errorf("the newcomer was not refused: %+v", st.Rejected)
 	}
 }

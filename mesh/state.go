@@ -143,6 +143,10 @@ type State struct {
 	// decodedRemote is decoded's counterpart for the gateways of other
 	// sites.
 	decodedRemote map[string]*decodedTags
+	// RemoteCounters is Counters for the WAN announcements: a gateway
+	// signs its site-pool and WAN announcements from one counter, so each
+	// pool's sequence only grows within that pool.
+	RemoteCounters map[string]uint64
 	// Gateways are this site's gateways that carry traffic now (not
 	// draining), this host included when it is one; sorted.
 	Gateways []string
