@@ -14,7 +14,7 @@ import (
 func (d *Daemon) syncMeshAddr(local mesh.Local) error {
 	var want []netip.Prefix
 	if d.ann.multi {
-		if a := MeshAddr(local); a.IsValid() {
+		if a := local.MeshAddr(); a.IsValid() {
 			want = []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/clustertest"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/probe"
 )
 
 // A cluster of two sites, in-process: site a with gateways a1 and a3 and
@@ -297,18 +298,22 @@ func (dp *dataPlane) deliver(from string, dst netip.Addr) error {
 }
 
 // echo is the probe of host from: the request and the reply must both
-// arrive.
+// arrive; a packet lost on the way is a missing reply.
 func (dp *dataPlane) echo(from string) func(src, dst netip.Addr) error {
 	return func(src, dst netip.Addr) error {
-		if err := dp.deliver(from, dst); err != nil {
-			return err
-		}
-		for name := range dp.ts.hosts {
-			if dp.meshAddr(name) == dst {
-				return dp.deliver(name, src)
+		err := dp.deliver(from, dst)
+		if err == nil {
+			err = errors.New("nobody holds " + dst.String())
+			for name := range dp.ts.hosts {
+				if dp.meshAddr(name) == dst {
+					err = dp.deliver(name, src)
+				}
 			}
 		}
-		return errors.New("nobody holds " + dst.String())
+		if err != nil {
+			return fmt.Errorf("%w: %v", probe.ErrNoReply, err)
+		}
+		return nil
 	}
 }
 

@@ -425,7 +425,8 @@ func (t *topology) probes() {
 		return // nothing to move to
 	}
 	t.st.Probers = t.probers(t.local.SiteName())
-	if !slices.Contains(t.st.Probers, t.local.Name) {
+	src := t.local.MeshAddr()
+	if !slices.Contains(t.st.Probers, t.local.Name) || !src.IsValid() {
 		return
 	}
 	for _, g := range t.st.Gateways {
@@ -440,7 +441,11 @@ func (t *topology) probes() {
 			if ss.Gateway != g || ss.Transit != "" || ss.Unreachable != "" {
 				continue
 			}
-			if a, ok := t.remoteMesh[ss.Remote]; ok && !slices.Contains(pr.Targets, a) {
+			// Only addresses this host routes into the tunnel from its
+			// own mesh address: another family, or a segment this host
+			// lacks, would fail whatever the gateway does.
+			a, ok := t.remoteMesh[ss.Remote]
+			if _, inSegment := t.segmentOf(a); ok && inSegment && a.Is4() == src.Is4() && !slices.Contains(pr.Targets, a) {
 				pr.Targets = append(pr.Targets, a)
 			}
 		}
@@ -499,9 +504,11 @@ func (t *topology) path(si *siteInfo, localGW []string) (hop *siteInfo, transit,
 		return si, "", ""
 	}
 	// The transit site: the lowest-named other site whose gateways
-	// accept inbound tunnels, which both ends can reach directly.
+	// accept inbound tunnels, which both ends can reach directly. Both
+	// ends must pick the same one, so the far end's pair with it is
+	// judged from the WAN announcements, which both ends see alike.
 	for _, cand := range t.order {
-		if cand == si || len(cand.usable()) == 0 || t.relayed(cand, localGW) {
+		if cand == si || len(cand.usable()) == 0 || t.relayed(cand, localGW) || relayedBetween(si, cand) {
 			continue
 		}
 		if slices.ContainsFunc(cand.usable(), func(g gatewayAnn) bool { return !g.ann.Role.NAT }) {
@@ -540,6 +547,33 @@ func (t *topology) relayed(si *siteInfo, localGW []string) bool {
 		return slices.Contains(g.ann.Relays, local)
 	}
 	return false
+}
+
+// relayedBetween is relayed for a pair of two other sites, a and b, as
+// their WAN announcements show it.
+func relayedBetween(a, b *siteInfo) bool {
+	pair := pairKey(a.name, b.name)
+	near, far := assigned(pair, a.usable()), assigned(pair, b.usable())
+	if near == nil || far == nil {
+		return true
+	}
+	if near.Role.NAT && far.Role.NAT && (near.Role.Symmetric || far.Role.Symmetric) {
+		return true
+	}
+	return slices.Contains(near.Relays, b.name) || slices.Contains(far.Relays, a.name)
+}
+
+// assigned returns the announcement of the gateway among gws that Assign
+// picks for pair, nil when there is none.
+func assigned(pair string, gws []gatewayAnn) *Announcement {
+	names := make([]string, len(gws))
+	for i, g := range gws {
+		names[i] = g.name
+	}
+	if i := slices.Index(names, Assign(pair, names)); i >= 0 {
+		return gws[i].ann
+	}
+	return nil
 }
 
 // wanPeer returns the index of the WAN peer for gateway g of site hop,

@@ -630,3 +630,65 @@ func TestNewGatewayCannotChangeItsSitesBlocks(t *testing.T) {
 		t.Errorf("the newcomer was not refused: %+v", st.Rejected)
 	}
 }
+
+// Two NATed sites relay, and the lowest-named site with a public gateway
+// is not usable by both: its gateway for the pair with the symmetric-NAT
+// site is behind NAT too. Both ends must then pass it over for the same
+// next site, or each end's traffic arrives through a tunnel the other end
+// does not route back through.
+func TestBothEndsPickTheSameTransitSite(t *testing.T) {
+	var seed byte
+	wan := func(name, site string, nat, symmetric bool, block string) Member {
+		seed++
+		a := Announcement{PublicKey: testKey(t, seed), Site: site, Role: Role{Gateway: true, NAT: nat, Symmetric: symmetric},
+			MeshAddr: netip.MustParsePrefix(block).Addr().Next(), Blocks: []Slice{sl("blue", block)}}
+		if !nat {
+			a.Endpoint = netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, seed}), 51820)
+		}
+		tags, err := a.Tags()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Member{Name: name, Status: StatusAlive, Tags: tags}
+	}
+	// Site t1 has a public and a NATed gateway; find site names for which
+	// the pair with the symmetric site lands on the NATed one and the pair
+	// with the other NATed site on the public one.
+	t1 := []string{"t1-pub", "t1-nat"}
+	var siteA, siteB string
+	for i := 0; i < 100 && siteA == ""; i++ {
+		for j := 0; j < 100; j++ {
+			a, b := fmt.Sprintf("u%02d", i), fmt.Sprintf("v%02d", j)
+			if Assign(pairKey("t1", a), t1) == "t1-pub" && Assign(pairKey("t1", b), t1) == "t1-nat" {
+				siteA, siteB = a, b
+				break
+			}
+		}
+	}
+	if siteA == "" {
+		t.Fatal("no site names give the pairs the test needs")
+	}
+	remote := []Member{
+		wan("t1-pub", "t1", false, false, "10.42.16.0/20"),
+		wan("t1-nat", "t1", true, false, "10.42.16.0/20"),
+		wan("t2-pub", "t2", false, false, "10.42.32.0/20"),
+		wan("a-gw", siteA, true, false, "10.42.48.0/20"),
+		wan("b-gw", siteB, true, true, "10.42.64.0/20"),
+	}
+	view := func(name, site, block string, symmetric bool) SiteState {
+		seg := LocalSegment{Name: "blue", CIDR: pfx("10.42.0.0/16"), Subnet: netip.PrefixFrom(netip.MustParsePrefix(block).Addr(), 24), Block: pfx(block)}
+		local := Local{Name: name, PublicKey: testKey(t, 200), Link: "mesh0", TableBase: 100, RulePriority: 31000,
+			Site: site, Gateway: true, NAT: true, Symmetric: symmetric, Segments: []LocalSegment{seg}}
+		other := map[string]string{siteA: siteB, siteB: siteA}[site]
+		st := ComputeTopology(local, nil, remote, nil)
+		i := slices.IndexFunc(st.Sites, func(s SiteState) bool { return s.Name == other })
+		if i < 0 {
+			t.Fatalf("%s does not see site %s: %+v %+v", name, other, st.Sites, st.Rejected)
+		}
+		return st.Sites[i]
+	}
+	fromA, fromB := view("a-gw", siteA, "10.42.48.0/20", false), view("b-gw", siteB, "10.42.64.0/20", true)
+	if fromA.Transit != "t2" || fromB.Transit != "t2" {
+		t.Fatalf("transit from %s: %q, from %s: %q; want t2 at both ends", siteA, fromA.Transit, siteB, fromB.Transit)
+	}
+}
