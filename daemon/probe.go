@@ -317,13 +317,18 @@ func newEjector() *ejector {
 	return &ejector{fresh: map[string]map[string]time.Time{}, lastAt: map[string]uint64{}}
 }
 
-// add takes a verified report; replays and reports dated far in the
-// future (which would make every later one look old) are dropped.
+// reportSkew is how far a report's time may be from this host's clock:
+// older ones are replays (recorded before a restart emptied lastAt),
+// later ones would make every real report after them look old.
+const reportSkew = 2 * time.Minute
+
+// add takes a verified report; replays and reports dated outside
+// reportSkew are dropped.
 func (e *ejector) add(r mesh.Report, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := r.Reporter + "\n" + r.Gateway
-	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(5*time.Minute).Unix()) {
+	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(reportSkew).Unix()) || r.At < uint64(now.Add(-reportSkew).Unix()) {
 		return
 	}
 	e.lastAt[key] = r.At

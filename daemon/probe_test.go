@@ -151,6 +151,14 @@ func TestEjectorNeedsEveryProberAndSomewhereToGo(t *testing.T) {
 	if e.decide("g1", probers, usable, t0) {
 		t.Error("a replayed report counted")
 	}
+	// A signed report recorded long ago, replayed after a restart emptied
+	// the replay guard, and one dated far ahead, are refused.
+	e = newEjector()
+	e.add(report("p1", "g1", 1000-600), t0)
+	e.add(report("p2", "g1", 1000+600), t0)
+	if len(e.fresh["g1"]) != 0 {
+		t.Errorf("reports outside the clock skew were taken: %v", e.fresh["g1"])
+	}
 }
 
 // Still broken, a gateway is ejected for twice as long each time, up to

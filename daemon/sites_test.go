@@ -382,3 +382,39 @@ func TestGatewayThatStopsForwardingIsBypassed(t *testing.T) {
 		t.Errorf("%s after the fix: draining %v, %d ejections", pairA, st.Node.Draining, st.Ejections)
 	}
 }
+
+// A gateway whose WAN uplink dies sees every other site fail. It must not
+// tell its site so: it stops relaying the WAN pool, the other gateway
+// takes over, and the site keeps reaching site b through that gateway.
+func TestGatewayLosingItsWANUplinkDoesNotCutItsSite(t *testing.T) {
+	ts := newTwoSites(t)
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	reaches := func(gw string) func() error {
+		return func() error {
+			st := run["a2"].d.Status()
+			if len(st.Sites) != 1 || st.Sites[0].Unreachable != "" || st.Sites[0].Gateway != gw {
+				return fmt.Errorf("a2's sites: %+v", st.Sites)
+			}
+			for _, ips := range ts.peersOf("a2") {
+				if slices.Contains(ips, "10.42.16.0/20") {
+					return expectPeers(ts, "b1", map[string][]string{"b2": {"10.42.18.0/24"}, gw: {"10.42.0.0/20"}})
+				}
+			}
+			return errors.New("a2 routes site b nowhere")
+		}
+	}
+	eventually(t, 20*time.Second, "site b reached", reaches(mesh.Assign("a|b", []string{"a1", "a3"})))
+	ts.wan.Cut("a1") // a1's uplink: still in its site, gone from the WAN
+	took := eventually(t, 30*time.Second, "site b reached through a3", reaches("a3"))
+	t.Logf("site a moved off the gateway without an uplink in %s", took.Round(time.Millisecond))
+	// And stays so: a1, seeing site b fail, must not have told a2.
+	for range 10 {
+		if err := reaches("a3")(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}

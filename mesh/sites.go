@@ -623,11 +623,20 @@ func Assign(pair string, names []string) string {
 		h.Write([]byte(pair))
 		h.Write([]byte{0})
 		h.Write([]byte(n))
-		if v := h.Sum64(); best == "" || v > bestHash || (v == bestHash && n < best) {
+		if v := mix(h.Sum64()); best == "" || v > bestHash || (v == bestHash && n < best) {
 			best, bestHash = n, v
 		}
 	}
 	return best
+}
+
+// mix is splitmix64's finalizer. FNV-1a alone leaves names that differ
+// only in their last bytes (gw1, gw2, gw3) with nearly equal high bits, so
+// one of them won half the pairs.
+func mix(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
 }
 
 // pairKey names a pair of sites the same way from both ends.

@@ -692,3 +692,19 @@ func TestBothEndsPickTheSameTransitSite(t *testing.T) {
 		t.Fatalf("transit from %s: %q, from %s: %q; want t2 at both ends", siteA, fromA.Transit, siteB, fromB.Transit)
 	}
 }
+
+// Pairs spread evenly over a site's gateways, whatever their names.
+func TestAssignSpreadsPairs(t *testing.T) {
+	for _, names := range [][]string{{"gw1", "gw2", "gw3"}, {"a", "b", "c"}, {"eu-1-gw-a", "eu-1-gw-b", "eu-1-gw-c"}} {
+		count := map[string]int{}
+		const pairs = 3000
+		for i := range pairs {
+			count[Assign(pairKey("home", fmt.Sprintf("site-%d", i)), names)]++
+		}
+		for _, n := range names {
+			if share := float64(count[n]) / pairs; share < 0.28 || share > 0.39 {
+				t.Errorf("%v: %s serves %.0f%% of the pairs", names, n, share*100)
+			}
+		}
+	}
+}
