@@ -31,6 +31,8 @@ type twoSites struct {
 	siteOf    map[string]string
 	slice     map[string]int // third octet of each host's /24
 	isGateway map[string]bool
+	// ca, when set, gives every host a certificate for its site and role.
+	ca *testCA
 }
 
 func newTwoSites(t *testing.T) *twoSites {
@@ -90,6 +92,10 @@ advertise_addr = %q
 join = [%s]
 `, netip.MustParseAddrPort(h.wanTr.Addr()).Addr(), strings.Join(wanJoin, ", "))
 	}
+	if ts.ca != nil {
+		id, _ := ts.ca.issueIn(name, site, ts.isGateway[name], time.Hour, "strict")
+		text += id
+	}
 	text += fmt.Sprintf(`
 [wireguard]
 interface = "mesh0"
@@ -139,6 +145,42 @@ func expectPeers(ts *twoSites, name string, want map[string][]string) error {
 		}
 	}
 	return nil
+}
+
+// meshed is the state of a twoSites cluster with every host up.
+func (ts *twoSites) meshed() error {
+	pairA := mesh.Assign("a|b", []string{"a1", "a3"})
+	other := map[string]string{"a1": "a3", "a3": "a1"}[pairA]
+	return errors.Join(
+		expectPeers(ts, "a2", map[string][]string{pairA: {fmt.Sprintf("10.42.%d.0/24", ts.slice[pairA]), "10.42.16.0/20"}, other: {fmt.Sprintf("10.42.%d.0/24", ts.slice[other])}}),
+		expectPeers(ts, "b2", map[string][]string{"b1": {"10.42.0.0/20", "10.42.17.0/24"}}),
+		expectPeers(ts, "b1", map[string][]string{"b2": {"10.42.18.0/24"}, pairA: {"10.42.0.0/20"}}),
+		expectPeers(ts, pairA, map[string][]string{"a2": {"10.42.2.0/24"}, other: {fmt.Sprintf("10.42.%d.0/24", ts.slice[other])}, "b1": {"10.42.16.0/20"}}),
+	)
+}
+
+// With a CA, certificates bind each host's site and role; a gateway signs
+// its site-pool and WAN announcements from one counter, and the mesh must
+// come up and stay up pass after pass, with nothing refused.
+func TestTwoSitesWithACA(t *testing.T) {
+	ts := newTwoSites(t)
+	ts.ca = newTestCA(t)
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	eventually(t, 20*time.Second, "two sites meshed under a CA", ts.meshed)
+	for range 10 { // resyncs, health checks and refreshes re-verify everything
+		time.Sleep(300 * time.Millisecond)
+		if err := ts.meshed(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for n, r := range run {
+		if st := r.d.Status(); len(st.Rejected) != 0 {
+			t.Errorf("%s refused %+v", n, st.Rejected)
+		}
+	}
 }
 
 func TestTwoSites(t *testing.T) {
