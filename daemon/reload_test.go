@@ -123,11 +123,17 @@ func newTestCA(t *testing.T) *testCA {
 // issue signs a fresh key for name, valid for d from now, and returns
 // the [identity] table naming it, with mode.
 func (c *testCA) issue(name string, d time.Duration, mode string) (string, *identity.Cert) {
+	return c.issueIn(name, "", false, d, mode)
+}
+
+// issueIn is issue for a host of site that may be its gateway.
+func (c *testCA) issueIn(name, site string, gateway bool, d time.Duration, mode string) (string, *identity.Cert) {
 	c.t.Helper()
 	c.n++
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Now()
-	cert, err := c.ca.Sign(identity.Cert{Name: name, Segments: []string{"blue", "green"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(d), PublicKey: pub})
+	cert, err := c.ca.Sign(identity.Cert{Name: name, Segments: []string{"blue", "green"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(d), PublicKey: pub,
+		Site: site, Gateway: gateway})
 	if err != nil {
 		c.t.Fatal(err)
 	}

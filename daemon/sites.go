@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -102,8 +103,9 @@ type directory struct {
 	sent     map[string]string
 	lastFull time.Time
 	// known is the loop's record of the site's live members at the last
-	// relay.
-	known map[string]bool
+	// relay; relaying whether this gateway was the relayer then.
+	known    map[string]bool
+	relaying bool
 }
 
 type dirEntry struct {
@@ -122,20 +124,43 @@ func newDirectory() *directory {
 	return &directory{entries: map[string]dirEntry{}, sent: map[string]string{}}
 }
 
+// maxDirectory bounds the relayed announcements a host keeps: any member
+// of the site can send these events.
+const maxDirectory = 4096
+
 // receive takes a relayed announcement. Everything in it is checked
-// later by Compute, as every announcement is.
+// later by Compute, as every announcement is; here only what keeps the
+// directory sound: a valid name, room, and, for signed announcements, no
+// older counter replacing a newer one (a replay would otherwise make
+// Compute refuse the gateway as replayed until the next refresh).
 func (dir *directory) receive(name string, payload []byte) {
 	if name != eventGateway {
 		return
 	}
 	var r dirRecord
-	if err := json.Unmarshal(payload, &r); err != nil || r.Name == "" || len(r.Tags) > 32 {
+	if err := json.Unmarshal(payload, &r); err != nil || identity.ValidName(r.Name) != nil || len(r.Tags) > 32 {
 		return
 	}
 	m := mesh.Member{Name: r.Name, Status: mesh.Status(r.Status), Tags: r.Tags}
 	dir.mu.Lock()
+	defer dir.mu.Unlock()
+	old, had := dir.entries[r.Name]
+	if !had && len(dir.entries) >= maxDirectory {
+		return
+	}
+	if had && signedCounter(r.Tags) < signedCounter(old.member.Tags) {
+		return
+	}
 	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now()}
-	dir.mu.Unlock()
+}
+
+// signedCounter is a signed announcement's counter, 0 when unsigned.
+func signedCounter(tags map[string]string) uint64 {
+	ann, err := mesh.DecodeTags(tags)
+	if err != nil {
+		return 0
+	}
+	return ann.Counter
 }
 
 func (dir *directory) members(now time.Time) []mesh.Member {
@@ -374,7 +399,10 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 		// Only where both ends sit behind NAT can a direct tunnel fail
 		// for good; a public end always accepts the NATed one's
 		// handshakes.
-		if !localNAT || !peer.WAN || !peer.NAT || slices.Contains(p.noDirect, peer.Site) {
+		// The clock starts once there is somewhere to aim: until the
+		// public gateways told where the far side is seen from, no
+		// handshake can be expected.
+		if !localNAT || !peer.WAN || !peer.NAT || !peer.Endpoint.IsValid() || slices.Contains(p.noDirect, peer.Site) {
 			continue
 		}
 		live[peer.Name] = true
