@@ -67,6 +67,9 @@ type Daemon struct {
 	// relay them (safe from any goroutine); paths what a gateway learns
 	// of its WAN tunnels (see paths for who owns what).
 	directory *directory
+	// retired are the site's gateways this gateway told the WAN pool
+	// failed, while the site pool shows them failed. Loop only.
+	retired map[string]bool
 	paths     *paths
 	// prober is a probing host's record of its site's gateways, ejector
 	// a gateway's of the reports naming it (see probe.go).
@@ -148,7 +151,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
+		directory: newDirectory(), retired: map[string]bool{}, paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 

@@ -43,7 +43,15 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 		return nil
 	}
 	now := time.Now()
-	refresh := d.directory.refreshDue(now) || !d.directory.relaying
+	refresh := d.directory.refreshDue(now) || !d.directory.relaying || d.directory.settleDue(now)
+	if !d.directory.relaying {
+		// The gateway that relayed before may still send what it saw
+		// until it notices this one took over: its full relay to a
+		// newcomer can carry this very gateway as failed, later than this
+		// gateway's own relay. Once more, after it stopped, sets that
+		// right.
+		d.directory.settleAt = now.Add(relaySettle)
+	}
 	d.directory.relaying = true
 	// A host that joined the site missed everything relayed before: send
 	// it all now rather than at the next refresh.
@@ -51,6 +59,46 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 		refresh = true
 	}
 	return d.directory.relay(d.members, remote, refresh)
+}
+
+// retireFellowGateways, on a gateway, tells the WAN pool at once when
+// its site pool found another gateway of the site failed. The far end of
+// a pair of sites learns of the failure only from the WAN pool, whose
+// suspicion lasts up to six times longer than a small site pool's while
+// few members confirm it; meanwhile this site already routes the pair
+// through the next gateway, whose packets the far end refuses as coming
+// from the wrong peer. The site pool's verdict is the site's own: a
+// gateway it lost carries none of the site's traffic, whatever the WAN
+// pool still sees. Each failure is retired once; a gateway that is in
+// fact alive refutes it.
+func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
+	if d.wan == nil {
+		return
+	}
+	failed := map[string]bool{}
+	for _, m := range members {
+		if m.Status == mesh.StatusFailed {
+			failed[m.Name] = true
+		}
+	}
+	for name := range d.retired {
+		if !failed[name] {
+			delete(d.retired, name)
+		}
+	}
+	me := d.ann.local()
+	site := me.SiteName()
+	for _, m := range remote {
+		if !failed[m.Name] || m.Status != mesh.StatusAlive || d.retired[m.Name] {
+			continue
+		}
+		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != site {
+			continue
+		}
+		d.retired[m.Name] = true
+		d.log.Info("gateway failed in the site pool: telling the WAN pool", "gateway", m.Name)
+		d.wan.Retire(m.Name)
+	}
 }
 
 // isRelayer reports whether this gateway relays the WAN pool into its

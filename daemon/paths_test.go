@@ -94,25 +94,51 @@ func TestDirectoryRefusesReplaysAndJunk(t *testing.T) {
 		raw, _ := json.Marshal(dirRecord{Name: name, Status: "alive", Tags: tags})
 		return raw
 	}
-	dir.receive(eventGateway, record("b1", 20))
-	dir.receive(eventGateway, record("b1", 10)) // a replay
+	dir.receive(eventGateway, record("b1", 20), 5)
+	dir.receive(eventGateway, record("b1", 10), 6) // a replay
 	got := dir.members(time.Now())
 	if len(got) != 1 || signedCounter(got[0].Tags) != 20 {
 		t.Fatalf("after a replay: %+v", got)
 	}
-	dir.receive(eventGateway, record("b1", 30))
+	dir.receive(eventGateway, record("b1", 30), 1)
 	if got := dir.members(time.Now()); signedCounter(got[0].Tags) != 30 {
 		t.Errorf("a newer copy was not taken: %+v", got)
 	}
-	dir.receive(eventGateway, record("bad\u200bname", 1))
-	dir.receive(eventGateway, []byte("{not json"))
+	dir.receive(eventGateway, record("bad\u200bname", 1), 9)
+	dir.receive(eventGateway, []byte("{not json"), 9)
 	if got := dir.members(time.Now()); len(got) != 1 {
 		t.Errorf("junk kept: %+v", got)
 	}
 	for i := range maxDirectory + 10 {
-		dir.receive(eventGateway, record(fmt.Sprintf("g%05d", i), 1))
+		dir.receive(eventGateway, record(fmt.Sprintf("g%05d", i), 1), 9)
 	}
 	if n := len(dir.members(time.Now())); n != maxDirectory {
 		t.Errorf("%d entries, want at most %d", n, maxDirectory)
+	}
+}
+
+// Relayed copies of one announcement are ordered by their events' Lamport
+// time, whatever order gossip delivers them in: the old relayer's
+// "failed" for a gateway that came back must not outlive the new
+// relayer's "alive".
+func TestDirectoryKeepsTheLatestRelayedStatus(t *testing.T) {
+	dir := newDirectory()
+	tags, err := mesh.Announcement{PublicKey: wgtypes.Key{1}, Endpoint: netip.MustParseAddrPort("203.0.113.1:51820"), Site: "a",
+		Role: mesh.Role{Gateway: true}}.Tags()
+	if err != nil {
+		t.Fatal(err)
+	}
+	record := func(status mesh.Status) []byte {
+		raw, _ := json.Marshal(dirRecord{Name: "a1", Status: string(status), Tags: tags})
+		return raw
+	}
+	dir.receive(eventGateway, record(mesh.StatusAlive), 40) // the new relayer, after a1 came back
+	dir.receive(eventGateway, record(mesh.StatusLeft), 31)  // the old relayer, from before
+	if got := dir.members(time.Now()); len(got) != 1 || got[0].Status != mesh.StatusAlive {
+		t.Fatalf("an older relay replaced a newer one: %+v", got)
+	}
+	dir.receive(eventGateway, record(mesh.StatusFailed), 41)
+	if got := dir.members(time.Now()); got[0].Status != mesh.StatusFailed {
+		t.Errorf("a newer relay was not taken: %+v", got)
 	}
 }

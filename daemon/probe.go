@@ -259,10 +259,10 @@ func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) (ok, unknown boo
 
 // onSiteEvent dispatches the site pool's user events; it runs on the
 // membership's event goroutine and must not block.
-func (d *Daemon) onSiteEvent(name string, payload []byte) {
+func (d *Daemon) onSiteEvent(name string, payload []byte, ltime uint64) {
 	switch name {
 	case eventGateway:
-		d.directory.receive(name, payload)
+		d.directory.receive(name, payload, ltime)
 	case mesh.ReportEvent:
 		if d.inbox.add(payload) {
 			d.Kick()

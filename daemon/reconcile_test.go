@@ -55,6 +55,7 @@ func (f *fakeCluster) Ask(string, []byte, map[string]string, time.Duration) ([]c
 	return nil, nil
 }
 func (f *fakeCluster) Leave() error { return nil }
+func (f *fakeCluster) Retire(string)  {}
 
 func memberN(t testing.TB, i int, slice netip.Prefix) mesh.Member {
 	t.Helper()

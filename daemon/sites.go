@@ -39,6 +39,10 @@ const (
 	// every member of the site about sites x 500 bytes x serf's
 	// retransmissions (measured in TestSitesAtScale).
 	directoryRefresh = 2 * time.Minute
+	// relaySettle is how long after taking over relaying a gateway
+	// relays everything once more, by when the gateway that relayed
+	// before saw it take over and stopped.
+	relaySettle = 5 * time.Second
 	// directoryTTL forgets a relayed announcement no gateway repeated.
 	directoryTTL = 3 * directoryRefresh
 	// directTimeout is how long two gateways behind NAT try a direct
@@ -106,11 +110,15 @@ type directory struct {
 	// relay; relaying whether this gateway was the relayer then.
 	known    map[string]bool
 	relaying bool
+	// settleAt is when a gateway that took over relaying relays all
+	// again (see relayDirectory); zero when not due.
+	settleAt time.Time
 }
 
 type dirEntry struct {
 	member mesh.Member
 	seen   time.Time
+	ltime  uint64 // of the event that brought it
 }
 
 // dirRecord is one relayed announcement on the wire.
@@ -130,10 +138,17 @@ const maxDirectory = 4096
 
 // receive takes a relayed announcement. Everything in it is checked
 // later by Compute, as every announcement is; here only what keeps the
-// directory sound: a valid name, room, and, for signed announcements, no
-// older counter replacing a newer one (a replay would otherwise make
-// Compute refuse the gateway as replayed until the next refresh).
-func (dir *directory) receive(name string, payload []byte) {
+// directory sound: a valid name, room, and no older copy replacing a
+// newer one. For signed announcements a newer counter is newer (a replay
+// would otherwise make Compute refuse the gateway as replayed until the
+// next refresh); for the same announcement, the event's Lamport time
+// orders what the site's gateways relayed of it. Gossip delivers events
+// in any order, and when the relaying gateway changes, say to one that
+// just restarted, the old relayer's "failed" for that very gateway can
+// arrive after the new relayer's "alive": without the order it would
+// stand until the next refresh, and this host would route around a
+// gateway the far end sends through.
+func (dir *directory) receive(name string, payload []byte, ltime uint64) {
 	if name != eventGateway {
 		return
 	}
@@ -148,10 +163,15 @@ func (dir *directory) receive(name string, payload []byte) {
 	if !had && len(dir.entries) >= maxDirectory {
 		return
 	}
-	if had && signedCounter(r.Tags) < signedCounter(old.member.Tags) {
-		return
+	if had {
+		switch counter, oldCounter := signedCounter(r.Tags), signedCounter(old.member.Tags); {
+		case counter < oldCounter:
+			return
+		case counter == oldCounter && ltime < old.ltime:
+			return
+		}
 	}
-	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now()}
+	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now(), ltime: ltime}
 }
 
 // signedCounter is a signed announcement's counter, 0 when unsigned.
@@ -242,6 +262,15 @@ func (dir *directory) newcomers(members []mesh.Member) bool {
 
 func (dir *directory) refreshDue(now time.Time) bool {
 	return now.Sub(dir.lastFull) >= directoryRefresh
+}
+
+// settleDue reports, once, that the full relay after a takeover is due.
+func (dir *directory) settleDue(now time.Time) bool {
+	if dir.settleAt.IsZero() || now.Before(dir.settleAt) {
+		return false
+	}
+	dir.settleAt = time.Time{}
+	return true
 }
 
 // paths tracks what a gateway learns about its WAN tunnels at run time:
