@@ -70,7 +70,7 @@ type Daemon struct {
 	// retired are the site's gateways this gateway told the WAN pool
 	// failed, while the site pool shows them failed. Loop only.
 	retired map[string]bool
-	paths     *paths
+	paths   *paths
 	// prober is a probing host's record of its site's gateways, ejector
 	// a gateway's of the reports naming it (see probe.go).
 	prober  *prober
