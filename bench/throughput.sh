@@ -5,23 +5,26 @@
 # [[allow]] rules, and Nebula if it builds; plus the ChaCha20-Poly1305
 # ceiling of this machine. Prints one table; exits non-zero if a run failed.
 #
-#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json]
+#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json] [-P DIR] [-B REV]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
-#   -m  comma list of raw,wggo,wggonft,meshd,meshd100,nebula (default: all)
+#   -m  comma list of raw,wggo,wggonft,wggoct,meshd,meshdnotrack,meshd100,meshdbase,nebula
+#       (default: raw,wggo,wggonft,meshd,meshd100,nebula)
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
 #   -j  also write the results as JSON
+#   -P  record a system-wide perf profile of every measurement into DIR
+#   -B  build meshd at git revision REV too, for mode meshdbase (before/after)
 # Environment: NEBULA_VERSIONS (default "latest v1.11.2 v1.10.3"): tried in order,
 # the first that builds is measured; NEBULA_GOTOOLCHAIN (default go1.27.3) for
 # versions that need a newer Go.
 set -euo pipefail
 
-T=10 R=3 MODES=raw,wggo,wggonft,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp
-while getopts t:r:m:p:j:T:h o; do
+T=10 R=3 MODES=raw,wggo,wggonft,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp PERF= BASE=
+while getopts t:r:m:p:j:T:P:B:h o; do
   case $o in
-    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;;
-    *) sed -n '2,18p' "$0"; exit 2 ;;
+    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;; P) PERF=$OPTARG ;; B) BASE=$OPTARG ;;
+    *) sed -n '2,20p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "throughput.sh: needs root (network namespaces)" >&2; exit 2; }
@@ -35,6 +38,16 @@ bench_init throughput mbtp 20 "/var/run/wireguard/mbtpw[12].sock"
 echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2
 (cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench \
   && go build -o "$W/wireguard-go" golang.zx2c4.com/wireguard)
+
+BASE_ARGS=()
+if [ -n "$BASE" ]; then
+  # An export of the revision's tree, not a worktree: the repository's own
+  # metadata stays untouched.
+  rev=$(cd "$ROOT" && git rev-parse --short "$BASE")
+  mkdir -p "$W/base" && (cd "$ROOT" && git archive "$rev") | tar -x -C "$W/base"
+  (cd "$W/base" && go build -o "$W/meshd-base" ./cmd/meshd)
+  BASE_ARGS=(-meshd-base "$W/meshd-base" -meshd-base-name "meshd at $BASE ($rev)")
+fi
 
 NEB_ARGS=()
 if [[ ",$MODES," == *",nebula,"* ]]; then
@@ -80,5 +93,6 @@ NMODES=$(echo "$MODES" | tr ',' '\n' | grep -c .)
 BOUND=$(( 120 + R * NMODES * (65 + 9 * (T + 35)) ))
 JSON_ARGS=()
 [ -n "$JSON" ] && JSON_ARGS=(-json "$JSON")
+[ -n "$PERF" ] && JSON_ARGS+=(-perf "$PERF")
 bench_run "$BOUND" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -tests "$TESTS" -path "$P" \
-  -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}"
+  -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${BASE_ARGS[@]}" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}"

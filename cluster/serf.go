@@ -56,9 +56,11 @@ type MembershipConfig struct {
 	// Tune lets tests and benchmarks shorten serf's timers; nil keeps the
 	// LAN defaults.
 	Tune func(*serf.Config)
-	// OnEvent receives user events (broadcasts) of other members; it runs
-	// on the drain goroutine and must not block.
-	OnEvent func(name string, payload []byte)
+	// OnEvent receives user events (broadcasts) of other members with
+	// their Lamport time, which orders events of different senders as
+	// far as one could have seen the other; it runs on the drain goroutine
+	// and must not block.
+	OnEvent func(name string, payload []byte, ltime uint64)
 	// OnQuery answers queries of other members; a nil answer sends
 	// nothing. It runs on the drain goroutine and must not block.
 	OnQuery func(name string, payload []byte) []byte
@@ -87,7 +89,7 @@ type Membership struct {
 	// conflict); it is closed by Leave.
 	failed chan error
 	// onEvent and onQuery are set at Join and never change.
-	onEvent func(name string, payload []byte)
+	onEvent func(name string, payload []byte, ltime uint64)
 	onQuery func(name string, payload []byte) []byte
 
 	leaveMu  sync.Mutex
@@ -240,7 +242,7 @@ func (m *Membership) drain(ctx context.Context, kick func()) {
 				}
 			case serf.UserEvent:
 				if m.onEvent != nil {
-					m.onEvent(e.Name, e.Payload)
+					m.onEvent(e.Name, e.Payload, uint64(e.LTime))
 				}
 			case *serf.Query:
 				if m.onQuery != nil {
@@ -551,6 +553,20 @@ func (m *Membership) Serf() *serf.Serf { return m.serf }
 // gossip is: callers repeat what must arrive.
 func (m *Membership) Broadcast(name string, payload []byte) error {
 	return m.serf.UserEvent(name, payload, false)
+}
+
+// Retire broadcasts a leave intent for a member that failed, as serf's
+// force-leave does: every member marks it leaving at once instead of
+// after its own failure detection, and the member, if it is in fact
+// alive, refutes the intent with a newer join. The broadcast waits for
+// its first transmission (at most serf's BroadcastTimeout), so it runs
+// on its own goroutine.
+func (m *Membership) Retire(name string) {
+	go func() {
+		if err := m.serf.RemoveFailedNode(name); err != nil {
+			m.log.Debug("retire member", "member", name, "err", err)
+		}
+	}()
 }
 
 // Answer is one member's answer to a query.

@@ -136,5 +136,10 @@ func allowKeyError(k string) *Error {
 // Policy compiles the allow rules against the segments. Load already
 // compiled them once to validate, so this cannot fail for a loaded Config.
 func (c *Config) Policy() (*policy.Ruleset, error) {
-	return policy.Compile(policySegments(c.Segments), c.Allow)
+	rs, err := policy.Compile(policySegments(c.Segments), c.Allow)
+	if err != nil {
+		return nil, err
+	}
+	rs.Untracked = c.UntrackedSameSegment
+	return rs, nil
 }

@@ -78,6 +78,7 @@ var fields = []struct {
 	{keyAllow, func(c *Config) any { return c.Allow }},
 
 	{keyMetricsListen, func(c *Config) any { return c.Metrics.Listen }},
+	{keyUntracked, func(c *Config) any { return c.UntrackedSameSegment }},
 
 	{keyCAFile, func(c *Config) any { return []any{c.Identity.CAFile, c.Identity.CA} }},
 	{keyCertFile, func(c *Config) any { return []any{c.Identity.CertFile, certBytes(c)} }},

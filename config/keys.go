@@ -92,6 +92,7 @@ var defaults = []struct {
 	{keyCNIIPAMDir, defaultCNIIPAMDir},
 	{keyDockerPluginSocket, defaultDockerPluginSocket},
 	{keyMetricsListen, ""},
+	{keyUntracked, false},
 }
 
 var segmentKeys = []string{segKeyName, segKeyCIDR, segKeySubnet, segKeyHostPrefix, segKeySiteBlock}
@@ -108,7 +109,7 @@ func knownKeys() []string {
 
 // sections are the tables that hold keys; writing one as a scalar, or a
 // typo'd table name, deserves a different message than a stray key.
-var sections = []string{"cluster", sectionSite, sectionWAN, "wireguard", "routing", sectionMetrics, sectionIdentity}
+var sections = []string{"cluster", sectionSite, sectionWAN, "wireguard", "routing", sectionMetrics, sectionIdentity, sectionPolicy}
 
 func envName(key string) string {
 	return "MESHD_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))

@@ -18,6 +18,8 @@ const (
 	keyCNIIPAMDir         = "cni_ipam_dir"
 	keyDockerPluginSocket = "docker_plugin_socket"
 	keyMetricsListen      = "metrics.listen"
+	keyUntracked          = "policy.untracked_same_segment"
+	sectionPolicy         = "policy"
 
 	sectionMetrics    = "metrics"
 	defaultCNIConfDir = "/etc/cni/net.d"
@@ -45,7 +47,10 @@ func (l *loader) ops(c *Config) *Error {
 	if c.DockerPluginSocket, e = l.dockerPluginSocket(); e != nil {
 		return e
 	}
-	c.Metrics.Listen, e = l.metricsListen()
+	if c.Metrics.Listen, e = l.metricsListen(); e != nil {
+		return e
+	}
+	c.UntrackedSameSegment, e = l.boolean(keyUntracked)
 	return e
 }
 

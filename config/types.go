@@ -38,6 +38,9 @@ type Config struct {
 	// disables it.
 	DockerPluginSocket string
 	Metrics            Metrics
+	// UntrackedSameSegment turns on the same-segment fast path: overlay
+	// traffic within a segment skips conntrack (policy.Ruleset.Untracked).
+	UntrackedSameSegment bool
 }
 
 // Cluster configures serf membership.

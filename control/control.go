@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/meshd/meshd/config"
 )
 
 // Status is what `meshd status` shows; its JSON form is a public contract
@@ -253,6 +256,9 @@ const (
 // Server serves Provider on a unix socket.
 type Server struct {
 	path string
+	// own is the socket file Listen made: Close removes the file at path
+	// only while it is still that one, never a successor's.
+	own  fs.FileInfo
 	ln   net.Listener
 	srv  *http.Server
 	mux  *http.ServeMux
@@ -363,32 +369,102 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
+// CheckPath refuses a control_socket path holding anything but a socket:
+// a typo pointing it at a config file or a directory must not cost the
+// operator that file. A missing path is fine; a socket is Listen's to
+// judge (live or stale).
+func CheckPath(path string) error {
+	info, err := os.Lstat(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return &config.Error{Key: "control_socket", Problem: fmt.Sprintf("cannot inspect %s: %v", path, err),
+			Fix: "point control_socket at a path meshd can create, e.g. /run/meshd/meshd.sock"}
+	case info.Mode()&fs.ModeSocket == 0:
+		return &config.Error{Key: "control_socket", Problem: fmt.Sprintf("%s exists and is a %s, not a socket; meshd would have to delete it", path, fileKind(info.Mode())),
+			Fix: "move that file away, or point control_socket elsewhere, e.g. /run/meshd/meshd.sock"}
+	}
+	return nil
+}
+
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "directory"
+	case m&fs.ModeSymlink != 0:
+		return "symbolic link"
+	case m.IsRegular():
+		return "regular file"
+	}
+	return "special file"
+}
+
+// Live reports whether a daemon answers on the socket at path.
+func Live(path string) bool {
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// RemoveStale removes the socket at path when nothing answers on it, as a
+// killed daemon leaves it; anything else stays. It reports whether it
+// removed one.
+func RemoveStale(path string) (bool, error) {
+	if err := CheckPath(path); err != nil {
+		return false, err
+	}
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if Live(path) {
+		return false, fmt.Errorf("control socket %s is served by a running meshd; stop it first, or set control_socket to another path", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, fmt.Errorf("remove stale control socket %s: %w", path, err)
+	}
+	return true, nil
+}
+
 // Listen creates the socket (0600: status shows keys and topology) and
 // starts serving. A stale socket from a crashed run is replaced; a live
-// one means another daemon runs and is an error.
+// one means another daemon runs and is an error, and anything that is not
+// a socket is a config error (see CheckPath) and stays untouched.
 func Listen(path string, p Provider) (*Server, error) {
+	if err := CheckPath(path); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("create control socket directory: %w", err)
 	}
-	if c, err := net.Dial("unix", path); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control socket %s is served by another running meshd; stop it first or set control_socket", path)
+	if _, err := RemoveStale(path); err != nil {
+		return nil, err
 	}
-	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
 	}
+	// The listener would unlink whatever sits at path when it closes;
+	// removeOwnSocket checks first.
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	if err := os.Chmod(path, 0o600); err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("restrict control socket %s: %w", path, err)
+	}
+	own, err := os.Lstat(path)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(p.Status())
 	})
-	s := &Server{path: path, ln: peekListener{ln}, mux: mux, done: make(chan struct{}), conns: newConnLimit(MaxConns)}
+	s := &Server{path: path, own: own, ln: peekListener{ln}, mux: mux, done: make(chan struct{}), conns: newConnLimit(MaxConns)}
 	s.srv = &http.Server{
 		ConnState:         s.conns.track,
 		Handler:           http.TimeoutHandler(http.HandlerFunc(s.serve), RequestTimeout, "meshd: the request took too long\n"),
@@ -405,18 +481,37 @@ func Listen(path string, p Provider) (*Server, error) {
 	return s, nil
 }
 
+// removeOwnSocket unlinks the socket file if it is still the one Listen
+// made.
+func (s *Server) removeOwnSocket() {
+	if info, err := os.Lstat(s.path); err == nil && os.SameFile(info, s.own) {
+		os.Remove(s.path)
+	}
+}
+
 // Handle adds an endpoint (e.g. reload) before or while serving.
 func (s *Server) Handle(pattern string, h http.HandlerFunc) {
 	s.mux.HandleFunc(pattern, h)
 }
 
-// Close stops serving and removes the socket. Safe to call twice.
+// closeGrace is how long Close lets requests in flight finish.
+const closeGrace = 2 * time.Second
+
+// Close stops serving and removes the socket; requests still running
+// after closeGrace have their connections closed, so Close is bounded and
+// leaves nothing open behind it. Safe to call twice.
 func (s *Server) Close() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), closeGrace)
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		// Shutdown only waits: the connections it gave up on stay open,
+		// and their clients wait for the request timeout.
+		s.srv.Close()
+		err = fmt.Errorf("requests still running after %s were cut off", closeGrace)
+	}
 	<-s.done
-	os.Remove(s.path)
+	s.removeOwnSocket()
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}

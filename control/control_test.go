@@ -9,6 +9,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/meshd/meshd/config"
 )
 
 type fixed Status
@@ -56,14 +58,117 @@ func TestSecondDaemonIsRefusedAndStaleSocketReplaced(t *testing.T) {
 		t.Fatal("socket file left after Close")
 	}
 	// A crashed daemon leaves a dead socket file behind.
-	if err := os.WriteFile(path, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	staleSocket(t, path)
 	srv, err = Listen(path, fixed{})
 	if err != nil {
 		t.Fatalf("stale socket not replaced: %v", err)
 	}
 	srv.Close()
+}
+
+// staleSocket leaves a socket file nothing serves, as a killed daemon
+// does.
+func staleSocket(t *testing.T, path string) {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+}
+
+// Whatever is at control_socket and is not a socket (a config file the
+// path was pointed at by mistake, a directory, a symlink) stays as it
+// was, and the error names the key.
+func TestListenLeavesWhatIsNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "meshd.toml")
+	if err := os.WriteFile(file, []byte("node_name = \"h1\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sub := filepath.Join(dir, "sub")
+	if err := os.Mkdir(sub, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink(file, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{file, sub, link} {
+		srv, err := Listen(path, fixed{})
+		if err == nil {
+			srv.Close()
+			t.Fatalf("Listen(%s) took the path over", path)
+		}
+		var ce *config.Error
+		if !errors.As(err, &ce) || ce.Key != "control_socket" {
+			t.Errorf("Listen(%s) = %v; want a config error naming control_socket", path, err)
+		}
+		if err := CheckPath(path); err == nil {
+			t.Errorf("CheckPath(%s) passed", path)
+		}
+	}
+	if b, err := os.ReadFile(file); err != nil || string(b) != "node_name = \"h1\"\n" {
+		t.Fatalf("the file at control_socket was changed: %q, %v", b, err)
+	}
+	if info, err := os.Lstat(link); err != nil || info.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("the symlink at control_socket was changed: %v", err)
+	}
+	if info, err := os.Stat(sub); err != nil || !info.IsDir() {
+		t.Fatalf("the directory at control_socket was changed: %v", err)
+	}
+}
+
+// Close gives requests in flight a moment, then cuts their connections:
+// a stuck handler must not keep a client waiting for the request
+// timeout, nor Close wait for it.
+func TestCloseCutsOffStuckRequests(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.sock")
+	srv, err := Listen(path, fixed{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stuck, release := make(chan struct{}), make(chan struct{})
+	defer close(release)
+	srv.Handle("POST /v1/stuck", func(w http.ResponseWriter, r *http.Request) {
+		close(stuck)
+		<-release
+	})
+	answered := make(chan error, 1)
+	go func() { answered <- NewClient(path).Post("/v1/stuck") }()
+	<-stuck
+	began := time.Now()
+	if err := srv.Close(); err == nil {
+		t.Error("Close did not say it cut off a request")
+	}
+	if took := time.Since(began); took > closeGrace+time.Second {
+		t.Errorf("Close took %s", took)
+	}
+	select {
+	case err := <-answered:
+		if err == nil {
+			t.Error("the stuck request succeeded")
+		}
+	case <-time.After(time.Second):
+		t.Fatal("the client of a stuck request still waits after Close: its connection was left open")
+	}
+}
+
+// A socket someone else put at the path after this server's was deleted
+// is not this server's to remove.
+func TestCloseRemovesOnlyItsOwnSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.sock")
+	srv, err := Listen(path, fixed{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(path)
+	staleSocket(t, path)
+	srv.Close()
+	if _, err := os.Lstat(path); err != nil {
+		t.Fatalf("Close removed a socket it did not make: %v", err)
+	}
 }
 
 func TestNoDaemonAndRefusedRequests(t *testing.T) {

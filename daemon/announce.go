@@ -13,7 +13,6 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
-	"github.com/meshd/meshd/segment"
 )
 
 // announcer is this host's identity as the cluster sees it: its node
@@ -133,35 +132,11 @@ func (a *announcer) setPaths(draining bool, observed netip.AddrPort, symmetric b
 	return true
 }
 
-// MeshAddr is the host's own address inside the overlay on a cluster of
-// several sites: the last address of its first slice (IPv4 first), which
-// CNI and Docker never hand out. Invalid on one site, or before the host
-// holds a slice.
-func MeshAddr(l mesh.Local) netip.Addr {
-	var best netip.Prefix
-	for _, s := range l.Segments {
-		if !s.Subnet.IsValid() || s.Subnet.Addr().BitLen()-s.Subnet.Bits() < 2 {
-			continue
-		}
-		if !best.IsValid() || (s.Subnet.Addr().Is4() && !best.Addr().Is4()) {
-			best = s.Subnet
-		}
-	}
-	if !best.IsValid() {
-		return netip.Addr{}
-	}
-	last := segment.LastAddr(best)
-	if best.Addr().Is4() {
-		return last.Prev() // the last one is the broadcast address
-	}
-	return last
-}
-
 func (a *announcer) meshAddr() netip.Addr {
 	if !a.multi {
 		return netip.Addr{}
 	}
-	return MeshAddr(a.local())
+	return a.local().MeshAddr()
 }
 
 // base is the announcement both pools share: key, site, role, mesh
@@ -173,7 +148,7 @@ func (a *announcer) baseLocked() mesh.Announcement {
 	}
 	ann.Site = a.me.SiteName()
 	ann.Role = mesh.Role{Gateway: a.me.Gateway, Draining: a.me.Draining, NAT: a.me.NAT, Symmetric: a.me.Symmetric}
-	ann.MeshAddr = MeshAddr(a.me)
+	ann.MeshAddr = a.me.MeshAddr()
 	if a.me.Gateway {
 		ann.Relays = slices.Clone(a.me.NoDirect)
 	}

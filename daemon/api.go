@@ -89,8 +89,13 @@ func (a *api) gossipKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, fmt.Errorf("%w: unknown keyring operation %q", errBadRequest, op))
 		return
 	}
-	resp, err := a.d.members.KeyringOp(op, key)
-	out := control.KeyringAnswer{Response: fingerprinted(resp), Absent: a.absentMembers()}
+	members := a.d.siteCluster()
+	if members == nil {
+		writeError(w, errNotJoined)
+		return
+	}
+	resp, err := members.KeyringOp(op, key)
+	out := control.KeyringAnswer{Response: fingerprinted(resp), Absent: absentMembers(members)}
 	if err != nil {
 		out.Error = err.Error()
 	}
@@ -105,9 +110,9 @@ func (a *api) gossipKey(w http.ResponseWriter, r *http.Request) {
 // absentMembers are the members serf knows but did not ask: a keyring
 // operation only reaches live members, and a host that misses a rotation
 // is locked out once its keys are removed.
-func (a *api) absentMembers() []control.Member {
+func absentMembers(c Cluster) []control.Member {
 	var out []control.Member
-	for _, m := range a.d.members.Members() {
+	for _, m := range c.Members() {
 		if m.Status != mesh.StatusAlive {
 			out = append(out, control.Member{Name: m.Name, State: string(m.Status)})
 		}
@@ -165,6 +170,9 @@ func (d *Daemon) onLoop(r *http.Request, fn func() error) error {
 var (
 	errStopping = errors.New("the daemon is shutting down")
 	errBusy     = errors.New("the daemon is busy; try again")
+	// errNotJoined answers what needs the cluster while the daemon is
+	// still starting: the control socket serves before the join.
+	errNotJoined = errors.New("not joined yet: the daemon is still joining the cluster; try again in a moment")
 	// errBadRequest marks a request whose input was wrong (exit 2 in the
 	// CLI).
 	errBadRequest = errors.New("bad request")
@@ -175,7 +183,7 @@ func writeError(w http.ResponseWriter, err error) {
 	switch {
 	case config.IsConfigError(err), errors.Is(err, errBadRequest):
 		status = http.StatusBadRequest
-	case errors.Is(err, errBusy), errors.Is(err, errStopping):
+	case errors.Is(err, errBusy), errors.Is(err, errStopping), errors.Is(err, errNotJoined):
 		status = http.StatusServiceUnavailable
 	}
 	http.Error(w, err.Error(), status)

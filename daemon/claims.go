@@ -50,9 +50,11 @@ func newClaimer(cfg *config.Config, log *slog.Logger) *claimer {
 }
 
 // load restores earlier claims for segments without a configured subnet,
-// ignoring any that no longer fit the segment. An unreadable file is kept
-// aside, not overwritten: it may be the only record of which slice this
-// host's pods are addressed from.
+// ignoring (and claiming anew) any that no longer fit: the slice length,
+// the segment, this site's block, or a prefix that is not canonical,
+// which every other host would refuse. An unreadable file is kept aside,
+// not overwritten: it may be the only record of which slice this host's
+// pods are addressed from.
 func (c *claimer) load(ann *announcer) error {
 	raw, err := fileio.ReadRegular(c.path, fileio.MaxStateSize)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -76,7 +78,8 @@ func (c *claimer) load(ann *announcer) error {
 		if seg.Subnet.IsValid() || !ok || sc.ClaimedAt == 0 {
 			continue
 		}
-		if sc.Prefix.Bits() != c.hostPrefix[seg.Name] || !seg.CIDR.Contains(sc.Prefix.Addr()) {
+		if why := unfit(sc.Prefix, seg, c.hostPrefix[seg.Name]); why != "" {
+			c.log.Warn("saved claim no longer fits; claiming another slice", "segment", seg.Name, "slice", sc.Prefix, "why", why, "path", c.path)
 			continue
 		}
 		segs[i].Subnet, segs[i].ClaimedAt = sc.Prefix, sc.ClaimedAt
@@ -84,6 +87,33 @@ func (c *claimer) load(ann *announcer) error {
 	}
 	ann.setSegments(segs)
 	return nil
+}
+
+// unfit says why a saved slice cannot be announced for seg ("" when it
+// can): the other hosts of the site check the same.
+func unfit(p netip.Prefix, seg mesh.LocalSegment, bits int) string {
+	switch {
+	case !p.IsValid():
+		return "not a prefix"
+	case p != p.Masked():
+		return fmt.Sprintf("not canonical (%s has host bits set)", p)
+	case p.Bits() != bits:
+		return fmt.Sprintf("/%d, but host_prefix is /%d", p.Bits(), bits)
+	case !seg.CIDR.Contains(p.Addr()):
+		return fmt.Sprintf("outside the segment's cidr %s", seg.CIDR)
+	case seg.Block.IsValid() && !seg.Block.Contains(p.Addr()):
+		return fmt.Sprintf("outside this site's block %s", seg.Block)
+	}
+	return ""
+}
+
+// pool is where seg's slices come from: this site's block when the
+// cluster has several sites, the whole segment otherwise.
+func pool(seg mesh.LocalSegment) netip.Prefix {
+	if seg.Block.IsValid() {
+		return seg.Block
+	}
+	return seg.CIDR
 }
 
 func (c *claimer) save(segs []mesh.LocalSegment) error {
@@ -183,7 +213,7 @@ func (c *claimer) claim(ann *announcer, segments []string, st *mesh.State) error
 			continue
 		}
 		taken := st.Slices(seg.Name)
-		p, err := mesh.ChooseSlice(seg.CIDR, c.hostPrefix[seg.Name], ann.local().Name, taken)
+		p, err := mesh.ChooseSlice(pool(seg), c.hostPrefix[seg.Name], ann.local().Name, taken)
 		if err != nil {
 			segs[i].Subnet, segs[i].ClaimedAt = netip.Prefix{}, 0
 			errs = append(errs, fmt.Errorf("claim a slice of segment %s: %w", seg.Name, err))

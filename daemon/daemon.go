@@ -67,7 +67,10 @@ type Daemon struct {
 	// relay them (safe from any goroutine); paths what a gateway learns
 	// of its WAN tunnels (see paths for who owns what).
 	directory *directory
-	paths     *paths
+	// retired are the site's gateways this gateway told the WAN pool
+	// failed, while the site pool shows them failed. Loop only.
+	retired map[string]bool
+	paths   *paths
 	// prober is a probing host's record of its site's gateways, ejector
 	// a gateway's of the reports naming it (see probe.go).
 	prober  *prober
@@ -81,7 +84,9 @@ type Daemon struct {
 	router   Router
 	enforcer Enforcer
 	cni      ConfigWriter
-	members  Cluster
+	// members is written by join under mu, since the control socket
+	// already serves then and reads it through siteCluster.
+	members Cluster
 	// wan is the WAN pool on a gateway, nil elsewhere.
 	wan     Cluster
 	ctrl    *control.Server
@@ -146,7 +151,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
+		directory: newDirectory(), retired: map[string]bool{}, paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 
@@ -307,7 +312,9 @@ func (d *Daemon) join(cfg *config.Config, key wgtypes.Key) error {
 	if err != nil {
 		return err
 	}
+	d.mu.Lock()
 	d.members = members
+	d.mu.Unlock()
 	d.ann.site = members
 	d.undo("cluster membership", members.Leave)
 	d.log.Info("meshd running", "interface", d.device().Name(), "mode", string(d.device().Kind()),
@@ -382,6 +389,14 @@ func (d *Daemon) config() *config.Config {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.cfg
+}
+
+// siteCluster is the site pool for the control socket's goroutines; nil
+// until the join.
+func (d *Daemon) siteCluster() Cluster {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.members
 }
 
 func (d *Daemon) device() Device {

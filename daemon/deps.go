@@ -37,6 +37,10 @@ type Cluster interface {
 	// Ask queries the members whose tags match filter and returns the
 	// answers that arrived within timeout.
 	Ask(name string, payload []byte, filter map[string]string, timeout time.Duration) ([]cluster.Answer, error)
+	// Retire tells every member that a member failed, as this host
+	// learnt elsewhere before the pool's own failure detection could;
+	// the member, if alive, refutes it. It returns at once.
+	Retire(name string)
 	// Leave announces a graceful leave and stops. Safe to call twice.
 	Leave() error
 }

@@ -14,7 +14,7 @@ import (
 func (d *Daemon) syncMeshAddr(local mesh.Local) error {
 	var want []netip.Prefix
 	if d.ann.multi {
-		if a := MeshAddr(local); a.IsValid() {
+		if a := local.MeshAddr(); a.IsValid() {
 			want = []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
 		}
 	}
@@ -30,14 +30,29 @@ func (d *Daemon) syncMeshAddr(local mesh.Local) error {
 }
 
 // relayDirectory, on a gateway, relays the WAN announcements into the
-// site pool: changes at once, everything at each refresh by the site's
-// first gateway.
+// site pool, if this gateway is the site's relayer: changes at once,
+// everything when it becomes the relayer, at each refresh, and when a
+// host joins the site.
 func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 	if d.wan == nil {
 		return nil
 	}
+	relayer := d.isRelayer(remote)
+	if !relayer {
+		d.directory.relaying = false
+		return nil
+	}
 	now := time.Now()
-	refresh := d.directory.refreshDue(now) && d.firstGateway(members)
+	refresh := d.directory.refreshDue(now) || !d.directory.relaying || d.directory.settleDue(now)
+	if !d.directory.relaying {
+		// The gateway that relayed before may still send what it saw
+		// until it notices this one took over: its full relay to a
+		// newcomer can carry this very gateway as failed, later than this
+		// gateway's own relay. Once more, after it stopped, sets that
+		// right.
+		d.directory.settleAt = now.Add(relaySettle)
+	}
+	d.directory.relaying = true
 	// A host that joined the site missed everything relayed before: send
 	// it all now rather than at the next refresh.
 	if d.directory.newcomers(members) {
@@ -46,19 +61,71 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 	return d.directory.relay(d.members, remote, refresh)
 }
 
-// firstGateway reports whether this host has the lowest name among its
-// site's live gateways.
-func (d *Daemon) firstGateway(members []mesh.Member) bool {
-	me := d.ann.local().Name
+// retireFellowGateways, on a gateway, tells the WAN pool at once when
+// its site pool found another gateway of the site failed. The far end of
+// a pair of sites learns of the failure only from the WAN pool, whose
+// suspicion lasts up to six times longer than a small site pool's while
+// few members confirm it; meanwhile this site already routes the pair
+// through the next gateway, whose packets the far end refuses as coming
+// from the wrong peer. The site pool's verdict is the site's own: a
+// gateway it lost carries none of the site's traffic, whatever the WAN
+// pool still sees. Each failure is retired once; a gateway that is in
+// fact alive refutes it.
+func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
+	if d.wan == nil {
+		return
+	}
+	failed := map[string]bool{}
 	for _, m := range members {
-		if m.Status != mesh.StatusAlive || m.Name >= me {
+		if m.Status == mesh.StatusFailed {
+			failed[m.Name] = true
+		}
+	}
+	for name := range d.retired {
+		if !failed[name] {
+			delete(d.retired, name)
+		}
+	}
+	me := d.ann.local()
+	site := me.SiteName()
+	for _, m := range remote {
+		if !failed[m.Name] || m.Status != mesh.StatusAlive || d.retired[m.Name] {
 			continue
 		}
-		if ann, err := mesh.DecodeTags(m.Tags); err == nil && ann.Role.Gateway {
+		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != site {
+			continue
+		}
+		d.retired[m.Name] = true
+		d.log.Info("gateway failed in the site pool: telling the WAN pool", "gateway", m.Name)
+		d.wan.Retire(m.Name)
+	}
+}
+
+// isRelayer reports whether this gateway relays the WAN pool into its
+// site: the lowest-named gateway of the site that its WAN pool shows
+// alive, and only while that pool shows another site alive. One relayer
+// keeps a gateway whose WAN uplink died, and which therefore sees every
+// other site fail, from telling its site they all failed: it stops
+// relaying, and the next gateway, which sees it gone from the WAN pool,
+// takes over with a full relay.
+func (d *Daemon) isRelayer(remote []mesh.Member) bool {
+	me := d.ann.local()
+	connected := false
+	for _, m := range remote {
+		if m.Status != mesh.StatusAlive || m.Name == me.Name {
+			continue
+		}
+		ann, err := mesh.DecodeTags(m.Tags)
+		if err != nil {
+			continue
+		}
+		if ann.SiteName() != me.SiteName() {
+			connected = true
+		} else if ann.Role.Gateway && m.Name < me.Name {
 			return false
 		}
 	}
-	return true
+	return connected
 }
 
 // updatePaths, on a gateway, announces what it learnt of its WAN paths:

@@ -71,6 +71,9 @@ type testHost struct {
 	// hang makes the device's Close block until it is closed, as a
 	// device that stopped answering would.
 	hang chan struct{}
+	// joining, when set, holds the join until it is closed, as a join
+	// waiting on its seeds does.
+	joining chan struct{}
 }
 
 func newTestHost(t testing.TB, net *clustertest.Network, name string) *testHost {
@@ -242,6 +245,12 @@ func (h *testHost) system() System {
 		Join: func(mc cluster.MembershipConfig, kick func()) (Cluster, error) {
 			if err := h.injected("join"); err != nil {
 				return nil, err
+			}
+			h.mu.Lock()
+			joining := h.joining
+			h.mu.Unlock()
+			if joining != nil {
+				<-joining
 			}
 			tr := h.tr
 			if mc.BindPort == 7947 { // the WAN pool: a gateway's second leg
@@ -425,6 +434,9 @@ func (d *fakeDevice) Device(name string) (*wgtypes.Device, error) {
 
 func (d *fakeDevice) ConfigureDevice(name string, cfg wgtypes.Config) error {
 	if err := d.Present(); err != nil {
+		return err
+	}
+	if err := d.h.injected("configure key"); err != nil && cfg.PrivateKey != nil {
 		return err
 	}
 	d.mu.Lock()

@@ -1,10 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
+	"net/http"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -46,5 +51,35 @@ func TestGossipKeyNamesAbsentMembers(t *testing.T) {
 		if len(k) != 16 {
 			t.Errorf("list shows %q, which is not a fingerprint", k)
 		}
+	}
+}
+
+// The control socket serves before the join; a keyring operation asked
+// for then is told to come back (503), and works once the host joined.
+// Run with -race: the join publishes the cluster while the socket's
+// goroutines read it.
+func TestGossipKeyBeforeJoin(t *testing.T) {
+	c := newCluster3(t)
+	h := c.hosts[0]
+	h.joining = make(chan struct{})
+	d := New(c.config(1, ""), slog.New(slog.DiscardHandler), h.system(), Options{})
+	started := make(chan error, 1)
+	go func() { started <- d.Start(context.Background()) }()
+	defer d.Close()
+	sock := filepath.Join(h.dir, "meshd.sock")
+	eventually(t, 5*time.Second, "control socket", func() error { _, err := os.Stat(sock); return err })
+	client := control.NewClient(sock)
+	var ans control.KeyringAnswer
+	err := client.PostJSON("/v1/gossip-key/list", "", &ans)
+	var re *control.RemoteError
+	if !errors.As(err, &re) || re.Status != http.StatusServiceUnavailable || !strings.Contains(re.Message, "not joined yet") {
+		t.Fatalf("gossip-key list before the join: %v; want 503 not joined yet", err)
+	}
+	close(h.joining)
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	if err := client.PostJSON("/v1/gossip-key/list", "", &ans); err != nil || ans.Response == nil || ans.Response.NumNodes != 1 {
+		t.Fatalf("gossip-key list after the join: %+v, %v", ans.Response, err)
 	}
 }

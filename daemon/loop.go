@@ -148,6 +148,7 @@ func (d *Daemon) reconcile() (err error) {
 	} else {
 		peerErr, routeErr = d.peers.SetFrom(prev.Peers, st.Peers), d.router.SetFrom(&prev.Routes, &st.Routes)
 	}
+	d.retireFellowGateways(members, remote)
 	siteErr := errors.Join(d.syncMeshAddr(local), d.relayDirectory(members, remote), d.updatePaths(&st, local))
 	err = errors.Join(repairErr, claimErr, peerErr, routeErr, siteErr, d.syncCNI(local))
 	d.mu.Lock()
@@ -197,6 +198,9 @@ func (d *Daemon) checkHealth() (repairDue bool) {
 	}
 	d.checkForwarding(missing)
 	d.drainingChanged() // forwarding, or an ejection that ended
+	if at := d.directory.settleAt; !at.IsZero() && time.Now().After(at) {
+		d.Kick() // the relay after a takeover is due
+	}
 	if at := d.paths.decideAt; !at.IsZero() && time.Now().After(at) {
 		d.paths.decideAt = time.Time{}
 		d.Kick() // a direct NAT-to-NAT tunnel's time to come up is over

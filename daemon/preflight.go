@@ -7,11 +7,13 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/fileio"
 	"github.com/meshd/meshd/wgdev"
@@ -61,7 +63,7 @@ type HostRoute struct {
 func Check(cfg *config.Config, host HostView) error {
 	var errs []error
 	for _, check := range []func(*config.Config, HostView) error{
-		checkDataDir, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface, checkForwarding,
+		checkDataDir, checkControlSocket, checkKeys, checkBindAddr, checkSegmentsAgainstHost, checkInterface, checkForwarding,
 	} {
 		if err := check(cfg, host); err != nil {
 			errs = append(errs, err)
@@ -105,6 +107,13 @@ func checkDataDir(cfg *config.Config, _ HostView) error {
 	return nil
 }
 
+// checkControlSocket refuses a control_socket path that holds anything
+// but a socket before anything is created: Listen would refuse it only
+// after the interface, routes and table exist.
+func checkControlSocket(cfg *config.Config, _ HostView) error {
+	return control.CheckPath(cfg.ControlSocket)
+}
+
 // checkKeys reads the WireGuard key and the saved gossip keyring if they
 // exist, so a corrupt one stops the start before anything is created.
 func checkKeys(cfg *config.Config, _ HostView) error {
@@ -125,24 +134,33 @@ func checkKeys(cfg *config.Config, _ HostView) error {
 	return errors.Join(errs...)
 }
 
-// checkBindAddr refuses a gossip address the host does not have: serf
-// would fail to bind only after the interface and routes were made.
+// checkBindAddr refuses a gossip address the host does not have, in the
+// site pool or (a gateway) the WAN pool: serf would fail to bind only
+// after the interface and routes were made.
 func checkBindAddr(cfg *config.Config, host HostView) error {
-	bind := cfg.Cluster.BindAddr
-	if bind.IsUnspecified() {
-		return nil
-	}
-	addrs, err := host.Addrs()
-	if err != nil {
-		return fmt.Errorf("list the host's addresses: %w", err)
-	}
-	for _, a := range addrs {
-		if a.Prefix.Addr().Unmap() == bind.Unmap() {
-			return nil
+	var addrs []HostAddr
+	for _, b := range []struct {
+		key  string
+		addr netip.Addr
+	}{
+		{"cluster.bind_addr", cfg.Cluster.BindAddr},
+		{"wan.bind_addr", cfg.WAN.BindAddr}, // invalid but on a gateway
+	} {
+		if !b.addr.IsValid() || b.addr.IsUnspecified() {
+			continue
+		}
+		if addrs == nil {
+			var err error
+			if addrs, err = host.Addrs(); err != nil {
+				return fmt.Errorf("list the host's addresses: %w", err)
+			}
+		}
+		if !slices.ContainsFunc(addrs, func(a HostAddr) bool { return a.Prefix.Addr().Unmap() == b.addr.Unmap() }) {
+			return cfgErr(cfg, b.key, fmt.Sprintf("%s is not an address of this host", b.addr),
+				"use one of the host's addresses (ip -br addr), or 0.0.0.0 with advertise_addr")
 		}
 	}
-	return cfgErr(cfg, "cluster.bind_addr", fmt.Sprintf("%s is not an address of this host", bind),
-		"use one of the host's addresses (ip -br addr), or 0.0.0.0 with advertise_addr")
+	return nil
 }
 
 // checkSegmentsAgainstHost refuses a segment that would capture the
@@ -163,6 +181,12 @@ func checkSegmentsAgainstHost(cfg *config.Config, host HostView) error {
 		}
 	}
 	underlay := underlayLinks(cfg, addrs, routes)
+	named := map[netip.Addr]string{}
+	for _, ep := range endpoints(cfg) {
+		if _, dup := named[ep.addr]; !dup {
+			named[ep.addr] = " (the " + ep.what + ")"
+		}
+	}
 	for i, seg := range cfg.Segments {
 		key := fmt.Sprintf("segments[%d].cidr", i)
 		// Addresses and connected networks of the underlay: the pods'
@@ -171,8 +195,8 @@ func checkSegmentsAgainstHost(cfg *config.Config, host HostView) error {
 			if !underlay[a.Link] || !seg.CIDR.Overlaps(a.Prefix.Masked()) {
 				continue
 			}
-			return cfgErr(cfg, key, fmt.Sprintf("%s overlaps %s, the address %s has on %s: meshd would route the host's own network into the overlay",
-				seg.CIDR, a.Prefix.Masked(), a.Prefix.Addr(), a.Link), fix)
+			return cfgErr(cfg, key, fmt.Sprintf("%s overlaps %s, the address %s%s has on %s: meshd would route the host's own network into the overlay",
+				seg.CIDR, a.Prefix.Masked(), a.Prefix.Addr(), named[a.Prefix.Addr().Unmap()], a.Link), fix)
 		}
 		for _, ep := range endpoints(cfg) {
 			if seg.CIDR.Contains(ep.addr) {
@@ -205,11 +229,13 @@ func underlayLinks(cfg *config.Config, addrs []HostAddr, routes map[netip.Addr]H
 		}
 	}
 	explicit := false
-	for _, a := range []netip.Addr{cfg.Cluster.BindAddr, cfg.Cluster.AdvertiseAddr} {
+	for i, a := range []netip.Addr{cfg.Cluster.BindAddr, cfg.Cluster.AdvertiseAddr, cfg.WAN.BindAddr, cfg.WAN.AdvertiseAddr} {
 		if !a.IsValid() || a.IsUnspecified() {
 			continue
 		}
-		explicit = true
+		// The WAN pool's addresses are underlay too, but say nothing
+		// about where the site pool's gossip goes.
+		explicit = explicit || i < 2
 		for _, ha := range addrs {
 			if ha.Prefix.Addr() == a.Unmap() {
 				links[ha.Link] = true
@@ -247,6 +273,14 @@ func endpoints(cfg *config.Config) []endpoint {
 	for _, seed := range cfg.Cluster.Join {
 		if ap, err := netip.ParseAddrPort(seed); err == nil {
 			add(ap.Addr(), "seed "+seed+" (cluster.join)")
+		}
+	}
+	// A gateway's WAN pool: the config keeps [wan] empty on other hosts.
+	add(cfg.WAN.BindAddr, "WAN gossip address (wan.bind_addr)")
+	add(cfg.WAN.AdvertiseAddr, "public gateway address (wan.advertise_addr)")
+	for _, seed := range cfg.WAN.Join {
+		if ap, err := netip.ParseAddrPort(seed); err == nil {
+			add(ap.Addr(), "WAN seed "+seed+" (wan.join)")
 		}
 	}
 	return out

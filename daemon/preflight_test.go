@@ -169,3 +169,93 @@ func TestCheckReadOnlyDataDir(t *testing.T) {
 		t.Fatalf("read-only data_dir: %v", err)
 	}
 }
+
+// gatewayConfig is a gateway of site a with a [wan] section (wan is its
+// body) and one segment, its site's block and slice.
+func gatewayConfig(t *testing.T, wan, cidr, block, slice string) *config.Config {
+	t.Helper()
+	dir := t.TempDir()
+	text := `node_name = "h1"
+data_dir = "` + filepath.Join(dir, "data") + `"
+control_socket = "` + filepath.Join(dir, "meshd.sock") + `"
+
+[cluster]
+bind_addr = "192.0.2.1"
+join = ["198.51.100.7:7946"]
+gossip_key_file = "` + gossipKeyFile(t) + `"
+
+[site]
+name = "a"
+gateway = true
+
+[wan]
+` + wan + `
+
+[[segments]]
+name = "blue"
+cidr = "` + cidr + `"
+site_block = "` + block + `"
+subnet = "` + slice + `"
+`
+	path := filepath.Join(dir, "meshd.toml")
+	os.WriteFile(path, []byte(text), 0o600)
+	cfg, err := config.Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// A gateway's WAN addresses are underlay as much as the site pool's: a
+// segment holding its public address, its WAN gossip address or a WAN
+// seed would route them into the overlay, and is refused naming the key.
+func TestCheckRefusesSegmentsHoldingWANAddresses(t *testing.T) {
+	host := underlayHost()
+	host.addrs = append(host.addrs, HostAddr{Prefix: netip.MustParsePrefix("10.77.0.1/16"), Link: "eth1"})
+	for _, tc := range []struct {
+		name, wan, cidr, block, slice, want string
+	}{
+		{"public address", `advertise_addr = "203.0.113.5"`, "203.0.0.0/16", "203.0.112.0/20", "203.0.113.0/24", "wan.advertise_addr"},
+		{"WAN seed", `join = ["198.18.5.5:7947"]`, "198.18.0.0/16", "198.18.16.0/20", "198.18.17.0/24", "wan.join"},
+		{"WAN gossip address", `bind_addr = "10.77.0.1"`, "10.77.0.0/16", "10.77.16.0/20", "10.77.17.0/24", "wan.bind_addr"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := Check(gatewayConfig(t, tc.wan, tc.cidr, tc.block, tc.slice), host)
+			var ce *config.Error
+			if !errors.As(err, &ce) || ce.Key != "segments[0].cidr" || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Check = %v; want a config error on segments[0].cidr naming %s", err, tc.want)
+			}
+		})
+	}
+	t.Run("a segment clear of them passes", func(t *testing.T) {
+		cfg := gatewayConfig(t, "bind_addr = \"10.77.0.1\"\nadvertise_addr = \"203.0.113.5\"\njoin = [\"198.18.5.5:7947\"]",
+			"10.42.0.0/16", "10.42.16.0/20", "10.42.17.0/24")
+		if err := Check(cfg, host); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("a WAN bind address the host does not have", func(t *testing.T) {
+		cfg := gatewayConfig(t, `bind_addr = "10.78.0.1"`, "10.42.0.0/16", "10.42.16.0/20", "10.42.17.0/24")
+		var ce *config.Error
+		if err := Check(cfg, host); !errors.As(err, &ce) || ce.Key != "wan.bind_addr" {
+			t.Fatalf("Check = %v; want a config error on wan.bind_addr", err)
+		}
+	})
+}
+
+// Something other than a socket at control_socket stops the start before
+// anything is created, and stays where it is.
+func TestCheckRefusesAFileAtControlSocket(t *testing.T) {
+	cfg := checkConfig(t, "", "10.42.0.0/16")
+	cfg.ControlSocket = filepath.Join(t.TempDir(), "meshd.sock")
+	if err := os.WriteFile(cfg.ControlSocket, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ce *config.Error
+	if err := Check(cfg, underlayHost()); !errors.As(err, &ce) || ce.Key != "control_socket" {
+		t.Fatalf("Check = %v; want a config error on control_socket", err)
+	}
+	if b, err := os.ReadFile(cfg.ControlSocket); err != nil || string(b) != "precious" {
+		t.Fatalf("the file at control_socket: %q, %v", b, err)
+	}
+}

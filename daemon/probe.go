@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"net/netip"
 	"slices"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/probe"
 )
 
 // A gateway that is alive in gossip but does not forward (a firewall
@@ -92,10 +94,11 @@ func (p *prober) target(pr mesh.Probe, now time.Time) netip.Addr {
 	return pr.Targets[g.round%len(pr.Targets)]
 }
 
-// roundResult is one gateway's outcome in one round.
+// roundResult is one gateway's outcome in one round. unknown is set when
+// an echo could not be sent at all: the round says nothing of the path.
 type roundResult struct {
-	target          netip.Addr
-	viaOK, targetOK bool
+	target                   netip.Addr
+	viaOK, targetOK, unknown bool
 }
 
 // observe takes a whole round, one result per gateway of plan, and
@@ -114,7 +117,7 @@ func (p *prober) observe(plan []mesh.Probe, results []roundResult, now time.Time
 			continue
 		}
 		g.silent = !r.viaOK && !r.targetOK
-		if now.Sub(g.since) < probeGrace {
+		if r.unknown || now.Sub(g.since) < probeGrace {
 			continue
 		}
 		otherOK := slices.ContainsFunc(results, func(o roundResult) bool { return o.targetOK && o != r })
@@ -200,27 +203,31 @@ func (d *Daemon) probeRound(ctx context.Context) {
 	}
 	d.prober.retain(st.Probes)
 	local := d.ann.local()
-	src := MeshAddr(local)
+	src := local.MeshAddr()
 	plan := st.Probes[:min(len(st.Probes), maxProbedGateways)]
 	if !src.IsValid() || len(plan) == 0 {
 		return
 	}
 	now := time.Now()
 	results := make([]roundResult, len(plan))
+	unknown := make([][2]bool, len(plan))
 	var wg sync.WaitGroup
 	for i, pr := range plan {
 		results[i].target = d.prober.target(pr, now)
 		wg.Add(2)
 		go func() {
 			defer wg.Done()
-			results[i].viaOK = d.echo(ctx, src, pr.Via)
+			results[i].viaOK, unknown[i][0] = d.echo(ctx, src, pr.Via)
 		}()
 		go func() {
 			defer wg.Done()
-			results[i].targetOK = d.echo(ctx, src, results[i].target)
+			results[i].targetOK, unknown[i][1] = d.echo(ctx, src, results[i].target)
 		}()
 	}
 	wg.Wait()
+	for i := range results {
+		results[i].unknown = unknown[i][0] || unknown[i][1]
+	}
 	if ctx.Err() != nil {
 		return
 	}
@@ -234,27 +241,28 @@ func (d *Daemon) probeRound(ctx context.Context) {
 	}
 }
 
-// echo sends one probe; an error other than a missing reply (no
-// permission for ICMP sockets, no route) is logged once per kind, since
-// it would otherwise make every probe look like a dead gateway.
-func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) bool {
+// echo sends one probe and reports whether it was answered, or unknown
+// when it could not be sent at all (no permission for ICMP sockets, no
+// route): that is logged once, and counts against no gateway.
+func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) (ok, unknown bool) {
 	ctx, cancel := context.WithTimeout(ctx, probeWait)
 	defer cancel()
 	err := d.sys.Echo(ctx, src, dst)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && !errors.Is(err, probe.ErrNoReply) {
 		d.probeErrOnce.Do(func() {
 			d.log.Warn("gateway probes cannot be sent; gateways that stop forwarding will not be found", "err", err)
 		})
+		return false, true
 	}
-	return err == nil
+	return err == nil, false
 }
 
 // onSiteEvent dispatches the site pool's user events; it runs on the
 // membership's event goroutine and must not block.
-func (d *Daemon) onSiteEvent(name string, payload []byte) {
+func (d *Daemon) onSiteEvent(name string, payload []byte, ltime uint64) {
 	switch name {
 	case eventGateway:
-		d.directory.receive(name, payload)
+		d.directory.receive(name, payload, ltime)
 	case mesh.ReportEvent:
 		if d.inbox.add(payload) {
 			d.Kick()
@@ -309,13 +317,18 @@ func newEjector() *ejector {
 	return &ejector{fresh: map[string]map[string]time.Time{}, lastAt: map[string]uint64{}}
 }
 
-// add takes a verified report; replays and reports dated far in the
-// future (which would make every later one look old) are dropped.
+// reportSkew is how far a report's time may be from this host's clock:
+// older ones are replays (recorded before a restart emptied lastAt),
+// later ones would make every real report after them look old.
+const reportSkew = 2 * time.Minute
+
+// add takes a verified report; replays and reports dated outside
+// reportSkew are dropped.
 func (e *ejector) add(r mesh.Report, now time.Time) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	key := r.Reporter + "\n" + r.Gateway
-	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(5*time.Minute).Unix()) {
+	if r.At <= e.lastAt[key] || r.At > uint64(now.Add(reportSkew).Unix()) || r.At < uint64(now.Add(-reportSkew).Unix()) {
 		return
 	}
 	e.lastAt[key] = r.At

@@ -89,6 +89,12 @@ func TestProberBlamesNoGatewayWhenNothingWorks(t *testing.T) {
 			t.Errorf("%s: reported %v", name, got)
 		}
 	}
+	// Probes that cannot be sent at all say nothing of any gateway.
+	if got := rounds(newProber(), plan, t0, 30, func(gw string, target netip.Addr) roundResult {
+		return roundResult{target: target, viaOK: true, unknown: gw == "g1", targetOK: gw != "g1"}
+	}); firstReport(got, "g1") >= 0 {
+		t.Errorf("g1 reported on probes that were never sent: %v", got)
+	}
 	// g1 does not even answer itself (its firewall drops everything on
 	// the tunnel), but g2 forwards: that points at g1.
 	got := rounds(newProber(), plan, t0, 30, func(gw string, target netip.Addr) roundResult {
@@ -144,6 +150,14 @@ func TestEjectorNeedsEveryProberAndSomewhereToGo(t *testing.T) {
 	e.add(report("p2", "g1", 900), t0)
 	if e.decide("g1", probers, usable, t0) {
 		t.Error("a replayed report counted")
+	}
+	// A signed report recorded long ago, replayed after a restart emptied
+	// the replay guard, and one dated far ahead, are refused.
+	e = newEjector()
+	e.add(report("p1", "g1", 1000-600), t0)
+	e.add(report("p2", "g1", 1000+600), t0)
+	if len(e.fresh["g1"]) != 0 {
+		t.Errorf("reports outside the clock skew were taken: %v", e.fresh["g1"])
 	}
 }
 

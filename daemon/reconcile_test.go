@@ -54,7 +54,8 @@ func (f *fakeCluster) Broadcast(string, []byte) error { return nil }
 func (f *fakeCluster) Ask(string, []byte, map[string]string, time.Duration) ([]cluster.Answer, error) {
 	return nil, nil
 }
-func (f *fakeCluster) Leave() error { return nil }
+func (f *fakeCluster) Leave() error  { return nil }
+func (f *fakeCluster) Retire(string) {}
 
 func memberN(t testing.TB, i int, slice netip.Prefix) mesh.Member {
 	t.Helper()

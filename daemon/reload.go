@@ -16,7 +16,8 @@ import (
 )
 
 // reload re-reads the configuration and applies what can change while
-// meshd runs: the allow rules, as one nftables transaction, and the
+// meshd runs: the allow rules and the same-segment fast path, as one
+// nftables transaction, and the
 // [identity] files and mode (a renewed certificate, the CA turned on or
 // off, the trust mode), announced at once. Tunnels, peers and routes are
 // not touched. Every other changed key is named in the result as waiting
@@ -35,7 +36,7 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 	// The data plane keeps the segments it started with until a restart,
 	// so the rules are compiled against those, not the file's.
 	running := *cur
-	running.Allow = next.Allow
+	running.Allow, running.UntrackedSameSegment = next.Allow, next.UntrackedSameSegment
 	ruleset, err := running.Policy()
 	if err != nil {
 		return res, fmt.Errorf("%w: the new allow rules do not fit the running segments (segment changes need a restart): %v", errBadRequest, err)
@@ -46,7 +47,13 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 	if err := d.enforcer.Apply(ruleset); err != nil {
 		return res, fmt.Errorf("apply allow-list: %w", err)
 	}
+	// The guard now spares exactly these slices; a stale record would
+	// make the next pass apply the table again (and reset its counters).
+	d.guarded = ruleset.Local
 	res.Applied = append(res.Applied, allowRules(len(next.Allow)))
+	if cur.UntrackedSameSegment != next.UntrackedSameSegment {
+		res.Applied = append(res.Applied, fmt.Sprintf("policy.untracked_same_segment = %v", next.UntrackedSameSegment))
+	}
 	if idChange != "" {
 		running.Identity = newID
 		d.ann.setIdentity(newID)
@@ -58,7 +65,7 @@ func (d *Daemon) reload() (control.ReloadResult, error) {
 		d.Kick()
 	}
 	for _, k := range changed {
-		if k == "allow" || (idChange != "" && isIdentityKey(k)) {
+		if k == "allow" || k == "policy.untracked_same_segment" || (idChange != "" && isIdentityKey(k)) {
 			continue
 		}
 		res.Restart = append(res.Restart, k)

@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/identity"
+	"github.com/meshd/meshd/policy"
 )
 
 // reloadable starts host i with Options that reload its own meshd.toml,
@@ -75,6 +76,20 @@ func TestReloadAppliesWhatItCanAndNamesTheRest(t *testing.T) {
 		t.Errorf("reload of the rules alone: %+v, %v", res, err)
 	}
 
+	// The same-segment fast path is applied by reload, with the rules.
+	c.edit(t, 1, c.text(1, "\n[policy]\nuntracked_same_segment = true\n"))
+	res, err = reloadHost(t, h1, "")
+	if err != nil || len(res.Restart) != 0 || !slices.Contains(res.Applied, "policy.untracked_same_segment = true") {
+		t.Errorf("reload turning the fast path on: %+v, %v", res, err)
+	}
+	if !slices.Contains(h1.nft.Chains("meshd"), policy.NotrackPrerouting) {
+		t.Errorf("the fast path's chains are not in the table: %v", h1.nft.Chains("meshd"))
+	}
+	c.edit(t, 1, c.text(1, ""))
+	if _, err := reloadHost(t, h1, ""); err != nil || slices.Contains(h1.nft.Chains("meshd"), policy.NotrackPrerouting) {
+		t.Errorf("reload turning the fast path off: %v; chains %v", err, h1.nft.Chains("meshd"))
+	}
+
 	// A reload asked for with another file than the daemon's is refused.
 	other := filepath.Join(t.TempDir(), "meshd.toml")
 	os.WriteFile(other, []byte(c.text(1, "")), 0o600)
@@ -108,11 +123,17 @@ func newTestCA(t *testing.T) *testCA {
 // issue signs a fresh key for name, valid for d from now, and returns
 // the [identity] table naming it, with mode.
 func (c *testCA) issue(name string, d time.Duration, mode string) (string, *identity.Cert) {
+	return c.issueIn(name, "", false, d, mode)
+}
+
+// issueIn is issue for a host of site that may be its gateway.
+func (c *testCA) issueIn(name, site string, gateway bool, d time.Duration, mode string) (string, *identity.Cert) {
 	c.t.Helper()
 	c.n++
 	pub, key, _ := ed25519.GenerateKey(rand.Reader)
 	now := time.Now()
-	cert, err := c.ca.Sign(identity.Cert{Name: name, Segments: []string{"blue", "green"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(d), PublicKey: pub})
+	cert, err := c.ca.Sign(identity.Cert{Name: name, Segments: []string{"blue", "green"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(d), PublicKey: pub,
+		Site: site, Gateway: gateway})
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -250,5 +271,44 @@ func TestCertificateExpiryIsWarnedOncePerThreshold(t *testing.T) {
 		if !strings.Contains(lines[i], w) || !strings.Contains(lines[i], "meshd reload") {
 			t.Errorf("line %d: %s\nwant %s ... meshd reload", i, lines[i], w)
 		}
+	}
+}
+
+// A reload's transaction spares this host's slices in the no-plaintext
+// guard, and the loop's record says so: a record left behind (here one
+// that an earlier failed apply kept) made the next pass apply the whole
+// table again, resetting every counter.
+func TestReloadRecordsTheGuardedSlices(t *testing.T) {
+	c := newCluster3(t)
+	h1 := c.hosts[0]
+	r1 := c.reloadable(t, 1, "")
+	eventually(t, 5*time.Second, "a first pass", func() error {
+		if r1.d.Status().Reconciles == 0 {
+			return errors.New("no pass yet")
+		}
+		return nil
+	})
+	// On the loop, so that no pass comes in between.
+	var before int
+	req := request{fn: func() error {
+		r1.d.guarded = nil
+		before = h1.nft.Flushes()
+		_, err := r1.d.reload()
+		return err
+	}, answer: make(chan error, 1)}
+	r1.d.requests <- req
+	if err := <-req.answer; err != nil {
+		t.Fatal(err)
+	}
+	passes := r1.d.Status().Reconciles
+	r1.d.Kick()
+	eventually(t, 5*time.Second, "a pass after the reload", func() error {
+		if r1.d.Status().Reconciles == passes {
+			return errors.New("no pass yet")
+		}
+		return nil
+	})
+	if n := h1.nft.Flushes() - before; n != 1 {
+		t.Errorf("%d nftables transactions for one reload and a pass, want 1", n)
 	}
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshd/meshd/cluster"
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/identity"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -38,6 +39,10 @@ const (
 	// every member of the site about sites x 500 bytes x serf's
 	// retransmissions (measured in TestSitesAtScale).
 	directoryRefresh = 2 * time.Minute
+	// relaySettle is how long after taking over relaying a gateway
+	// relays everything once more, by when the gateway that relayed
+	// before saw it take over and stopped.
+	relaySettle = 5 * time.Second
 	// directoryTTL forgets a relayed announcement no gateway repeated.
 	directoryTTL = 3 * directoryRefresh
 	// directTimeout is how long two gateways behind NAT try a direct
@@ -102,13 +107,18 @@ type directory struct {
 	sent     map[string]string
 	lastFull time.Time
 	// known is the loop's record of the site's live members at the last
-	// relay.
-	known map[string]bool
+	// relay; relaying whether this gateway was the relayer then.
+	known    map[string]bool
+	relaying bool
+	// settleAt is when a gateway that took over relaying relays all
+	// again (see relayDirectory); zero when not due.
+	settleAt time.Time
 }
 
 type dirEntry struct {
 	member mesh.Member
 	seen   time.Time
+	ltime  uint64 // of the event that brought it
 }
 
 // dirRecord is one relayed announcement on the wire.
@@ -122,20 +132,55 @@ func newDirectory() *directory {
 	return &directory{entries: map[string]dirEntry{}, sent: map[string]string{}}
 }
 
+// maxDirectory bounds the relayed announcements a host keeps: any member
+// of the site can send these events.
+const maxDirectory = 4096
+
 // receive takes a relayed announcement. Everything in it is checked
-// later by Compute, as every announcement is.
-func (dir *directory) receive(name string, payload []byte) {
+// later by Compute, as every announcement is; here only what keeps the
+// directory sound: a valid name, room, and no older copy replacing a
+// newer one. For signed announcements a newer counter is newer (a replay
+// would otherwise make Compute refuse the gateway as replayed until the
+// next refresh); for the same announcement, the event's Lamport time
+// orders what the site's gateways relayed of it. Gossip delivers events
+// in any order, and when the relaying gateway changes, say to one that
+// just restarted, the old relayer's "failed" for that very gateway can
+// arrive after the new relayer's "alive": without the order it would
+// stand until the next refresh, and this host would route around a
+// gateway the far end sends through.
+func (dir *directory) receive(name string, payload []byte, ltime uint64) {
 	if name != eventGateway {
 		return
 	}
 	var r dirRecord
-	if err := json.Unmarshal(payload, &r); err != nil || r.Name == "" || len(r.Tags) > 32 {
+	if err := json.Unmarshal(payload, &r); err != nil || identity.ValidName(r.Name) != nil || len(r.Tags) > 32 {
 		return
 	}
 	m := mesh.Member{Name: r.Name, Status: mesh.Status(r.Status), Tags: r.Tags}
 	dir.mu.Lock()
-	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now()}
-	dir.mu.Unlock()
+	defer dir.mu.Unlock()
+	old, had := dir.entries[r.Name]
+	if !had && len(dir.entries) >= maxDirectory {
+		return
+	}
+	if had {
+		switch counter, oldCounter := signedCounter(r.Tags), signedCounter(old.member.Tags); {
+		case counter < oldCounter:
+			return
+		case counter == oldCounter && ltime < old.ltime:
+			return
+		}
+	}
+	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now(), ltime: ltime}
+}
+
+// signedCounter is a signed announcement's counter, 0 when unsigned.
+func signedCounter(tags map[string]string) uint64 {
+	ann, err := mesh.DecodeTags(tags)
+	if err != nil {
+		return 0
+	}
+	return ann.Counter
 }
 
 func (dir *directory) members(now time.Time) []mesh.Member {
@@ -217,6 +262,15 @@ func (dir *directory) newcomers(members []mesh.Member) bool {
 
 func (dir *directory) refreshDue(now time.Time) bool {
 	return now.Sub(dir.lastFull) >= directoryRefresh
+}
+
+// settleDue reports, once, that the full relay after a takeover is due.
+func (dir *directory) settleDue(now time.Time) bool {
+	if dir.settleAt.IsZero() || now.Before(dir.settleAt) {
+		return false
+	}
+	dir.settleAt = time.Time{}
+	return true
 }
 
 // paths tracks what a gateway learns about its WAN tunnels at run time:
@@ -374,7 +428,10 @@ func (p *paths) updateNoDirect(st *mesh.State, localNAT bool, now time.Time) []s
 		// Only where both ends sit behind NAT can a direct tunnel fail
 		// for good; a public end always accepts the NATed one's
 		// handshakes.
-		if !localNAT || !peer.WAN || !peer.NAT || slices.Contains(p.noDirect, peer.Site) {
+		// The clock starts once there is somewhere to aim: until the
+		// public gateways told where the far side is seen from, no
+		// handshake can be expected.
+		if !localNAT || !peer.WAN || !peer.NAT || !peer.Endpoint.IsValid() || slices.Contains(p.noDirect, peer.Site) {
 			continue
 		}
 		live[peer.Name] = true

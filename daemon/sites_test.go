@@ -17,6 +17,7 @@ import (
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/internal/clustertest"
 	"github.com/meshd/meshd/mesh"
+	"github.com/meshd/meshd/probe"
 )
 
 // A cluster of two sites, in-process: site a with gateways a1 and a3 and
@@ -30,6 +31,8 @@ type twoSites struct {
 	siteOf    map[string]string
 	slice     map[string]int // third octet of each host's /24
 	isGateway map[string]bool
+	// ca, when set, gives every host a certificate for its site and role.
+	ca *testCA
 }
 
 func newTwoSites(t *testing.T) *twoSites {
@@ -89,6 +92,10 @@ advertise_addr = %q
 join = [%s]
 `, netip.MustParseAddrPort(h.wanTr.Addr()).Addr(), strings.Join(wanJoin, ", "))
 	}
+	if ts.ca != nil {
+		id, _ := ts.ca.issueIn(name, site, ts.isGateway[name], time.Hour, "strict")
+		text += id
+	}
 	text += fmt.Sprintf(`
 [wireguard]
 interface = "mesh0"
@@ -138,6 +145,42 @@ func expectPeers(ts *twoSites, name string, want map[string][]string) error {
 		}
 	}
 	return nil
+}
+
+// meshed is the state of a twoSites cluster with every host up.
+func (ts *twoSites) meshed() error {
+	pairA := mesh.Assign("a|b", []string{"a1", "a3"})
+	other := map[string]string{"a1": "a3", "a3": "a1"}[pairA]
+	return errors.Join(
+		expectPeers(ts, "a2", map[string][]string{pairA: {fmt.Sprintf("10.42.%d.0/24", ts.slice[pairA]), "10.42.16.0/20"}, other: {fmt.Sprintf("10.42.%d.0/24", ts.slice[other])}}),
+		expectPeers(ts, "b2", map[string][]string{"b1": {"10.42.0.0/20", "10.42.17.0/24"}}),
+		expectPeers(ts, "b1", map[string][]string{"b2": {"10.42.18.0/24"}, pairA: {"10.42.0.0/20"}}),
+		expectPeers(ts, pairA, map[string][]string{"a2": {"10.42.2.0/24"}, other: {fmt.Sprintf("10.42.%d.0/24", ts.slice[other])}, "b1": {"10.42.16.0/20"}}),
+	)
+}
+
+// With a CA, certificates bind each host's site and role; a gateway signs
+// its site-pool and WAN announcements from one counter, and the mesh must
+// come up and stay up pass after pass, with nothing refused.
+func TestTwoSitesWithACA(t *testing.T) {
+	ts := newTwoSites(t)
+	ts.ca = newTestCA(t)
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	eventually(t, 20*time.Second, "two sites meshed under a CA", ts.meshed)
+	for range 10 { // resyncs, health checks and refreshes re-verify everything
+		time.Sleep(300 * time.Millisecond)
+		if err := ts.meshed(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for n, r := range run {
+		if st := r.d.Status(); len(st.Rejected) != 0 {
+			t.Errorf("%s refused %+v", n, st.Rejected)
+		}
+	}
 }
 
 func TestTwoSites(t *testing.T) {
@@ -297,18 +340,22 @@ func (dp *dataPlane) deliver(from string, dst netip.Addr) error {
 }
 
 // echo is the probe of host from: the request and the reply must both
-// arrive.
+// arrive; a packet lost on the way is a missing reply.
 func (dp *dataPlane) echo(from string) func(src, dst netip.Addr) error {
 	return func(src, dst netip.Addr) error {
-		if err := dp.deliver(from, dst); err != nil {
-			return err
-		}
-		for name := range dp.ts.hosts {
-			if dp.meshAddr(name) == dst {
-				return dp.deliver(name, src)
+		err := dp.deliver(from, dst)
+		if err == nil {
+			err = errors.New("nobody holds " + dst.String())
+			for name := range dp.ts.hosts {
+				if dp.meshAddr(name) == dst {
+					err = dp.deliver(name, src)
+				}
 			}
 		}
-		return errors.New("nobody holds " + dst.String())
+		if err != nil {
+			return fmt.Errorf("%w: %v", probe.ErrNoReply, err)
+		}
+		return nil
 	}
 }
 
@@ -375,5 +422,41 @@ func TestGatewayThatStopsForwardingIsBypassed(t *testing.T) {
 	})
 	if st := run[pairA].d.Status(); st.Node.Draining || st.Ejections != 1 {
 		t.Errorf("%s after the fix: draining %v, %d ejections", pairA, st.Node.Draining, st.Ejections)
+	}
+}
+
+// A gateway whose WAN uplink dies sees every other site fail. It must not
+// tell its site so: it stops relaying the WAN pool, the other gateway
+// takes over, and the site keeps reaching site b through that gateway.
+func TestGatewayLosingItsWANUplinkDoesNotCutItsSite(t *testing.T) {
+	ts := newTwoSites(t)
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	reaches := func(gw string) func() error {
+		return func() error {
+			st := run["a2"].d.Status()
+			if len(st.Sites) != 1 || st.Sites[0].Unreachable != "" || st.Sites[0].Gateway != gw {
+				return fmt.Errorf("a2's sites: %+v", st.Sites)
+			}
+			for _, ips := range ts.peersOf("a2") {
+				if slices.Contains(ips, "10.42.16.0/20") {
+					return expectPeers(ts, "b1", map[string][]string{"b2": {"10.42.18.0/24"}, gw: {"10.42.0.0/20"}})
+				}
+			}
+			return errors.New("a2 routes site b nowhere")
+		}
+	}
+	eventually(t, 20*time.Second, "site b reached", reaches(mesh.Assign("a|b", []string{"a1", "a3"})))
+	ts.wan.Cut("a1") // a1's uplink: still in its site, gone from the WAN
+	took := eventually(t, 30*time.Second, "site b reached through a3", reaches("a3"))
+	t.Logf("site a moved off the gateway without an uplink in %s", took.Round(time.Millisecond))
+	// And stays so: a1, seeing site b fail, must not have told a2.
+	for range 10 {
+		if err := reaches("a3")(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }

@@ -142,7 +142,7 @@ func (d *Daemon) nodeStatus(cfg *config.Config, dev Device, local mesh.Local) co
 	}
 	n.Site, n.Gateway, n.Draining, n.NAT = local.SiteName(), local.Gateway, local.Draining, local.NAT
 	if d.ann.multi {
-		if a := MeshAddr(local); a.IsValid() {
+		if a := local.MeshAddr(); a.IsValid() {
 			n.MeshAddr = a.String()
 		}
 		if o, _ := d.paths.observedEndpoint(); o.IsValid() {

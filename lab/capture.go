@@ -45,6 +45,18 @@ func (l *Lab) StartCapture(ctx context.Context) (*Capture, error) {
 // StartCaptureOn is StartCapture on interface dev of namespace ns, say
 // BridgeName in WANNS or in a Site's NS.
 func (l *Lab) StartCaptureOn(ctx context.Context, ns, dev string) (*Capture, error) {
+	return l.startCapture(ctx, ns, dev, 0, "")
+}
+
+// StartCaptureFiltered is StartCapture keeping only the packets that match
+// a tcpdump filter expression ("" keeps all), each cut to snaplen bytes (0
+// keeps whole packets): a long capture of bulk traffic for, say, IP
+// fragments then stays small.
+func (l *Lab) StartCaptureFiltered(ctx context.Context, snaplen int, filter string) (*Capture, error) {
+	return l.startCapture(ctx, l.SwitchNS(), bridgeName, snaplen, filter)
+}
+
+func (l *Lab) startCapture(ctx context.Context, ns, dev string, snaplen int, filter string) (*Capture, error) {
 	l.mu.Lock()
 	n := len(l.captures)
 	closed := l.closed
@@ -56,8 +68,12 @@ func (l *Lab) StartCaptureOn(ctx context.Context, ns, dev string) (*Capture, err
 	// -Z root: tcpdump otherwise drops to user tcpdump, which cannot write
 	// into the lab's private directory. --immediate-mode and -U get every
 	// packet into the file without waiting for a buffer to fill.
-	cmd := exec.Command("ip", "netns", "exec", ns,
-		"tcpdump", "-i", dev, "-n", "-s", "0", "-U", "--immediate-mode", "-Z", "root", "-w", path)
+	argv := []string{"netns", "exec", ns,
+		"tcpdump", "-i", dev, "-n", "-s", strconv.Itoa(snaplen), "-U", "--immediate-mode", "-Z", "root", "-w", path}
+	if filter != "" {
+		argv = append(argv, filter)
+	}
+	cmd := exec.Command("ip", argv...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

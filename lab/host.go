@@ -228,21 +228,12 @@ func (h *Host) Start(bin string, args ...string) error {
 		return fmt.Errorf("lab: %s: open log: %w", h.Name(), err)
 	}
 	argv := append([]string{"netns", "exec", h.NS(), bin, "run", "--config", h.ConfigPath()}, args...)
-	cmd := exec.Command("ip", argv...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	// A marker makes restarts visible in the log.
 	fmt.Fprintf(logf, "=== lab %s: ip %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
-	if err := cmd.Start(); err != nil {
-		logf.Close()
+	p, err := spawn(argv, logf)
+	if err != nil {
 		return fmt.Errorf("lab: %s: start %s in netns %s: %w", h.Name(), bin, h.NS(), err)
 	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		logf.Close()
-		close(p.done)
-	}()
 	h.proc = p
 	return nil
 }
@@ -297,22 +288,16 @@ func (h *Host) Stop() error {
 	if p == nil {
 		return fmt.Errorf("lab: %s: meshd was never started", h.Name())
 	}
-	if err := p.signal(syscall.SIGTERM); err != nil {
+	killed, err := p.terminate(h.stopGrace)
+	switch {
+	case err != nil:
 		return fmt.Errorf("lab: %s: SIGTERM meshd: %w", h.Name(), err)
+	case killed:
+		return fmt.Errorf("lab: %s: meshd ignored SIGTERM for %s and was killed (log %s)", h.Name(), h.stopGrace, h.LogPath())
+	case p.err != nil:
+		return fmt.Errorf("lab: %s: meshd exited: %w (log %s)", h.Name(), p.err, h.LogPath())
 	}
-	t := time.NewTimer(h.stopGrace)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		if p.err != nil {
-			return fmt.Errorf("lab: %s: meshd exited: %w (log %s)", h.Name(), p.err, h.LogPath())
-		}
-		return nil
-	case <-t.C:
-	}
-	_ = p.signal(syscall.SIGKILL)
-	<-p.done
-	return fmt.Errorf("lab: %s: meshd ignored SIGTERM for %s and was killed (log %s)", h.Name(), h.stopGrace, h.LogPath())
+	return nil
 }
 
 // Kill sends SIGKILL and waits for meshd to be gone. Its exit status is of

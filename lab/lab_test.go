@@ -605,6 +605,95 @@ func TestHostProcess(t *testing.T) {
 	}
 }
 
+// TestStartProcess: a helper process runs in the namespace it was given,
+// logs there, and Stop ends it, killing it when it ignores SIGTERM.
+func TestStartProcess(t *testing.T) {
+	l := newLab(t, Spec{Hosts: 1})
+	ns := l.Host(1).NS()
+	logPath := filepath.Join(l.Dir(), "helper.log")
+	var nsIno syscall.Stat_t
+	if err := syscall.Stat(filepath.Join(netnsDir, ns), &nsIno); err != nil {
+		t.Fatal(err)
+	}
+	p, err := StartProcess(ns, logPath, "sh", "-c", "echo helper up; exec sleep 60")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFileContains(t, logPath, "helper up")
+	// The pid is the command's own (ip netns exec execs it), in ns.
+	var st syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", p.Pid()), &st); err != nil || st.Ino != nsIno.Ino {
+		t.Errorf("pid %d is not in netns %s (%v)", p.Pid(), ns, err)
+	}
+	if p.Exited() || p.Err() != nil {
+		t.Fatalf("exited early: %v", p.Err())
+	}
+	if err := p.Stop(5 * time.Second); err != nil {
+		t.Errorf("Stop of a process that exits on SIGTERM: %v", err)
+	}
+	if !p.Exited() || p.Err() == nil {
+		t.Errorf("after Stop: exited %v, err %v; want the SIGTERM exit", p.Exited(), p.Err())
+	}
+	if err := p.Stop(time.Second); err != nil {
+		t.Errorf("second Stop: %v", err)
+	}
+
+	stubborn, err := StartProcess(ns, logPath, "sh", "-c", "trap '' TERM; echo stubborn up; while :; do sleep 0.1; done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFileContains(t, logPath, "stubborn up")
+	if err := stubborn.Stop(300 * time.Millisecond); err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("Stop of a SIGTERM-ignoring process: %v, want it killed", err)
+	}
+	if !stubborn.Exited() {
+		t.Error("still running after Stop")
+	}
+}
+
+func waitFileContains(t *testing.T, path, s string) {
+	t.Helper()
+	err := WaitFor(testCtx(t), 20*time.Millisecond, func() error {
+		if b, _ := os.ReadFile(path); !strings.Contains(string(b), s) {
+			return fmt.Errorf("no %q in %s yet", s, path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStartCaptureFiltered keeps only what the filter selects, cut to the
+// snap length.
+func TestStartCaptureFiltered(t *testing.T) {
+	l := newLab(t, Spec{Hosts: 2})
+	ctx := testCtx(t)
+	h1, h2 := l.Host(1), l.Host(2)
+	capt, err := l.StartCaptureFiltered(ctx, 96, "icmp and ip[6:2] & 0x3fff != 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Ping(ctx, h1.NS(), h2.UnderlayAddr(), 2, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// Too big for the underlay and without DF: crosses as 2 fragments.
+	if _, err := h1.Exec(ctx, "ping", "-n", "-c", "1", "-W", "2", "-M", "dont", "-s", "2000", h2.UnderlayAddr().String()); err != nil {
+		t.Fatal(err)
+	}
+	data, err := capt.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Request and reply, 2 fragments each; the small pings are not kept.
+	if n, err := capt.Count(""); err != nil || n != 4 {
+		t.Errorf("capture holds %d packets (%v), want the 4 fragments only", n, err)
+	}
+	if len(data) > 24+4*(16+96) {
+		t.Errorf("capture is %d bytes: packets not cut to 96 bytes", len(data))
+	}
+}
+
 func waitLog(t *testing.T, h *Host, marker string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -45,6 +45,11 @@ func ipn(ctx context.Context, ns string, cmds ...[]string) error {
 	return nil
 }
 
+// IP runs "ip -n ns ARGS..." for each ARGS in cmds, in order, stopping at
+// the first failure; the error names the namespace, the command and its
+// output.
+func IP(ctx context.Context, ns string, cmds ...[]string) error { return ipn(ctx, ns, cmds...) }
+
 // setSysctls writes key/value pairs (keys relative to /proc/sys, with "/"
 // separators because interface names may contain dots) inside ns. Net
 // sysctls resolve against the writing thread's namespace, so entering ns is

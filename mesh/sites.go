@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
 // NATKeepalive keeps a NAT mapping open for the WAN tunnels of a gateway
@@ -48,6 +51,7 @@ func ComputeTopology(local Local, members, remote []Member, prev *State) State {
 	}
 	t := newTopology(local, &st, prev)
 	t.decode(remote, prev)
+	t.keepWANGateways()
 	t.admitSites()
 	t.route()
 	t.gossipTunnels()
@@ -83,6 +87,11 @@ type topology struct {
 	// hostRoutes are the mesh addresses of gateways reached by their
 	// own gossip tunnel, routed one by one.
 	hostRoutes []peerRoute
+	// inWAN names this site's gateways that are alive in the WAN pool
+	// (or in the directory its gateways relay).
+	inWAN map[string]bool
+	// prevBlocks are the blocks each site had last time.
+	prevBlocks map[string][]Slice
 	// remoteMesh is the mesh address of each remote gateway a pair of
 	// sites is assigned to, by name.
 	remoteMesh map[string]netip.Addr
@@ -101,10 +110,11 @@ type peerRoute struct {
 
 func newTopology(local Local, st *State, prev *State) *topology {
 	t := &topology{local: local, st: st, sites: map[string]*siteInfo{}, localGateways: map[string]localGateway{}, wasSite: map[string]bool{},
-		remoteMesh: map[string]netip.Addr{}}
+		remoteMesh: map[string]netip.Addr{}, inWAN: map[string]bool{}, prevBlocks: map[string][]Slice{}}
 	if prev != nil {
 		for _, s := range prev.Sites {
 			t.wasSite[s.Name] = true
+			t.prevBlocks[s.Name] = s.Blocks
 		}
 	}
 	if local.Gateway && !local.Draining {
@@ -126,8 +136,15 @@ func (t *topology) decode(remote []Member, prev *State) {
 	if prev != nil {
 		cache = prev.decodedRemote
 	}
+	if t.local.CA != nil {
+		t.st.RemoteCounters = make(map[string]uint64, len(remote))
+		if prev != nil {
+			maps.Copy(t.st.RemoteCounters, prev.RemoteCounters)
+		}
+	}
 	t.st.decodedRemote = make(map[string]*decodedTags, len(remote))
 	mine := t.local.SiteName()
+	keys := map[wgtypes.Key]string{t.local.PublicKey: t.local.Name}
 	for i := range remote {
 		m := &remote[i]
 		if m.Name == t.local.Name || m.Status != StatusAlive {
@@ -139,15 +156,26 @@ func (t *topology) decode(remote []Member, prev *State) {
 			d.ann, d.err = DecodeTags(m.Tags)
 		}
 		t.st.decodedRemote[m.Name] = d
+		if d.err == nil && d.ann.SiteName() == mine {
+			// This site's own gateways route through the site pool, which
+			// verified them; here they only show which of them the WAN
+			// pool sees alive.
+			t.inWAN[m.Name] = true
+			continue
+		}
 		err := d.err
 		if err == nil {
-			err = verifyIdentity(t.local, candidate{member: m, ann: &d.ann}, t.st.Counters)
+			err = verifyIdentity(t.local, candidate{member: m, ann: &d.ann}, t.st.RemoteCounters)
 		}
 		if err == nil {
 			err = t.checkGateway(&d.ann)
 		}
 		if err == nil {
-			if i := slices.IndexFunc(t.st.Peers, func(p Peer) bool { return p.PublicKey == d.ann.PublicKey && p.Name != m.Name }); i >= 0 {
+			if _, ok := t.st.decoded[m.Name]; ok {
+				err = fmt.Errorf("its name is taken by a member of site %s", mine)
+			} else if other, ok := keys[d.ann.PublicKey]; ok {
+				err = fmt.Errorf("public key %s is already used by %s", d.ann.PublicKey.String()[:8], other)
+			} else if i := slices.IndexFunc(t.st.Peers, func(p Peer) bool { return p.PublicKey == d.ann.PublicKey }); i >= 0 {
 				err = fmt.Errorf("public key %s is already used by %s", d.ann.PublicKey.String()[:8], t.st.Peers[i].Name)
 			}
 		}
@@ -155,10 +183,8 @@ func (t *topology) decode(remote []Member, prev *State) {
 			t.reject(m.Name, err)
 			continue
 		}
+		keys[d.ann.PublicKey] = m.Name
 		site := d.ann.SiteName()
-		if site == mine {
-			continue // this site's own gateways route through the site pool
-		}
 		si := t.sites[site]
 		if si == nil {
 			si = &siteInfo{name: site}
@@ -189,6 +215,27 @@ func (t *topology) checkGateway(ann *Announcement) error {
 
 func (t *topology) reject(member string, err error) {
 	t.st.Rejected = append(t.st.Rejected, Rejection{Member: member, Reason: err.Error()})
+}
+
+// keepWANGateways leaves out of this site's usable gateways those the WAN
+// pool does not see alive: the other sites decide from the WAN pool which
+// of this site's gateways carry their pairs, and both ends must pick the
+// same one. A gateway whose WAN uplink died is alive here and dead there.
+// This host, if a gateway, cannot see itself that way; it counts itself
+// out when its WAN pool shows no other site alive, which is what a dead
+// uplink looks like from inside once failure detection ran.
+func (t *topology) keepWANGateways() {
+	for name := range t.localGateways {
+		if name == t.local.Name {
+			if len(t.sites) == 0 {
+				delete(t.localGateways, name)
+			}
+			continue
+		}
+		if !t.inWAN[name] {
+			delete(t.localGateways, name)
+		}
+	}
 }
 
 // admitSites settles each remote site's blocks: all its gateways must
@@ -231,13 +278,27 @@ func (t *topology) admitSites() {
 }
 
 func (t *topology) settleBlocks(si *siteInfo, owned *ownership) error {
-	// The first gateway (by name) speaks for the site; the others must
-	// agree with it, or they are refused on their own.
+	// The site's blocks as accepted last time, or else those of its first
+	// gateway by name, speak for the site; gateways that disagree are
+	// refused on their own, so a newcomer with a mistyped site_block
+	// cannot take the site over.
 	ref := si.gateways[0].ann.Blocks
+	if prev, ok := t.prevBlocks[si.name]; ok {
+		if i := slices.IndexFunc(si.gateways, func(g gatewayAnn) bool { return sameBlocks(g.ann.Blocks, prev) }); i >= 0 {
+			ref = si.gateways[i].ann.Blocks
+		}
+	}
+	var first string
+	for _, g := range si.gateways {
+		if slices.Equal(g.ann.Blocks, ref) {
+			first = g.name
+			break
+		}
+	}
 	kept := si.gateways[:0]
 	for _, g := range si.gateways {
 		if !slices.Equal(g.ann.Blocks, ref) {
-			t.reject(g.name, fmt.Errorf("its blocks %v differ from those of %s, another gateway of site %s", g.ann.Blocks, si.gateways[0].name, si.name))
+			t.reject(g.name, fmt.Errorf("its blocks %v differ from those of %s, another gateway of site %s", g.ann.Blocks, first, si.name))
 			continue
 		}
 		kept = append(kept, g)
@@ -256,6 +317,12 @@ func (t *topology) settleBlocks(si *siteInfo, owned *ownership) error {
 		owned.add(b.Prefix, "site "+si.name)
 	}
 	return nil
+}
+
+// sameBlocks reports whether a gateway's blocks include all of kept, the
+// blocks a site had last time (of the segments this host takes part in).
+func sameBlocks(all, kept []Slice) bool {
+	return len(kept) > 0 && !slices.ContainsFunc(kept, func(k Slice) bool { return !slices.Contains(all, k) })
 }
 
 // usable are the gateways of a remote site that can carry traffic now.
@@ -322,7 +389,8 @@ func (t *topology) gossipTunnels() {
 		return
 	}
 	for _, si := range t.order {
-		for _, g := range si.usable() {
+		// Draining gateways too: the WAN pool must keep reaching them.
+		for _, g := range si.gateways {
 			if !g.ann.MeshAddr.IsValid() || g.ann.Role.NAT == t.local.NAT {
 				continue
 			}
@@ -357,7 +425,8 @@ func (t *topology) probes() {
 		return // nothing to move to
 	}
 	t.st.Probers = t.probers(t.local.SiteName())
-	if !slices.Contains(t.st.Probers, t.local.Name) {
+	src := t.local.MeshAddr()
+	if !slices.Contains(t.st.Probers, t.local.Name) || !src.IsValid() {
 		return
 	}
 	for _, g := range t.st.Gateways {
@@ -372,7 +441,11 @@ func (t *topology) probes() {
 			if ss.Gateway != g || ss.Transit != "" || ss.Unreachable != "" {
 				continue
 			}
-			if a, ok := t.remoteMesh[ss.Remote]; ok && !slices.Contains(pr.Targets, a) {
+			// Only addresses this host routes into the tunnel from its
+			// own mesh address: another family, or a segment this host
+			// lacks, would fail whatever the gateway does.
+			a, ok := t.remoteMesh[ss.Remote]
+			if _, inSegment := t.segmentOf(a); ok && inSegment && a.Is4() == src.Is4() && !slices.Contains(pr.Targets, a) {
 				pr.Targets = append(pr.Targets, a)
 			}
 		}
@@ -431,9 +504,11 @@ func (t *topology) path(si *siteInfo, localGW []string) (hop *siteInfo, transit,
 		return si, "", ""
 	}
 	// The transit site: the lowest-named other site whose gateways
-	// accept inbound tunnels, which both ends can reach directly.
+	// accept inbound tunnels, which both ends can reach directly. Both
+	// ends must pick the same one, so the far end's pair with it is
+	// judged from the WAN announcements, which both ends see alike.
 	for _, cand := range t.order {
-		if cand == si || len(cand.usable()) == 0 || t.relayed(cand, localGW) {
+		if cand == si || len(cand.usable()) == 0 || t.relayed(cand, localGW) || relayedBetween(si, cand) {
 			continue
 		}
 		if slices.ContainsFunc(cand.usable(), func(g gatewayAnn) bool { return !g.ann.Role.NAT }) {
@@ -472,6 +547,33 @@ func (t *topology) relayed(si *siteInfo, localGW []string) bool {
 		return slices.Contains(g.ann.Relays, local)
 	}
 	return false
+}
+
+// relayedBetween is relayed for a pair of two other sites, a and b, as
+// their WAN announcements show it.
+func relayedBetween(a, b *siteInfo) bool {
+	pair := pairKey(a.name, b.name)
+	near, far := assigned(pair, a.usable()), assigned(pair, b.usable())
+	if near == nil || far == nil {
+		return true
+	}
+	if near.Role.NAT && far.Role.NAT && (near.Role.Symmetric || far.Role.Symmetric) {
+		return true
+	}
+	return slices.Contains(near.Relays, b.name) || slices.Contains(far.Relays, a.name)
+}
+
+// assigned returns the announcement of the gateway among gws that Assign
+// picks for pair, nil when there is none.
+func assigned(pair string, gws []gatewayAnn) *Announcement {
+	names := make([]string, len(gws))
+	for i, g := range gws {
+		names[i] = g.name
+	}
+	if i := slices.Index(names, Assign(pair, names)); i >= 0 {
+		return gws[i].ann
+	}
+	return nil
 }
 
 // wanPeer returns the index of the WAN peer for gateway g of site hop,
@@ -521,11 +623,20 @@ func Assign(pair string, names []string) string {
 		h.Write([]byte(pair))
 		h.Write([]byte{0})
 		h.Write([]byte(n))
-		if v := h.Sum64(); best == "" || v > bestHash || (v == bestHash && n < best) {
+		if v := mix(h.Sum64()); best == "" || v > bestHash || (v == bestHash && n < best) {
 			best, bestHash = n, v
 		}
 	}
 	return best
+}
+
+// mix is splitmix64's finalizer. FNV-1a alone leaves names that differ
+// only in their last bytes (gw1, gw2, gw3) with nearly equal high bits, so
+// one of them won half the pairs.
+func mix(z uint64) uint64 {
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
 }
 
 // pairKey names a pair of sites the same way from both ends.

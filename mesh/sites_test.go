@@ -17,8 +17,9 @@ import (
 type genCluster struct {
 	sites, hosts, gateways int
 	nat                    func(site int) bool
-	// down marks gateways that failed, by name.
-	down map[string]bool
+	// down marks gateways that failed, by name; offWAN those alive in
+	// their site but missing from the WAN pool (a dead uplink).
+	down, offWAN map[string]bool
 }
 
 var genCIDR = netip.MustParsePrefix("10.0.0.0/8")
@@ -84,7 +85,9 @@ func (g *genCluster) pools(t testing.TB, site int) (sitePool, remote []Member) {
 	}
 	for s := range g.sites {
 		for h := range g.gateways {
-			remote = append(remote, g.member(t, s, h, true))
+			if !g.offWAN[hostName(s, h)] {
+				remote = append(remote, g.member(t, s, h, true))
+			}
 		}
 	}
 	return sitePool, remote
@@ -108,7 +111,7 @@ func (g *genCluster) compute(t testing.TB, site, h int) State {
 func (g *genCluster) expectedGateway(of, other int) string {
 	var names []string
 	for h := range g.gateways {
-		if !g.down[hostName(of, h)] {
+		if !g.down[hostName(of, h)] && !g.offWAN[hostName(of, h)] {
 			names = append(names, hostName(of, h))
 		}
 	}
@@ -497,6 +500,211 @@ func TestProbePlan(t *testing.T) {
 	for h := range one.hosts {
 		if st := one.compute(t, 0, h); len(st.Probes) > 0 {
 			t.Errorf("site with one gateway: %s probes %v", hostName(0, h), st.Probes)
+		}
+	}
+}
+
+// reannounce re-encodes member m after f changed its announcement.
+func reannounce(t *testing.T, m Member, f func(*Announcement)) Member {
+	t.Helper()
+	a, err := DecodeTags(m.Tags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f(&a)
+	if m.Tags, err = a.Tags(); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A gateway alive in its site but missing from the WAN pool (its uplink
+// died) carries no pair: the other sites, which see only the WAN pool,
+// have moved its pairs, and both ends must agree.
+func TestGatewayOffTheWANCarriesNoPair(t *testing.T) {
+	g := &genCluster{sites: 12, hosts: 4, gateways: 2, offWAN: map[string]bool{}}
+	g.offWAN[hostName(0, 1)] = true
+	for h := range g.hosts {
+		if h == 1 {
+			continue // its own view is below
+		}
+		st := g.compute(t, 0, h)
+		if slices.Contains(st.Gateways, hostName(0, 1)) {
+			t.Fatalf("%s counts %s usable though the WAN pool lacks it", hostName(0, h), hostName(0, 1))
+		}
+		for _, ss := range st.Sites {
+			if ss.Gateway != hostName(0, 0) {
+				t.Fatalf("%s: site %s served by %s", hostName(0, h), ss.Name, ss.Gateway)
+			}
+		}
+	}
+	// Its own WAN pool shows every other site failed: it counts itself out.
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		if !strings.HasPrefix(remote[i].Name, siteName(0)) {
+			remote[i].Status = StatusFailed
+		}
+	}
+	if st := ComputeTopology(g.local(0, 1), sitePool, remote, nil); slices.Contains(st.Gateways, hostName(0, 1)) {
+		t.Errorf("a gateway that sees no other site counts itself usable: %v", st.Gateways)
+	}
+	// The far end agrees: site 5's gateway for the pair peers with s000-h000.
+	far := g.expectedGateway(5, 0)
+	var h int
+	fmt.Sscanf(far[len(far)-3:], "%d", &h)
+	other := g.compute(t, 5, h)
+	if p, ok := other.PeerByName(hostName(0, 0)); !ok || !slices.Contains(p.AllowedIPs, genBlock(0)) {
+		t.Fatalf("%s does not carry s000 through s000-h000: %+v", far, p)
+	}
+}
+
+// A NATed gateway that drains keeps its gossip tunnels: the WAN pool must
+// keep reaching it, or it flaps in every site for as long as it drains.
+func TestDrainingNATGatewayKeepsItsGossipTunnel(t *testing.T) {
+	g := &genCluster{sites: 3, hosts: 2, gateways: 1, nat: func(s int) bool { return s == 2 }}
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		if remote[i].Name == hostName(2, 0) {
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.Role.Draining = true })
+		}
+	}
+	st := ComputeTopology(g.local(0, 0), sitePool, remote, nil)
+	p, ok := st.PeerByName(hostName(2, 0))
+	if !ok || !slices.Equal(p.AllowedIPs, []netip.Prefix{netip.PrefixFrom(genMesh(2, 0), 32)}) {
+		t.Fatalf("gossip tunnel to the draining NATed gateway: %+v (present %v)", p, ok)
+	}
+}
+
+// Names and keys identify one host: a remote gateway may not take the name
+// of a member of this site, this host's key, or another gateway's key.
+func TestRemoteGatewayIdentityCollisions(t *testing.T) {
+	g := &genCluster{sites: 4, hosts: 3, gateways: 1}
+	sitePool, remote := g.pools(t, 0)
+	for i := range remote {
+		switch remote[i].Name {
+		case hostName(1, 0):
+			remote[i].Name = hostName(0, 2) // the name of a host of site 0
+		case hostName(2, 0):
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.PublicKey = genKey(0, 0) }) // this host's key
+		case hostName(3, 0):
+			remote[i] = reannounce(t, remote[i], func(a *Announcement) { a.PublicKey = genKey(0, 1) }) // a site peer's key
+		}
+	}
+	st := ComputeTopology(g.local(0, 0), sitePool, remote, nil)
+	want := map[string]string{hostName(0, 2): "name is taken", hostName(2, 0): "already used", hostName(3, 0): "already used"}
+	for _, r := range st.Rejected {
+		if w := want[r.Member]; w != "" && strings.Contains(r.Reason, w) {
+			delete(want, r.Member)
+		}
+	}
+	if len(want) > 0 {
+		t.Errorf("not refused: %v; rejected %+v", want, st.Rejected)
+	}
+	if len(st.Sites) != 0 {
+		t.Errorf("sites reached through impostors: %+v", st.Sites)
+	}
+	p, _ := st.PeerByName(hostName(0, 2))
+	if slices.Contains(p.AllowedIPs, genBlock(1)) {
+		t.Errorf("site 1's block was put on the local host %s", hostName(0, 2))
+	}
+}
+
+// A newcomer gateway with a mistyped site_block does not take its site
+// over, even with the lowest name: the blocks accepted before stay.
+func TestNewGatewayCannotChangeItsSitesBlocks(t *testing.T) {
+	g := &genCluster{sites: 3, hosts: 3, gateways: 2}
+	sitePool, remote := g.pools(t, 0)
+	local := g.local(0, 0)
+	st := ComputeTopology(local, sitePool, remote, nil)
+	newcomer := reannounce(t, g.member(t, 1, 1, true), func(a *Announcement) {
+		a.Blocks = []Slice{{Segment: "blue", Prefix: netip.MustParsePrefix("10.1.0.0/17")}}
+		a.PublicKey[5] = 0x77
+	})
+	newcomer.Name = "s001-a-first"
+	st = ComputeTopology(local, sitePool, append(remote, newcomer), &st)
+	i := slices.IndexFunc(st.Sites, func(x SiteState) bool { return x.Name == siteName(1) })
+	if i < 0 || st.Sites[i].Blocks[0].Prefix != genBlock(1) {
+		t.Fatalf("site 1 after the newcomer: %+v", st.Sites)
+	}
+	if !slices.ContainsFunc(st.Rejected, func(r Rejection) bool { return r.Member == newcomer.Name && strings.Contains(r.Reason, "differ") }) {
+		t.Errorf("the newcomer was not refused: %+v", st.Rejected)
+	}
+}
+
+// Two NATed sites relay, and the lowest-named site with a public gateway
+// is not usable by both: its gateway for the pair with the symmetric-NAT
+// site is behind NAT too. Both ends must then pass it over for the same
+// next site, or each end's traffic arrives through a tunnel the other end
+// does not route back through.
+func TestBothEndsPickTheSameTransitSite(t *testing.T) {
+	var seed byte
+	wan := func(name, site string, nat, symmetric bool, block string) Member {
+		seed++
+		a := Announcement{PublicKey: testKey(t, seed), Site: site, Role: Role{Gateway: true, NAT: nat, Symmetric: symmetric},
+			MeshAddr: netip.MustParsePrefix(block).Addr().Next(), Blocks: []Slice{sl("blue", block)}}
+		if !nat {
+			a.Endpoint = netip.AddrPortFrom(netip.AddrFrom4([4]byte{203, 0, 113, seed}), 51820)
+		}
+		tags, err := a.Tags()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Member{Name: name, Status: StatusAlive, Tags: tags}
+	}
+	// Site t1 has a public and a NATed gateway; find site names for which
+	// the pair with the symmetric site lands on the NATed one and the pair
+	// with the other NATed site on the public one.
+	t1 := []string{"t1-pub", "t1-nat"}
+	var siteA, siteB string
+	for i := 0; i < 100 && siteA == ""; i++ {
+		for j := 0; j < 100; j++ {
+			a, b := fmt.Sprintf("u%02d", i), fmt.Sprintf("v%02d", j)
+			if Assign(pairKey("t1", a), t1) == "t1-pub" && Assign(pairKey("t1", b), t1) == "t1-nat" {
+				siteA, siteB = a, b
+				break
+			}
+		}
+	}
+	if siteA == "" {
+		t.Fatal("no site names give the pairs the test needs")
+	}
+	remote := []Member{
+		wan("t1-pub", "t1", false, false, "10.42.16.0/20"),
+		wan("t1-nat", "t1", true, false, "10.42.16.0/20"),
+		wan("t2-pub", "t2", false, false, "10.42.32.0/20"),
+		wan("a-gw", siteA, true, false, "10.42.48.0/20"),
+		wan("b-gw", siteB, true, true, "10.42.64.0/20"),
+	}
+	view := func(name, site, block string, symmetric bool) SiteState {
+		seg := LocalSegment{Name: "blue", CIDR: pfx("10.42.0.0/16"), Subnet: netip.PrefixFrom(netip.MustParsePrefix(block).Addr(), 24), Block: pfx(block)}
+		local := Local{Name: name, PublicKey: testKey(t, 200), Link: "mesh0", TableBase: 100, RulePriority: 31000,
+			Site: site, Gateway: true, NAT: true, Symmetric: symmetric, Segments: []LocalSegment{seg}}
+		other := map[string]string{siteA: siteB, siteB: siteA}[site]
+		st := ComputeTopology(local, nil, remote, nil)
+		i := slices.IndexFunc(st.Sites, func(s SiteState) bool { return s.Name == other })
+		if i < 0 {
+			t.Fatalf("%s does not see site %s: %+v %+v", name, other, st.Sites, st.Rejected)
+		}
+		return st.Sites[i]
+	}
+	fromA, fromB := view("a-gw", siteA, "10.42.48.0/20", false), view("b-gw", siteB, "10.42.64.0/20", true)
+	if fromA.Transit != "t2" || fromB.Transit != "t2" {
+		t.Fatalf("transit from %s: %q, from %s: %q; want t2 at both ends", siteA, fromA.Transit, siteB, fromB.Transit)
+	}
+}
+
+// Pairs spread evenly over a site's gateways, whatever their names.
+func TestAssignSpreadsPairs(t *testing.T) {
+	for _, names := range [][]string{{"gw1", "gw2", "gw3"}, {"a", "b", "c"}, {"eu-1-gw-a", "eu-1-gw-b", "eu-1-gw-c"}} {
+		count := map[string]int{}
+		const pairs = 3000
+		for i := range pairs {
+			count[Assign(pairKey("home", fmt.Sprintf("site-%d", i)), names)]++
+		}
+		for _, n := range names {
+			if share := float64(count[n]) / pairs; share < 0.28 || share > 0.39 {
+				t.Errorf("%v: %s serves %.0f%% of the pairs", names, n, share*100)
+			}
 		}
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/meshd/meshd/segment"
 )
 
 // Status is a member's serf state as meshd reports it.
@@ -143,6 +145,10 @@ type State struct {
 	// decodedRemote is decoded's counterpart for the gateways of other
 	// sites.
 	decodedRemote map[string]*decodedTags
+	// RemoteCounters is Counters for the WAN announcements: a gateway
+	// signs its site-pool and WAN announcements from one counter, so each
+	// pool's sequence only grows within that pool.
+	RemoteCounters map[string]uint64
 	// Gateways are this site's gateways that carry traffic now (not
 	// draining), this host included when it is one; sorted.
 	Gateways []string
@@ -166,6 +172,29 @@ type Probe struct {
 	Gateway string
 	Via     netip.Addr
 	Targets []netip.Addr
+}
+
+// MeshAddr is the host's own address inside the overlay on a cluster of
+// several sites: the last address of its first slice (IPv4 first), which
+// CNI and Docker never hand out. Invalid before the host holds a slice.
+func (l Local) MeshAddr() netip.Addr {
+	var best netip.Prefix
+	for _, s := range l.Segments {
+		if !s.Subnet.IsValid() || s.Subnet.Addr().BitLen()-s.Subnet.Bits() < 2 {
+			continue
+		}
+		if !best.IsValid() || (s.Subnet.Addr().Is4() && !best.Addr().Is4()) {
+			best = s.Subnet
+		}
+	}
+	if !best.IsValid() {
+		return netip.Addr{}
+	}
+	last := segment.LastAddr(best)
+	if best.Addr().Is4() {
+		return last.Prev() // the last one is the broadcast address
+	}
+	return last
 }
 
 // Slices returns the accepted peers' slices of segment: what a new claim

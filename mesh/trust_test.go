@@ -272,7 +272,8 @@ func TestReportsComeOnlyFromProbersAndAreSigned(t *testing.T) {
 		member("a3", 3, "a", false, "10.42.3.0/24", ""),
 		member("a4", 4, "a", false, "10.42.4.0/24", ""),
 	}
-	remote := []Member{member("b1", 9, "b", true, "", "10.42.16.0/20")}
+	// a2 is in the WAN pool too, or it would not count as usable.
+	remote := []Member{member("b1", 9, "b", true, "", "10.42.16.0/20"), member("a2", 2, "a", true, "", "10.42.0.0/20")}
 	st := ComputeTopology(local, site, remote, nil)
 	if !slices.Equal(st.Probers, []string{"a3", "a4"}) {
 		t.Fatalf("probers %v, want a3 and a4; rejected %+v", st.Probers, st.Rejected)
@@ -307,5 +308,63 @@ func TestReportsComeOnlyFromProbersAndAreSigned(t *testing.T) {
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: got %v, want an error with %q", tc.what, err, tc.want)
 		}
+	}
+}
+
+// A gateway signs its site-pool and its WAN announcements from one
+// counter (N, then N+1). Each pool's sequence grows on its own, so under a
+// CA neither copy may make the other look replayed: pass after pass, the
+// site's own gateway stays a peer and a usable gateway.
+func TestGatewayCountersPerPool(t *testing.T) {
+	ca := newCA(t)
+	now := time.Now().Truncate(time.Second)
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	cert, err := ca.Sign(identity.Cert{Name: "a2", Segments: []string{"blue"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		PublicKey: pub, Site: "a", Gateway: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sign := func(ann Announcement, counter uint64) Member {
+		ann.Cert, ann.Counter = cert.Marshal(), counter
+		tags, err := ann.SignedTags("a2", func(p []byte) []byte { return identity.SignPayload(priv, p) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return Member{Name: "a2", Status: StatusAlive, Tags: tags}
+	}
+	base := Announcement{PublicKey: testKey(t, 2), Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), Site: "a", Role: Role{Gateway: true}}
+	sitePool := base
+	sitePool.Slices = []Slice{sl("blue", "10.42.2.0/24")}
+	wan := base
+	wan.Blocks = []Slice{sl("blue", "10.42.0.0/20")}
+
+	b1 := newSigner(t, ca, "b1")
+	b1.cert.Site, b1.cert.Gateway = "b", true
+	b1cert, err := ca.Sign(*b1.cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	remoteAnn := Announcement{PublicKey: testKey(t, 9), Endpoint: netip.MustParseAddrPort("203.0.113.9:51820"), Site: "b",
+		Role: Role{Gateway: true}, Blocks: []Slice{sl("blue", "10.42.16.0/20")}, Cert: b1cert.Marshal(), Counter: 1}
+	b1tags, err := remoteAnn.SignedTags("b1", func(p []byte) []byte { return identity.SignPayload(b1.key, p) })
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	local := Local{Name: "a1", PublicKey: testKey(t, 1), Link: "mesh0", TableBase: 100, RulePriority: 31000,
+		Site: "a", Gateway: true, CA: ca.Public, Now: time.Now(),
+		Segments: []LocalSegment{{Name: "blue", CIDR: pfx("10.42.0.0/16"), Subnet: pfx("10.42.1.0/24"), Block: pfx("10.42.0.0/20")}}}
+	// The same two announcements, pass after pass, as serf keeps them.
+	site, wanCopy := sign(sitePool, 10), sign(wan, 11)
+	var prev *State
+	for pass := range 3 {
+		st := ComputeTopology(local, []Member{site}, []Member{wanCopy, {Name: "b1", Status: StatusAlive, Tags: b1tags}}, prev)
+		if len(st.Rejected) != 0 {
+			t.Fatalf("pass %d: rejected %+v", pass, st.Rejected)
+		}
+		if _, ok := st.PeerByName("a2"); !ok || !slices.Contains(st.Gateways, "a2") {
+			t.Fatalf("pass %d: a2 peer %v, gateways %v", pass, ok, st.Gateways)
+		}
+		prev = &st
 	}
 }

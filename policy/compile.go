@@ -53,6 +53,10 @@ type Ruleset struct {
 	// GuardChain) lets traffic to them leave through the pods' links.
 	// The daemon sets it; Compile leaves it empty.
 	Local []netip.Prefix
+	// Untracked turns the same-segment fast path on (see fastpath.go):
+	// an operator's choice, since untracked packets also skip the
+	// host's other conntrack users.
+	Untracked bool
 }
 
 // Compile validates the rules against the segments and orders the

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -81,12 +82,54 @@ func (e *Enforcer) Apply(rs *Ruleset) error {
 	for _, r := range plan.Rules {
 		e.conn.AddRule(r)
 	}
-	if err := e.conn.Flush(); err != nil {
+	if err := e.conn.Flush(); err != nil && !e.echoesLost(err, plan) {
 		return fmt.Errorf("apply policy on %s (table inet %s): %w", e.iface, TableName, err)
 	}
 	e.applied = plan
 	e.log.Info("policy applied", "interface", e.iface, "entries", len(rs.Entries), "kernel_rules", len(plan.Rules))
 	return nil
+}
+
+// echoesLost reports whether err only says the kernel's echoes of a
+// committed transaction were lost, with the kernel holding every rule of
+// plan. google/nftables asks for an echo of each rule, and the kernel
+// queues them all when it commits: past about a hundred rules (a hundred
+// [[allow]] ports) they overflow the netlink socket's default receive
+// buffer and the library returns ENOBUFS for a transaction that went
+// through. The caller holds mu.
+func (e *Enforcer) echoesLost(err error, plan *Plan) bool {
+	if !errors.Is(err, syscall.ENOBUFS) {
+		return false
+	}
+	_, changed, _, derr := e.compareLocked(plan)
+	if derr != nil || len(changed) > 0 {
+		return false
+	}
+	e.log.Debug("nftables echoes overflowed the socket buffer; the kernel holds the whole table", "kernel_rules", len(plan.Rules))
+	return true
+}
+
+// compareLocked counts each chain's rules in the kernel against plan:
+// missing counts the chains plan has rules for and the kernel has none,
+// changed describes every chain whose count differs.
+func (e *Enforcer) compareLocked(plan *Plan) (missing int, changed []string, want map[string]int, err error) {
+	want = map[string]int{}
+	for _, r := range plan.Rules {
+		want[r.Chain.Name]++
+	}
+	for _, c := range plan.Chains {
+		rules, err := e.conn.GetRules(plan.Table, c)
+		if err != nil {
+			return 0, nil, nil, fmt.Errorf("read chain %s of table inet %s: %w", c.Name, TableName, err)
+		}
+		if len(rules) == 0 && want[c.Name] > 0 {
+			missing++
+		}
+		if len(rules) != want[c.Name] {
+			changed = append(changed, fmt.Sprintf("chain %s has %d rules, want %d", c.Name, len(rules), want[c.Name]))
+		}
+	}
+	return missing, changed, want, nil
 }
 
 // Flush removes meshd's table, leaving tunnel traffic unfiltered; used
@@ -112,23 +155,9 @@ func (e *Enforcer) Intact() error {
 	if e.applied == nil {
 		return nil
 	}
-	want := map[string]int{}
-	for _, r := range e.applied.Rules {
-		want[r.Chain.Name]++
-	}
-	missing := 0
-	var changed []string
-	for _, c := range e.applied.Chains {
-		rules, err := e.conn.GetRules(e.applied.Table, c)
-		if err != nil {
-			return fmt.Errorf("read chain %s of table inet %s: %w", c.Name, TableName, err)
-		}
-		if len(rules) == 0 && want[c.Name] > 0 {
-			missing++
-		}
-		if len(rules) != want[c.Name] {
-			changed = append(changed, fmt.Sprintf("chain %s has %d rules, want %d", c.Name, len(rules), want[c.Name]))
-		}
+	missing, changed, want, err := e.compareLocked(e.applied)
+	if err != nil {
+		return err
 	}
 	switch {
 	case missing == len(e.applied.Chains) || (missing > 0 && missing == len(changed) && len(changed) == countNonEmpty(want)):

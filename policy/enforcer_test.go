@@ -66,6 +66,7 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Untracked = true // every chain the table can have
 	rec := &recorder{}
 	e := NewEnforcer(rec, "mesh0", nil)
 	for range 2 {
@@ -76,12 +77,15 @@ func TestApplyIsOneTransaction(t *testing.T) {
 	want := []string{
 		"add table meshd", "del table meshd", "add table meshd",
 		"add chain policy", "add chain forward", "add chain input", "add chain output", "add chain mss", "add chain guard",
+		"add chain notrack-prerouting", "add chain notrack-output",
 		"add rule forward transit", "add rule forward tunnel-in", "add rule forward tunnel-out", "add rule input tunnel-in", "add rule output tunnel-out",
+		"add rule policy segment:blue", "add rule policy segment:green",
 		"add rule policy established", "add rule policy invalid", "add rule policy link-local",
-		"add rule policy allow[0]", "add rule policy allow[0]",
-		"add rule policy segment:blue", "add rule policy segment:green", "add rule policy default-deny",
+		"add rule policy allow[0]", "add rule policy allow[0]", "add rule policy default-deny",
 		"add rule mss mss-clamp",
 		"add rule guard no-plaintext", "add rule guard no-plaintext",
+		"add rule notrack-prerouting notrack-in", "add rule notrack-prerouting notrack-out", "add rule notrack-output notrack-out",
+		"add rule notrack-prerouting notrack-in", "add rule notrack-prerouting notrack-out", "add rule notrack-output notrack-out",
 	}
 	// Idempotent: the second Apply sends exactly the same replacement.
 	if len(rec.batches) != 2 || !reflect.DeepEqual(rec.batches[0], want) || !reflect.DeepEqual(rec.batches[1], want) {

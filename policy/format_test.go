@@ -49,6 +49,8 @@ func FormatChain(c *nftables.Chain) string {
 
 func hookName(h nftables.ChainHook) string {
 	switch h {
+	case *nftables.ChainHookPrerouting:
+		return "prerouting"
 	case *nftables.ChainHookInput:
 		return "input"
 	case *nftables.ChainHookForward:
@@ -105,12 +107,42 @@ func FormatExpr(e expr.Any) string {
 		}
 		return fmt.Sprintf("exthdr load %s %db @ %d + %d => reg %d",
 			exthdrOpName(x.Op), x.Len, x.Type, x.Offset, x.DestRegister)
+	case *expr.Fib:
+		return fmt.Sprintf("fib %s %s => reg %d", fibFlagsName(x), fibResultName(x), x.Register)
+	case *expr.Notrack:
+		return "notrack"
 	case *expr.Counter:
 		return "counter"
 	case *expr.Verdict:
 		return verdictName(x)
 	}
 	return fmt.Sprintf("%#v", e)
+}
+
+// fibFlagsName lists the lookup's inputs the way nft joins them.
+func fibFlagsName(x *expr.Fib) string {
+	var in []string
+	for _, f := range []struct {
+		on   bool
+		name string
+	}{{x.FlagSADDR, "saddr"}, {x.FlagDADDR, "daddr"}, {x.FlagMARK, "mark"}, {x.FlagIIF, "iif"}, {x.FlagOIF, "oif"}} {
+		if f.on {
+			in = append(in, f.name)
+		}
+	}
+	return strings.Join(in, " . ")
+}
+
+func fibResultName(x *expr.Fib) string {
+	switch {
+	case x.ResultOIF:
+		return "oif"
+	case x.ResultOIFNAME:
+		return "oifname"
+	case x.ResultADDRTYPE:
+		return "type"
+	}
+	return "result(?)"
 }
 
 func metaKeyName(k expr.MetaKey) string {

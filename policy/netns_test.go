@@ -309,19 +309,26 @@ func counter(t *testing.T, e *policy.Enforcer, label string) policy.Counter {
 	return policy.Counter{}
 }
 
-// kernelRules reads meshd's table back and formats it like Plan.String's
-// rule lines, to show the kernel holds exactly what Render produced.
+// kernelRules reads every chain of meshd's table back and formats it
+// like Plan.String's rule lines, to show the kernel holds exactly what
+// Render produced.
 func kernelRules(t *testing.T, c *nftables.Conn) []string {
 	t.Helper()
-	table := &nftables.Table{Name: policy.TableName, Family: nftables.TableFamilyINet}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatalf("list chains: %v", err)
+	}
 	var out []string
-	for _, chain := range []string{"forward", "input", "output", policy.PolicyChain, policy.MSSChain, policy.GuardChain} {
-		rules, err := c.GetRules(table, &nftables.Chain{Name: chain, Table: table})
+	for _, chain := range chains {
+		if chain.Table.Name != policy.TableName {
+			continue
+		}
+		rules, err := c.GetRules(chain.Table, chain)
 		if err != nil {
-			t.Fatalf("read chain %s: %v", chain, err)
+			t.Fatalf("read chain %s: %v", chain.Name, err)
 		}
 		for _, r := range rules {
-			r.Chain = &nftables.Chain{Name: chain}
+			r.Chain = &nftables.Chain{Name: chain.Name}
 			out = append(out, policy.FormatRule(r))
 		}
 	}

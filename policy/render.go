@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/google/nftables"
@@ -29,8 +30,9 @@ const (
 
 // Plan is the complete content of meshd's table, in the order it must be
 // sent: the policy chain precedes the base chains whose rules jump to it.
-// Besides the policy it holds the MSS clamp (see MSSChain), so one
-// transaction installs, replaces or removes both.
+// Besides the policy it holds the MSS clamp (see MSSChain) and the
+// same-segment fast path (see NotrackPrerouting), so one transaction
+// installs, replaces or removes them all.
 type Plan struct {
 	Table  *nftables.Table
 	Chains []*nftables.Chain
@@ -48,13 +50,13 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 		return nil, fmt.Errorf("render policy: %w", err)
 	}
 	t := &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
-	pol := &nftables.Chain{Name: PolicyChain, Table: t}
-	fwd := baseChain(t, "forward", nftables.ChainHookForward, nftables.ChainPriorityFilter)
-	in := baseChain(t, "input", nftables.ChainHookInput, nftables.ChainPriorityFilter)
-	out := baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter)
-	mss := mssChain(t)
-	guard := guardChain(t)
-	p := &Plan{Table: t, Chains: []*nftables.Chain{pol, fwd, in, out, mss, guard}}
+	p := &Plan{Table: t}
+	pol := p.chain(&nftables.Chain{Name: PolicyChain, Table: t})
+	fwd := p.chain(baseChain(t, "forward", nftables.ChainHookForward, nftables.ChainPriorityFilter))
+	in := p.chain(baseChain(t, "input", nftables.ChainHookInput, nftables.ChainPriorityFilter))
+	out := p.chain(baseChain(t, "output", nftables.ChainHookOutput, nftables.ChainPriorityFilter))
+	mss := p.chain(mssChain(t))
+	guard := p.chain(guardChain(t))
 
 	// A packet both entering and leaving the tunnel is transit: a gateway
 	// carrying traffic between its site and others, or a transit site
@@ -68,22 +70,61 @@ func Render(rs *Ruleset, iface string) (*Plan, error) {
 	p.add(fwd, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
 	p.add(in, labelTunnelIn, jumpIfName(expr.MetaKeyIIFNAME, iface)...)
 	p.add(out, labelTunnelOut, jumpIfName(expr.MetaKeyOIFNAME, iface)...)
-
-	p.add(pol, LabelEstablished, ctStateExprs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, Accept)...)
-	p.add(pol, LabelInvalid, ctStateExprs(expr.CtStateBitINVALID, Drop)...)
-	p.add(pol, LabelLinkLocal, linkLocalMulticastExprs()...)
-	for i := range rs.Entries {
-		rules, err := entryExprs(&rs.Entries[i])
-		if err != nil {
-			return nil, fmt.Errorf("render policy: entry %d (%s): %w", i, rs.Entries[i].Label, err)
-		}
-		for _, exprs := range rules {
-			p.add(pol, rs.Entries[i].Label, exprs...)
-		}
+	if err := p.addPolicy(pol, rs.Entries, rs.Untracked); err != nil {
+		return nil, err
 	}
 	p.add(mss, LabelMSSClamp, mssClampExprs(iface)...)
 	p.addGuard(guard, rs, iface)
+	if rs.Untracked {
+		notrackPre, notrackOut := notrackChains(t)
+		p.chain(notrackPre)
+		p.chain(notrackOut)
+		p.addNotrack(notrackPre, notrackOut, iface, rs.Entries)
+	}
 	return p, nil
+}
+
+// addPolicy renders the policy chain: with the fast path, the segments'
+// accepts it moves to its head; the conntrack and link-local rules; then
+// the entries in order.
+func (p *Plan) addPolicy(pol *nftables.Chain, entries []Entry, untracked bool) error {
+	var head []int
+	if untracked {
+		head = fastPath(entries)
+	}
+	for _, i := range head {
+		if err := p.addEntry(pol, entries, i); err != nil {
+			return err
+		}
+	}
+	p.add(pol, LabelEstablished, ctStateExprs(expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED, Accept)...)
+	p.add(pol, LabelInvalid, ctStateExprs(expr.CtStateBitINVALID, Drop)...)
+	p.add(pol, LabelLinkLocal, linkLocalMulticastExprs()...)
+	for i := range entries {
+		if slices.Contains(head, i) {
+			continue
+		}
+		if err := p.addEntry(pol, entries, i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (p *Plan) addEntry(c *nftables.Chain, entries []Entry, i int) error {
+	rules, err := entryExprs(&entries[i])
+	if err != nil {
+		return fmt.Errorf("render policy: entry %d (%s): %w", i, entries[i].Label, err)
+	}
+	for _, exprs := range rules {
+		p.add(c, entries[i].Label, exprs...)
+	}
+	return nil
+}
+
+func (p *Plan) chain(c *nftables.Chain) *nftables.Chain {
+	p.Chains = append(p.Chains, c)
+	return c
 }
 
 // LabelTransit counts what this host forwarded from the tunnel back into
@@ -127,14 +168,16 @@ func jumpIfName(key expr.MetaKey, iface string) []expr.Any {
 }
 
 func ifNameExprs(key expr.MetaKey, iface string) []expr.Any {
-	// IFNAMSIZ bytes with NUL padding make an exact match, as nft does;
-	// a shorter compare would be a prefix (wildcard) match.
+	return []expr.Any{&expr.Meta{Key: key, Register: 1}, ifNameCmp(iface)}
+}
+
+// ifNameCmp compares register 1 with iface. IFNAMSIZ bytes with NUL
+// padding make an exact match, as nft does; a shorter compare would be a
+// prefix (wildcard) match.
+func ifNameCmp(iface string) *expr.Cmp {
 	name := make([]byte, unix.IFNAMSIZ)
 	copy(name, iface)
-	return []expr.Any{
-		&expr.Meta{Key: key, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name},
-	}
+	return &expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: name}
 }
 
 func ctStateExprs(bits uint32, a Action) []expr.Any {
@@ -253,11 +296,15 @@ func matchExprs(fam int, src, dst netip.Prefix, port PortSpec) ([]expr.Any, erro
 }
 
 // addrExprs matches a prefix against the source or destination address;
-// an invalid or zero-length prefix matches everything of its family.
+// an invalid or zero-length prefix matches everything of its family. A
+// prefix with host bits set matches as its canonical form, as Explain
+// (netip.Prefix.Contains) has it: compared unmasked with the masked
+// packet address it would never match at all.
 func addrExprs(p netip.Prefix, source bool) []expr.Any {
 	if !p.IsValid() || p.Bits() == 0 {
 		return nil
 	}
+	p = p.Masked()
 	offset, size := uint32(16), uint32(4) // IPv4 daddr
 	if p.Addr().Is6() {
 		offset, size = 24, 16

@@ -22,7 +22,12 @@ func ctMask(bits uint32) string { return hex.EncodeToString(binaryutil.NativeEnd
 // mss rule is expression for expression what `nft --debug=netlink add
 // rule inet meshd mss oifname "mesh0" tcp flags & (syn | rst) == syn
 // counter tcp option maxseg size set rt mtu` prints (nft 1.0.6), which
-// TestClampNetns also checks against the kernel.
+// TestClampNetns also checks against the kernel. nft lists the fast path
+// as: ip saddr 10.42.0.0/16 ip daddr 10.42.0.0/16 accept at the head of
+// the policy chain; ip saddr 10.42.0.0/16 ip daddr 10.42.0.0/16 iifname
+// "mesh0" notrack accept and ip saddr ... fib daddr . mark oifname
+// "mesh0" notrack in notrack-prerouting; ip saddr ... oifname "mesh0"
+// notrack in notrack-output.
 func TestRenderGolden(t *testing.T) {
 	rs, err := Compile([]Segment{testSegs[0], testSegs[1], testSegs[2], testSegs[3]}, []Rule{
 		{From: "blue", To: "green", Ports: []string{"tcp/8080", "udp/53-60", "icmp"}},
@@ -31,6 +36,7 @@ func TestRenderGolden(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	rs.Untracked = true // the golden shows the fast path too; TestFastPathIsOptIn the default
 	rs.Local = []netip.Prefix{netip.MustParsePrefix("10.42.1.0/24"), netip.MustParsePrefix("fd42:0:0:1::/64")}
 	plan, err := Render(rs, "mesh0")
 	if err != nil {
@@ -62,12 +68,18 @@ func TestRenderGolden(t *testing.T) {
 		"chain output {type filter hook output priority 0 policy accept}",
 		"chain mss {type filter hook forward priority -150 policy accept}",
 		"chain guard {type filter hook postrouting priority 0 policy accept}",
+		"chain notrack-prerouting {type filter hook prerouting priority -300 policy accept}",
+		"chain notrack-output {type filter hook output priority -300 policy accept}",
 		// Transit is judged by the hosts at both ends, not the gateway.
 		"forward transit: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; counter; accept",
 		"forward tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"forward tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"input tunnel-in: meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
 		"output tunnel-out: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; jump policy",
+		"policy segment:blue: " + v4 + blueS + blueD + accept,
+		"policy segment:green: " + v4 + greenS + greenD + accept,
+		"policy segment:blue6: " + v6 + b6S + b6D + accept,
+		"policy segment:green6: " + v6 + g6S + g6D + accept,
 		"policy established: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(6) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; " + accept,
 		"policy invalid: ct load state => reg 1; bitwise reg 1 = (reg 1 & 0x" + ctMask(1) + ") ^ 0x00000000; cmp neq reg 1 0x00000000; counter; drop",
 		"policy link-local: " + v6 + "payload load 16b @ network header + 24 => reg 1; bitwise reg 1 = (reg 1 & 0xffff" + strings.Repeat("0", 28) + ") ^ 0x" + strings.Repeat("0", 32) +
@@ -77,10 +89,6 @@ func TestRenderGolden(t *testing.T) {
 		"policy allow[0]: " + v4 + blueS + greenD + "meta load l4proto => reg 1; cmp eq reg 1 0x01; " + accept,
 		"policy allow[1]: " + v6 + b6S + host6D + "meta load l4proto => reg 1; cmp eq reg 1 0x3a; " + accept,
 		"policy allow[1]: " + v6 + b6S + host6D + "meta load l4proto => reg 1; cmp eq reg 1 0x06; " + accept,
-		"policy segment:blue: " + v4 + blueS + blueD + accept,
-		"policy segment:green: " + v4 + greenS + greenD + accept,
-		"policy segment:blue6: " + v6 + b6S + b6D + accept,
-		"policy segment:green6: " + v6 + g6S + g6D + accept,
 		"policy default-deny: counter; drop",
 		"mss mss-clamp: meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; meta load l4proto => reg 1; cmp eq reg 1 0x06; " +
 			"payload load 1b @ transport header + 13 => reg 1; bitwise reg 1 = (reg 1 & 0x06) ^ 0x00; cmp eq reg 1 0x02; counter; " +
@@ -91,10 +99,23 @@ func TestRenderGolden(t *testing.T) {
 		"guard no-plaintext: " + v4 + greenD + notTunnel,
 		"guard no-plaintext: " + v6 + b6D + "payload load 16b @ network header + 24 => reg 1; bitwise reg 1 = (reg 1 & 0xffffffffffffffff0000000000000000) ^ 0x00000000000000000000000000000000; cmp neq reg 1 0xfd420000000000010000000000000000; " + notTunnel,
 		"guard no-plaintext: " + v6 + g6D + notTunnel,
+		notrack(v4+blueS+blueD, ifname), notrack(v4+greenS+greenD, ifname), notrack(v6+b6S+b6D, ifname), notrack(v6+g6S+g6D, ifname),
 	}, "\n") + "\n"
 	if got := plan.String(); got != want {
 		t.Errorf("plan differs.\n got:\n%s\nwant:\n%s", got, want)
 	}
+}
+
+// notrack is the fast path's three rules for one segment, whose
+// same-segment match is within: from the tunnel; from elsewhere when the
+// route lookup says the packet leaves through the tunnel; and from the
+// host itself into the tunnel.
+func notrack(within, ifname string) string {
+	return strings.Join([]string{
+		"notrack-prerouting notrack-in: " + within + "meta load iifname => reg 1; cmp eq reg 1 " + ifname + "; notrack; accept",
+		"notrack-prerouting notrack-out: " + within + "fib daddr . mark oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
+		"notrack-output notrack-out: " + within + "meta load oifname => reg 1; cmp eq reg 1 " + ifname + "; notrack",
+	}, "\n")
 }
 
 func formatExprs(es []expr.Any) string {
@@ -195,5 +216,36 @@ func TestRenderSkipsMixedFamilies(t *testing.T) {
 	}
 	if n != 1 {
 		t.Errorf("got %d rules for the entry, want 1:\n%s", n, plan)
+	}
+}
+
+// A prefix with host bits set (a hand-edited claim, a caller that did not
+// mask) is rendered as its canonical form, so the kernel matches what
+// Explain says: unmasked, the comparison with the masked packet address
+// would never match, and a guard's exception for this host's own slice
+// would silently drop its pods' traffic.
+func TestRenderMasksPrefixes(t *testing.T) {
+	build := func(seg, src, dst, local string) *Ruleset {
+		return &Ruleset{
+			Segments: []Segment{{Name: "blue", CIDR: netip.MustParsePrefix(seg)}},
+			Entries:  []Entry{{Label: "allow[0]", Action: Accept, Src: pfx(src), Dst: pfx(dst)}},
+			Local:    pfx(local),
+		}
+	}
+	loose, err := Render(build("10.42.0.7/16", "10.42.1.9/24", "10.42.2.1/24", "10.42.3.5/24"), "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exact, err := Render(build("10.42.0.0/16", "10.42.1.0/24", "10.42.2.0/24", "10.42.3.0/24"), "mesh0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(loose.Rules) != len(exact.Rules) {
+		t.Fatalf("%d rules, want %d", len(loose.Rules), len(exact.Rules))
+	}
+	for i := range exact.Rules {
+		if got, want := formatExprs(loose.Rules[i].Exprs), formatExprs(exact.Rules[i].Exprs); got != want {
+			t.Errorf("rule %d (chain %s):\n got  %s\n want %s", i, exact.Rules[i].Chain.Name, got, want)
+		}
 	}
 }

@@ -22,6 +22,10 @@ import (
 // DefaultWait bounds one echo when the caller's context has no deadline.
 const DefaultWait = time.Second
 
+// ErrNoReply is an echo that went out and got no answer in time; any
+// other error means it could not be sent, which says nothing of the path.
+var ErrNoReply = errors.New("no reply")
+
 // Echo sends one echo request from src to dst and waits for its reply
 // until ctx ends (at most DefaultWait without a deadline). It uses an
 // unprivileged ICMP socket where net.ipv4.ping_group_range allows one,
@@ -76,11 +80,14 @@ func echo(ctx context.Context, src, dst netip.Addr, rawFallback bool) error {
 	for {
 		n, from, err := conn.ReadFrom(buf)
 		if err != nil {
+			if ctx.Err() == context.DeadlineExceeded {
+				return fmt.Errorf("echo %s from %s: %w", dst, src, ErrNoReply)
+			}
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return fmt.Errorf("echo %s from %s: no reply", dst, src)
+				return fmt.Errorf("echo %s from %s: %w", dst, src, ErrNoReply)
 			}
 			return fmt.Errorf("echo %s from %s: %w", dst, src, err)
 		}

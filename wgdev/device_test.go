@@ -307,3 +307,93 @@ func addTun(t *testing.T, name string) netlink.Link {
 	}
 	return mustLink(t, name)
 }
+
+// A UAPI client that stopped talking, even halfway through a set that
+// holds the device's configuration lock, must not hold up Close for its
+// connection deadline: shutdown has a budget of a few seconds in all.
+func TestCloseEndsStuckUAPIClients(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-stuck0"
+	dev, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("unix", socketPath(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	midSet, err := net.Dial("unix", socketPath(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer midSet.Close()
+	if _, err := midSet.Write([]byte("set=1\nlisten_port=51999\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // both are being served
+	began := time.Now()
+	dev.Close()
+	if took := time.Since(began); took > time.Second {
+		t.Fatalf("Close took %s with stuck UAPI clients, want under 1 s", took)
+	}
+	for _, c := range []net.Conn{silent, midSet} {
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 64)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("a stuck client's connection is still open after Close: %v", err)
+		}
+	}
+}
+
+// The socket file is this device's only while it is the very file it
+// listens on: one put at the path by someone else is replaced when
+// nothing answers on it, and left alone (also by Close) when something
+// does.
+func TestUAPISocketIdentity(t *testing.T) {
+	inFreshNetns(t)
+	const name = "mdtest-ident0"
+	repaired := make(chan string, 4)
+	dev, err := Open(Options{Name: name, Mode: ModeUserspace, Log: quietLog(), OnRepair: func(what string) { repaired <- what }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	path := socketPath(name)
+
+	// A dead socket of the same name: `wg` would reach nothing.
+	os.Remove(path)
+	dead, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead.(*net.UnixListener).SetUnlinkOnClose(false)
+	dead.Close()
+	select {
+	case <-repaired:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a foreign dead socket at the UAPI path was taken for the device's")
+	}
+	ctl, err := wgctrl.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctl.Close()
+	if _, err := ctl.Device(name); err != nil {
+		t.Fatalf("wgctrl after the restore: %v", err)
+	}
+
+	// A live one belongs to whoever serves it.
+	os.Remove(path)
+	live, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	time.Sleep(2 * socketCheck)
+	dev.Close()
+	if c, err := net.Dial("unix", path); err != nil {
+		t.Fatalf("Close removed a socket another process serves: %v", err)
+	} else {
+		c.Close()
+	}
+}

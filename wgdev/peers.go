@@ -106,12 +106,17 @@ func (s *PeerSync) NextKeepalive() time.Time {
 
 func (s *PeerSync) apply(current peerList, desired []mesh.Peer) error {
 	deltas, names := deltasOf(current, desired, s.announced)
-	deltas, names = s.deferKeepalives(deltas, names, desired)
+	deltas, names, nudged := s.deferKeepalives(deltas, names, desired)
 	if len(deltas) == 0 {
 		return nil
 	}
 	if err := s.client.ConfigureDevice(s.name, wgtypes.Config{Peers: deltas}); err != nil {
 		return fmt.Errorf("configure peers of %s: %w", s.name, err)
+	}
+	// Only a batch that went in started those handshakes; after a failed
+	// one they stay due, or the peers would wait for traffic.
+	for _, k := range nudged {
+		delete(s.keepaliveDue, k)
 	}
 	s.ops += len(deltas)
 	for i, d := range deltas {
@@ -138,8 +143,9 @@ func (s *PeerSync) apply(current peerList, desired []mesh.Peer) error {
 }
 
 // deferKeepalives holds back the keepalive of peers being added and adds
-// the deltas that turn on those now due.
-func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, desired []mesh.Peer) ([]wgtypes.PeerConfig, []string) {
+// the deltas that turn on those now due; nudged lists those, for the
+// caller to forget once the batch is applied.
+func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, desired []mesh.Peer) (_ []wgtypes.PeerConfig, _ []string, nudged []wgtypes.Key) {
 	now := s.now()
 	inDeltas := map[wgtypes.Key]int{}
 	var outD []wgtypes.PeerConfig
@@ -163,7 +169,7 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 		outD, outN = append(outD, d), append(outN, names[i])
 	}
 	if len(s.keepaliveDue) == 0 {
-		return outD, outN
+		return outD, outN, nil
 	}
 	// Where each pending peer is in desired (the last one holding the
 	// key, as a map of all desired peers would): indexing only those
@@ -183,7 +189,7 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 		if now.Before(due) {
 			continue
 		}
-		delete(s.keepaliveDue, key)
+		nudged = append(nudged, key)
 		p := desired[at]
 		ka := p.Keepalive
 		if ka == 0 {
@@ -201,7 +207,7 @@ func (s *PeerSync) deferKeepalives(deltas []wgtypes.PeerConfig, names []string, 
 			outN = append(outN, p.Name)
 		}
 	}
-	return outD, outN
+	return outD, outN, nudged
 }
 
 // nudgeKeepalive is the keepalive that starts a peer's first handshake

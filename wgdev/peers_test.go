@@ -1,6 +1,7 @@
 package wgdev
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -173,5 +174,42 @@ func TestFirstHandshakeWithoutKeepalive(t *testing.T) {
 	}
 	if err := s.Set(want); err != nil || f.Ops() != 6 {
 		t.Fatalf("a later pass sent %d more ops", f.Ops()-6)
+	}
+}
+
+// A batch that fails did not start the due handshakes: they stay due and
+// go out with the next batch, instead of leaving the peers waiting for
+// traffic.
+func TestKeepaliveNudgeSurvivesAFailedBatch(t *testing.T) {
+	f := wgdevtest.NewClient()
+	s := NewPeerSync(f, "mesh0", quietLog())
+	clock := time.Unix(1000, 0)
+	s.now = func() time.Time { return clock }
+	want := peers(2)
+	want[1].Keepalive = 0
+	if err := s.Set(want); err != nil {
+		t.Fatal(err)
+	}
+	clock = clock.Add(KeepaliveDelay)
+	f.FailNext(errors.New("injected: device busy"))
+	if err := s.Set(want); err == nil {
+		t.Fatal("the failed batch was not reported")
+	}
+	if s.NextKeepalive().IsZero() {
+		t.Fatal("the failed batch dropped the pending keepalives")
+	}
+	before := f.Ops()
+	if err := s.Set(want); err != nil {
+		t.Fatal(err)
+	}
+	// h0 gets its keepalive; h1, which wants none, gets it on and off.
+	if got := f.Ops() - before; got != 3 {
+		t.Errorf("the retried nudges cost %d ops, want 3", got)
+	}
+	if got, _ := f.Peer(key(0)); got.PersistentKeepaliveInterval != 25*time.Second {
+		t.Errorf("h0's keepalive after the retry: %v, want 25s", got.PersistentKeepaliveInterval)
+	}
+	if !s.NextKeepalive().IsZero() {
+		t.Error("keepalives still pending after the batch went in")
 	}
 }

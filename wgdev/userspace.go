@@ -7,9 +7,9 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/ipc"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -36,9 +36,18 @@ type userspaceDevice struct {
 	opts  Options
 	index int
 
-	// mu guards uapi, replaced when the socket file is restored.
-	mu   sync.Mutex
+	// mu guards the fields below it.
+	mu sync.Mutex
+	// uapi is replaced when keepSocket restores the socket file; sock is
+	// the file it listens on, so that only that file is ever taken for
+	// this device's (see socketIntact) or removed by Close.
 	uapi *net.UnixListener
+	sock os.FileInfo
+	// open holds the UAPI connections being served, so Close can end
+	// them instead of waiting out their deadline; closing refuses new
+	// ones once Close has begun.
+	open    map[net.Conn]struct{}
+	closing bool
 
 	conns     chan struct{} // a slot per connection being served
 	stop      chan struct{}
@@ -64,13 +73,14 @@ func openUserspace(opts Options) (Device, error) {
 		},
 	}
 	dev := device.NewDevice(tdev, conn.NewDefaultBind(), logger)
-	d := &userspaceDevice{name: opts.Name, dev: dev, opts: opts, conns: make(chan struct{}, uapiMaxConns), stop: make(chan struct{})}
+	d := &userspaceDevice{name: opts.Name, dev: dev, opts: opts, open: map[net.Conn]struct{}{},
+		conns: make(chan struct{}, uapiMaxConns), stop: make(chan struct{})}
 	err = mark(opts.Links, opts.Name)
 	if err == nil {
 		d.index, err = linkIndex(opts.Links, opts.Name)
 	}
 	if err == nil {
-		d.uapi, err = listenUAPI(opts.Name)
+		d.uapi, d.sock, err = listenUAPI(opts.Name)
 	}
 	if err != nil {
 		dev.Close()
@@ -82,27 +92,54 @@ func openUserspace(opts Options) (Device, error) {
 	return d, nil
 }
 
-// listenUAPI creates the socket the way wireguard-go does (mode 0700
-// directory, 0600 socket, a stale file from a dead process replaced) but
-// serves it itself: wireguard-go's listener stops for good on its first
-// accept error, and one EMFILE would then freeze the device's
-// configuration until a restart.
-func listenUAPI(name string) (*net.UnixListener, error) {
-	f, err := ipc.UAPIOpen(name)
-	if err != nil {
-		return nil, fmt.Errorf("open UAPI socket for %s: %w", name, err)
+// listenUAPI creates the socket the way wireguard-go's ipc.UAPIOpen does
+// (directory 0755, socket 0600, a stale socket from a dead process
+// replaced) but serves it itself: wireguard-go's listener stops for good
+// on its first accept error, and one EMFILE would then freeze the
+// device's configuration until a restart. UAPIOpen also leaks the
+// listener it returns a copy of, a descriptor per restore. It returns
+// the socket file's identity with the listener.
+func listenUAPI(name string) (*net.UnixListener, os.FileInfo, error) {
+	if err := os.MkdirAll(SocketDir, 0o755); err != nil {
+		return nil, nil, fmt.Errorf("create %s: %w", SocketDir, err)
 	}
-	defer f.Close()
-	ln, err := net.FileListener(f)
-	if err != nil {
-		os.Remove(socketPath(name))
-		return nil, fmt.Errorf("listen on UAPI socket for %s: %w", name, err)
+	path := socketPath(name)
+	addr := &net.UnixAddr{Name: path, Net: "unix"}
+	// Created 0600 from the start, as wireguard-go does: a chmod after
+	// the bind would leave a moment in which anyone could connect.
+	old := unix.Umask(0o077)
+	ln, err := net.ListenUnix("unix", addr)
+	if err != nil && staleSocket(path) {
+		ln, err = net.ListenUnix("unix", addr)
 	}
-	ul := ln.(*net.UnixListener)
-	// The file is unlinked by Close, and only when it is still this
-	// listener's: see keepSocket.
-	ul.SetUnlinkOnClose(false)
-	return ul, nil
+	unix.Umask(old)
+	if err != nil {
+		return nil, nil, fmt.Errorf("listen on UAPI socket %s: %w", path, err)
+	}
+	// The listener would unlink whatever sits at path when it closes;
+	// Close checks that it is still this one first.
+	ln.SetUnlinkOnClose(false)
+	info, err := os.Lstat(path)
+	if err != nil {
+		ln.Close()
+		return nil, nil, fmt.Errorf("UAPI socket %s: %w", path, err)
+	}
+	return ln, info, nil
+}
+
+// staleSocket removes the socket at path if nothing answers on it (a
+// dead process's) and reports whether it did. A live socket or anything
+// that is not a socket stays, and the listen fails naming the path.
+func staleSocket(path string) bool {
+	info, err := os.Lstat(path)
+	if err != nil || info.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return false
+	}
+	return os.Remove(path) == nil
 }
 
 func (d *userspaceDevice) listener() *net.UnixListener {
@@ -144,14 +181,37 @@ func (d *userspaceDevice) serve() {
 			c.Close() // too many at once: the client retries
 			continue
 		}
+		if !d.track(c) {
+			<-d.conns
+			c.Close()
+			return
+		}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
 			defer func() { <-d.conns }()
+			defer d.untrack(c)
 			c.SetDeadline(time.Now().Add(uapiConnDeadline))
 			d.dev.IpcHandle(c)
 		}()
 	}
+}
+
+// track records a connection being served; false once Close has begun.
+func (d *userspaceDevice) track(c net.Conn) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closing {
+		return false
+	}
+	d.open[c] = struct{}{}
+	return true
+}
+
+func (d *userspaceDevice) untrack(c net.Conn) {
+	d.mu.Lock()
+	delete(d.open, c)
+	d.mu.Unlock()
 }
 
 // keepSocket puts the socket file back when someone deletes or replaces
@@ -169,14 +229,22 @@ func (d *userspaceDevice) keepSocket() {
 		if d.socketIntact() {
 			continue
 		}
-		ln, err := listenUAPI(d.name)
+		ln, info, err := listenUAPI(d.name)
 		if err != nil {
 			d.opts.Log.Warn("UAPI socket is gone and could not be restored; retrying", "interface", d.name, "err", err)
 			continue
 		}
 		d.mu.Lock()
+		if d.closing {
+			// Close already took the old listener down and will not
+			// see this one.
+			d.mu.Unlock()
+			ln.Close()
+			os.Remove(socketPath(d.name))
+			return
+		}
 		old := d.uapi
-		d.uapi = ln
+		d.uapi, d.sock = ln, info
 		d.mu.Unlock()
 		old.Close() // wakes serve, which moves to the new listener
 		d.opts.Log.Warn("restored the UAPI socket someone removed", "interface", d.name, "path", socketPath(d.name))
@@ -184,11 +252,14 @@ func (d *userspaceDevice) keepSocket() {
 	}
 }
 
-// socketIntact reports whether a socket still sits at the path clients
-// dial.
+// socketIntact reports whether the file at the path clients dial is
+// still the socket this device listens on: a socket file of the same
+// name that someone else made would take clients nowhere.
 func (d *userspaceDevice) socketIntact() bool {
 	info, err := os.Lstat(socketPath(d.name))
-	return err == nil && info.Mode()&os.ModeSocket != 0
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return err == nil && os.SameFile(info, d.sock)
 }
 
 func (d *userspaceDevice) Name() string { return d.name }
@@ -198,14 +269,36 @@ func (d *userspaceDevice) Present() error {
 	return present(d.opts.Links, d.name, d.index)
 }
 
-// Close stops serving UAPI, removes the socket and closes the TUN, which
-// deletes the interface.
+// closeWait bounds how long Close waits for the goroutines serving UAPI
+// once it has cut their connections; they return at once unless the
+// device itself is stuck.
+const closeWait = 500 * time.Millisecond
+
+// Close stops serving UAPI, ends the connections being served (a client
+// that stopped talking would otherwise hold Close for its whole
+// deadline), removes the socket if it is still this device's, and closes
+// the TUN, which deletes the interface.
 func (d *userspaceDevice) Close() error {
 	d.closeOnce.Do(func() {
 		close(d.stop)
-		d.listener().Close()
-		d.wg.Wait()
-		os.Remove(socketPath(d.name))
+		d.mu.Lock()
+		d.closing = true
+		d.uapi.Close()
+		for c := range d.open {
+			c.SetDeadline(time.Now())
+		}
+		own := d.sock
+		d.mu.Unlock()
+		served := make(chan struct{})
+		go func() { d.wg.Wait(); close(served) }()
+		select {
+		case <-served:
+		case <-time.After(closeWait):
+			d.opts.Log.Warn("UAPI connections still being served after they were cut off; closing the device anyway", "interface", d.name)
+		}
+		if info, err := os.Lstat(socketPath(d.name)); err == nil && os.SameFile(info, own) {
+			os.Remove(socketPath(d.name))
+		}
 		d.dev.Close()
 	})
 	return nil

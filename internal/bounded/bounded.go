@@ -15,8 +15,10 @@ import (
 var ErrTimeout = errors.New("did not answer in time")
 
 // Gate runs calls with a deadline. A call that times out keeps running
-// in the background until it returns; at most Slots such calls exist at
-// once, after which new calls fail fast instead of piling up goroutines.
+// in the background until it returns; at most Slots calls exist at once.
+// A new call waits for a slot within its own deadline and fails with
+// ErrTimeout if none frees up, so stuck calls never pile up goroutines
+// and no caller waits longer than the timeout.
 type Gate struct {
 	timeout time.Duration
 	slots   chan struct{}

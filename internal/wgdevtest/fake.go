@@ -14,6 +14,16 @@ type Client struct {
 	mu    sync.Mutex
 	peers map[wgtypes.Key]wgtypes.Peer
 	ops   int
+	// failNext fails the next ConfigureDevice whole.
+	failNext error
+}
+
+// FailNext makes the next ConfigureDevice fail with err, applying
+// nothing, as a batch the kernel refuses.
+func (f *Client) FailNext(err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.failNext = err
 }
 
 // NewClient returns a device with no peers.
@@ -34,6 +44,10 @@ func (f *Client) Device(string) (*wgtypes.Device, error) {
 func (f *Client) ConfigureDevice(_ string, cfg wgtypes.Config) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.failNext; err != nil {
+		f.failNext = nil
+		return err
+	}
 	for _, pc := range cfg.Peers {
 		f.ops++
 		p, exists := f.peers[pc.PublicKey]

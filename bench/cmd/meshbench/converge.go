@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
 	"github.com/meshd/meshd/lab"
@@ -130,244 +131,320 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 		return res, err
 	}
 	defer func() {
-		if keepLogsDir != "" {
-			_ = os.MkdirAll(keepLogsDir, 0o755)
-			for _, h := range l.Hosts() {
-				if b, rerr := os.ReadFile(h.LogPath()); rerr == nil {
-					_ = os.WriteFile(fmt.Sprintf("%s/%d-%s.log", keepLogsDir, n, h.Name()), b, 0o644)
-				}
-			}
-		}
+		keepLogs(l, n)
 		if cerr := l.Close(); cerr != nil {
 			err = errors.Join(err, cerr)
 		}
 	}()
-	hosts := l.Hosts()[:n]
-	newcomer := l.Host(n + 1)
-	nl := map[string]*netlink.Handle{}
-	defer func() {
-		for _, h := range nl {
-			h.Close()
-		}
-	}()
-	for _, h := range l.Hosts() {
-		nsh, err := netns.GetFromName(h.NS())
-		if err != nil {
-			return res, err
-		}
-		hd, err := netlink.NewHandleAt(nsh)
-		nsh.Close()
-		if err != nil {
-			return res, err
-		}
-		nl[h.Name()] = hd
-	}
-	for _, h := range l.Hosts() {
-		if _, err := h.WriteConfig(""); err != nil {
-			return res, err
-		}
-	}
-	devs, err := newWGDevices()
+	c, err := newConvergeRun(l, bin, n)
 	if err != nil {
 		return res, err
 	}
-	defer devs.Close()
+	defer c.close()
 	allNS, _ := lab.ListNetns(l.Prefix())
 	runLoad := startOtherLoad(netnsInodes(allNS), 500*time.Millisecond)
 	defer func() {
 		res.OtherCPURun = runLoad.read()
 		fmt.Printf("  other processes on this machine used %.0f%% CPU (100 = one core) during this size's run\n", res.OtherCPURun)
 	}()
+	phases := []struct {
+		name string
+		run  func(context.Context, *convergeResult) error
+	}{
+		{"start", c.start},
+		{"idle", func(ctx context.Context, res *convergeResult) error { return c.idleFootprint(ctx, idle, res) }},
+		{"join", c.join},
+		{"leave", c.leave},
+		{"failure", c.fail},
+	}
+	for _, p := range phases {
+		if err := p.run(ctx, &res); err != nil {
+			return res, fmt.Errorf("%s: %w", p.name, err)
+		}
+	}
+	return res, nil
+}
 
-	// Phase 1: start n hosts at once.
-	var pairs [][2]*lab.Host
+// keepLogs copies every meshd log of an n-host lab to keepLogsDir, if set.
+func keepLogs(l *lab.Lab, n int) {
+	if keepLogsDir == "" {
+		return
+	}
+	_ = os.MkdirAll(keepLogsDir, 0o755)
+	for _, h := range l.Hosts() {
+		if b, err := os.ReadFile(h.LogPath()); err == nil {
+			_ = os.WriteFile(fmt.Sprintf("%s/%d-%s.log", keepLogsDir, n, h.Name()), b, 0o644)
+		}
+	}
+}
+
+// convergeRun is one size's lab and what its phases share. Phases run
+// one after another on the caller's goroutine; the concurrent checks
+// inside a phase only read.
+type convergeRun struct {
+	bin      string
+	l        *lab.Lab
+	hosts    []*lab.Host // the n started at once
+	newcomer *lab.Host   // joins, then leaves
+	devs     *wgDevices
+	nl       map[*lab.Host]*netlink.Handle // each host's routes
+	// keepalive is the persistent keepalive meshd gives every peer once
+	// settled: the config's, defaults included.
+	keepalive time.Duration
+}
+
+func newConvergeRun(l *lab.Lab, bin string, n int) (_ *convergeRun, err error) {
+	c := &convergeRun{bin: bin, l: l, hosts: l.Hosts()[:n], newcomer: l.Host(n + 1), nl: map[*lab.Host]*netlink.Handle{}}
+	defer func() {
+		if err != nil {
+			c.close()
+		}
+	}()
+	for _, h := range l.Hosts() {
+		nsh, err := netns.GetFromName(h.NS())
+		if err != nil {
+			return nil, err
+		}
+		hd, err := netlink.NewHandleAt(nsh)
+		nsh.Close()
+		if err != nil {
+			return nil, err
+		}
+		c.nl[h] = hd
+		if _, err := h.WriteConfig(""); err != nil {
+			return nil, err
+		}
+	}
+	cfg, err := config.Load(c.hosts[0].ConfigPath())
+	if err != nil {
+		return nil, err
+	}
+	c.keepalive = time.Duration(cfg.WireGuard.PersistentKeepalive) * time.Second
+	if c.devs, err = newWGDevices(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *convergeRun) close() {
+	for _, h := range c.nl {
+		h.Close()
+	}
+	if c.devs != nil {
+		c.devs.Close()
+	}
+}
+
+// hasRoute reports whether h routes s's blue slice through the tunnel.
+func (c *convergeRun) hasRoute(h, s *lab.Host) bool {
+	return hasRoute(c.nl[h], s.Subnet("blue"))
+}
+
+// startPairs are the pod pairs the start phase pings: all of them up to
+// 10 hosts; above that a fixed sample, every host pinging 3 others spread
+// over the ring.
+func startPairs(hosts []*lab.Host) (from []string, to []netip.Addr) {
+	n := len(hosts)
+	add := func(a, b *lab.Host) { from, to = append(from, a.PodNS("blue")), append(to, b.PodAddr("blue")) }
 	for i, a := range hosts {
 		if n <= 10 {
 			for _, b := range hosts {
 				if a != b {
-					pairs = append(pairs, [2]*lab.Host{a, b})
+					add(a, b)
 				}
 			}
 			continue
 		}
-		// A fixed sample: every host pings 3 others spread over the ring.
 		for _, off := range []int{1, n / 3, 2 * n / 3} {
-			pairs = append(pairs, [2]*lab.Host{a, hosts[(i+off)%n]})
+			add(a, hosts[(i+off)%n])
 		}
 	}
-	res.PingPairs = len(pairs)
-	var from []string
-	var to []netip.Addr
-	for _, p := range pairs {
-		from, to = append(from, p[0].PodNS("blue")), append(to, p[1].PodAddr("blue"))
-	}
-	// In-process pingers, one raw socket per pair: a ping(8) process per
-	// probe, dozens a second, loaded the machine under test.
-	startPingers, err := openPingers(from, to)
+	return from, to
+}
+
+// start starts the n hosts at once and measures until every control
+// socket answers, every device has exactly the other n-1 peers, and the
+// sampled pod pairs answer.
+func (c *convergeRun) start(ctx context.Context, res *convergeResult) error {
+	hosts, n := c.hosts, len(c.hosts)
+	// In-process pingers, one raw socket per pair, opened before the
+	// clock starts: a ping(8) process per probe, dozens a second, loaded
+	// the machine under test.
+	pingers, err := openPingers(startPairs(hosts))
 	if err != nil {
-		return res, err
+		return err
 	}
-	defer startPingers.Close() // also closed once the phase is over
+	defer pingers.Close()
 	t0 := time.Now()
 	for _, h := range hosts {
-		if err := h.Start(bin); err != nil {
-			return res, err
+		if err := h.Start(c.bin); err != nil {
+			return err
 		}
 	}
-	var wg sync.WaitGroup
-	var pingT, peersT, upT time.Duration
-	var pingErr, peersErr, upErr error
-	var eachStart []time.Duration
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		upT, upErr = waitAll(ctx, t0, 120*time.Second, n, func(c context.Context, i int) bool {
+	times, err := waitConcurrently(ctx, t0, 120*time.Second,
+		condition{n, func(_ context.Context, i int) bool {
 			_, err := control.NewClient(hosts[i].ControlSocket()).Status()
 			return err == nil
-		})
-	}()
-	go func() {
-		defer wg.Done()
-		pingT, eachStart, pingErr = waitEach(ctx, t0, 120*time.Second, len(pairs), func(c context.Context, i int) bool {
-			return startPingers[i].ping(c, 500*time.Millisecond) == nil
-		})
-	}()
-	go func() {
-		defer wg.Done()
-		peersT, peersErr = waitAll(ctx, t0, 120*time.Second, n, func(c context.Context, i int) bool {
-			return devs.hasExactly(hosts[i], slices.Delete(slices.Clone(hosts), i, i+1))
-		})
-	}()
-	wg.Wait()
-	startPingers.Close()
-	if err := errors.Join(pingErr, peersErr, upErr, checkRunning(hosts)); err != nil {
-		return res, fmt.Errorf("start: %w", err)
+		}},
+		condition{n, func(_ context.Context, i int) bool {
+			return c.devs.hasExactly(hosts[i], others(hosts, hosts[i]))
+		}},
+		pingers.answered())
+	if err := errors.Join(err, checkRunning(hosts)); err != nil {
+		return err
 	}
-	res.StartUp = upT.Seconds()
-	res.StartPing, res.StartPeers = pingT.Seconds(), peersT.Seconds()
-	res.StartPingMedian = median(eachStart).Seconds()
+	upT, peersT, pingT, each := times[0].last, times[1].last, times[2].last, times[2].each
+	res.PingPairs = len(pingers)
+	res.StartUp, res.StartPeers, res.StartPing = upT.Seconds(), peersT.Seconds(), pingT.Seconds()
+	res.StartPingMedian = median(each).Seconds()
 	fmt.Printf("  start: every meshd answers on its control socket after %.2fs; every host has all %d peers configured after %.2fs;\n"+
 		"         %d sampled pod pairs answer after %.2fs (median pair %.2fs)\n",
-		res.StartUp, n-1, res.StartPeers, len(pairs), res.StartPing, res.StartPingMedian)
+		res.StartUp, n-1, res.StartPeers, res.PingPairs, res.StartPing, res.StartPingMedian)
+	return nil
+}
 
-	// Idle footprint, with the mesh converged and no traffic.
-	time.Sleep(3 * time.Second)
+func others(hosts []*lab.Host, h *lab.Host) []*lab.Host {
+	return slices.DeleteFunc(slices.Clone(hosts), func(o *lab.Host) bool { return o == h })
+}
+
+// waitSettled waits until every one of hosts has exactly the others as
+// peers, each with the configured keepalive: meshd gives a new peer its
+// keepalive only after wgdev.KeepaliveDelay, so this is the end of the
+// start-up work a membership change causes (at once when keepalives are
+// off, meshd's default).
+func (c *convergeRun) waitSettled(ctx context.Context, hosts []*lab.Host) error {
+	_, err := waitAll(ctx, time.Now(), 60*time.Second, len(hosts), func(_ context.Context, i int) bool {
+		return c.devs.settled(hosts[i], others(hosts, hosts[i]), c.keepalive)
+	})
+	if err != nil {
+		return fmt.Errorf("peers or their keepalive (%s) not configured everywhere: %w", c.keepalive, err)
+	}
+	return nil
+}
+
+// idleFootprint measures every meshd's RSS and CPU% over idle, once the
+// converged mesh has settled and carries no traffic.
+func (c *convergeRun) idleFootprint(ctx context.Context, idle time.Duration, res *convergeResult) error {
+	if err := c.waitSettled(ctx, c.hosts); err != nil {
+		return err
+	}
 	var pids []int
-	for _, h := range hosts {
+	for _, h := range c.hosts {
 		pids = append(pids, h.Pid())
 	}
-	nss, _ := lab.ListNetns(l.Prefix())
+	nss, _ := lab.ListNetns(c.l.Prefix())
 	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
 	m := newCPUMeter(pids...)
 	select {
 	case <-ctx.Done():
 		others.read()
-		return res, ctx.Err()
+		return ctx.Err()
 	case <-time.After(idle):
 	}
 	cpus, _ := m.read()
 	res.OtherCPU = others.read()
 	res.IdleSeconds = idle.Seconds()
+	n := float64(len(c.hosts))
 	for i, pid := range pids {
 		rss, err := procRSS(pid)
 		if err != nil {
-			return res, fmt.Errorf("RSS of %s: %w", hosts[i].Name(), err)
+			return fmt.Errorf("RSS of %s: %w", c.hosts[i].Name(), err)
 		}
 		mib := float64(rss) / 1024
-		res.RSSMeanMiB += mib / float64(n)
+		res.RSSMeanMiB += mib / n
 		res.RSSMaxMiB = max(res.RSSMaxMiB, mib)
-		res.CPUMean += cpus[i] / float64(n)
+		res.CPUMean += cpus[i] / n
 		res.CPUMax = max(res.CPUMax, cpus[i])
 	}
 	fmt.Printf("  idle meshd over %s: RSS mean %.1f MiB (max %.1f), CPU mean %.2f%% (max %.2f%%); other processes %.0f%%\n",
 		idle, res.RSSMeanMiB, res.RSSMaxMiB, res.CPUMean, res.CPUMax, res.OtherCPU)
+	return nil
+}
 
-	// Phase 2: a newcomer joins.
-	slice := newcomer.Subnet("blue")
-	from, to = nil, nil
+// join starts the newcomer and measures until every host has it as a
+// peer with a route, it has every host as a peer, and its pod answers
+// every host's pod.
+func (c *convergeRun) join(ctx context.Context, res *convergeResult) error {
+	hosts, nc, n := c.hosts, c.newcomer, len(c.hosts)
+	var from []string
+	var to []netip.Addr
 	for _, h := range hosts {
-		from, to = append(from, h.PodNS("blue")), append(to, newcomer.PodAddr("blue"))
+		from, to = append(from, h.PodNS("blue")), append(to, nc.PodAddr("blue"))
 	}
-	joinPingers, err := openPingers(from, to)
+	pingers, err := openPingers(from, to)
 	if err != nil {
-		return res, err
+		return err
 	}
-	defer joinPingers.Close()
-	t1 := time.Now()
-	if err := newcomer.Start(bin); err != nil {
-		return res, err
+	defer pingers.Close()
+	t0 := time.Now()
+	if err := nc.Start(c.bin); err != nil {
+		return err
 	}
-	var eachPing []time.Duration
-	var selfT time.Duration
-	var selfErr error
-	wg.Add(3)
-	go func() {
-		defer wg.Done()
-		peersT, peersErr = waitAll(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
-			return devs.peerState(hosts[i], newcomer) == "configured" && hasRoute(nl[hosts[i].Name()], slice)
-		})
-	}()
-	go func() {
-		defer wg.Done()
-		selfT, selfErr = waitAll(ctx, t1, 60*time.Second, 1, func(c context.Context, _ int) bool {
-			return devs.hasExactly(newcomer, hosts)
-		})
-	}()
-	go func() {
-		defer wg.Done()
-		pingT, eachPing, pingErr = waitEach(ctx, t1, 60*time.Second, n, func(c context.Context, i int) bool {
-			return joinPingers[i].ping(c, 500*time.Millisecond) == nil
-		})
-	}()
-	wg.Wait()
-	joinPingers.Close()
-	if err := errors.Join(pingErr, peersErr, selfErr, checkRunning(append(hosts, newcomer))); err != nil {
-		return res, fmt.Errorf("join: %w", err)
+	times, err := waitConcurrently(ctx, t0, 60*time.Second,
+		condition{n, func(_ context.Context, i int) bool {
+			return c.devs.peerState(hosts[i], nc) == "configured" && c.hasRoute(hosts[i], nc)
+		}},
+		condition{1, func(context.Context, int) bool { return c.devs.hasExactly(nc, hosts) }},
+		pingers.answered())
+	if err := errors.Join(err, checkRunning(append(slices.Clone(hosts), nc))); err != nil {
+		return err
 	}
-	res.JoinPeer, res.JoinPing, res.JoinSelf = peersT.Seconds(), pingT.Seconds(), selfT.Seconds()
-	res.JoinPingMedian = median(eachPing).Seconds()
+	peerT, selfT, pingT, each := times[0].last, times[1].last, times[2].last, times[2].each
+	res.JoinPeer, res.JoinPing, res.JoinSelf = peerT.Seconds(), pingT.Seconds(), selfT.Seconds()
+	res.JoinPingMedian = median(each).Seconds()
 	fmt.Printf("  join: every host has %s as a peer with a route after %.2fs; %s has all %d peers after %.2fs;\n"+
 		"        its pod answers every pod after %.2fs (median host %.2fs, %d of %d hosts over %s)\n",
-		newcomer.Name(), res.JoinPeer, newcomer.Name(), n, res.JoinSelf, res.JoinPing, res.JoinPingMedian, countOver(eachPing, targetJoin), n, targetJoin)
+		nc.Name(), res.JoinPeer, nc.Name(), n, res.JoinSelf, res.JoinPing, res.JoinPingMedian, countOver(each, targetJoin), n, targetJoin)
+	return nil
+}
 
-	// Phase 3: the newcomer leaves gracefully (SIGTERM).
-	time.Sleep(2 * time.Second)
+// leave stops the newcomer with SIGTERM, once the join has settled, and
+// measures until it is gone from every host's peers and routes.
+func (c *convergeRun) leave(ctx context.Context, res *convergeResult) error {
+	hosts, nc := c.hosts, c.newcomer
+	if err := c.waitSettled(ctx, append(slices.Clone(hosts), nc)); err != nil {
+		return err
+	}
+	t0 := time.Now()
 	var stopErr error
 	var exitT time.Duration
-	t2 := time.Now()
-	wg.Add(1)
+	stopped := make(chan struct{})
 	go func() {
-		defer wg.Done()
-		stopErr = newcomer.Stop()
-		exitT = time.Since(t2)
+		defer close(stopped)
+		stopErr = nc.Stop()
+		exitT = time.Since(t0)
 	}()
-	goneT, goneErr := waitAll(ctx, t2, 60*time.Second, n, func(c context.Context, i int) bool {
-		return devs.peerState(hosts[i], newcomer) == "gone" && !hasRoute(nl[hosts[i].Name()], slice)
+	goneT, goneErr := waitAll(ctx, t0, 60*time.Second, len(hosts), func(_ context.Context, i int) bool {
+		return c.devs.peerState(hosts[i], nc) == "gone" && !c.hasRoute(hosts[i], nc)
 	})
-	wg.Wait()
+	<-stopped
 	if err := errors.Join(goneErr, stopErr); err != nil {
-		return res, fmt.Errorf("leave: %w", err)
+		return err
 	}
 	res.LeaveGone, res.LeaveExit = goneT.Seconds(), exitT.Seconds()
 	fmt.Printf("  leave (SIGTERM): %s gone from every host's peers and routes after %.2fs (its meshd exited after %.2fs)\n",
-		newcomer.Name(), res.LeaveGone, res.LeaveExit)
+		nc.Name(), res.LeaveGone, res.LeaveExit)
+	return nil
+}
 
-	// Phase 4: the last original host crashes (SIGKILL).
-	victim, rest := hosts[n-1], hosts[:n-1]
-	vslice := victim.Subnet("blue")
-	t3 := time.Now()
+// fail kills the last original host with SIGKILL and measures until it
+// is gone from every other host's peers and routes.
+func (c *convergeRun) fail(ctx context.Context, res *convergeResult) error {
+	n := len(c.hosts)
+	victim, rest := c.hosts[n-1], c.hosts[:n-1]
+	t0 := time.Now()
 	if err := victim.Kill(); err != nil {
-		return res, err
+		return err
 	}
-	failT, failErr := waitAll(ctx, t3, 90*time.Second, len(rest), func(c context.Context, i int) bool {
-		return devs.peerState(rest[i], victim) == "gone" && !hasRoute(nl[rest[i].Name()], vslice)
+	failT, err := waitAll(ctx, t0, 90*time.Second, len(rest), func(_ context.Context, i int) bool {
+		return c.devs.peerState(rest[i], victim) == "gone" && !c.hasRoute(rest[i], victim)
 	})
-	if failErr != nil {
-		return res, fmt.Errorf("failure: %w", failErr)
+	if err != nil {
+		return err
 	}
 	res.FailGone = failT.Seconds()
 	fmt.Printf("  failure (SIGKILL): %s gone from every host's peers and routes after %.2fs\n", victim.Name(), res.FailGone)
-	return res, checkRunning(rest)
+	return checkRunning(rest)
 }
 
 func checkRunning(hosts []*lab.Host) error {
@@ -419,15 +496,15 @@ func (d *wgDevices) key(h *lab.Host) (k wgtypes.Key, ok bool) {
 	return k, true
 }
 
-// peers returns the public keys configured on h's device.
-func (d *wgDevices) peers(h *lab.Host) (map[wgtypes.Key]bool, error) {
+// peers returns the peers configured on h's device, by public key.
+func (d *wgDevices) peers(h *lab.Host) (map[wgtypes.Key]wgtypes.Peer, error) {
 	dev, err := d.c.Device(h.Interface())
 	if err != nil {
 		return nil, err
 	}
-	m := make(map[wgtypes.Key]bool, len(dev.Peers))
+	m := make(map[wgtypes.Key]wgtypes.Peer, len(dev.Peers))
 	for _, p := range dev.Peers {
-		m[p.PublicKey] = true
+		m[p.PublicKey] = p
 	}
 	return m, nil
 }
@@ -435,12 +512,23 @@ func (d *wgDevices) peers(h *lab.Host) (map[wgtypes.Key]bool, error) {
 // hasExactly reports whether h's device has others, and no one else, as
 // its peers.
 func (d *wgDevices) hasExactly(h *lab.Host, others []*lab.Host) bool {
+	return d.peersAre(h, others, func(wgtypes.Peer) bool { return true })
+}
+
+// settled is hasExactly with every peer's persistent keepalive at
+// keepalive.
+func (d *wgDevices) settled(h *lab.Host, others []*lab.Host, keepalive time.Duration) bool {
+	return d.peersAre(h, others, func(p wgtypes.Peer) bool { return p.PersistentKeepaliveInterval == keepalive })
+}
+
+func (d *wgDevices) peersAre(h *lab.Host, others []*lab.Host, ok func(wgtypes.Peer) bool) bool {
 	ps, err := d.peers(h)
 	if err != nil || len(ps) != len(others) {
 		return false
 	}
 	for _, o := range others {
-		if k, ok := d.key(o); !ok || !ps[k] {
+		k, known := d.key(o)
+		if p, has := ps[k]; !known || !has || !ok(p) {
 			return false
 		}
 	}
@@ -458,7 +546,7 @@ func (d *wgDevices) peerState(host, peer *lab.Host) string {
 	if err != nil {
 		return "other"
 	}
-	if ps[k] {
+	if _, ok := ps[k]; ok {
 		return "configured"
 	}
 	return "gone"
@@ -484,6 +572,33 @@ func hasRoute(h *netlink.Handle, dst netip.Prefix) bool {
 func waitAll(ctx context.Context, t0 time.Time, timeout time.Duration, n int, check func(context.Context, int) bool) (time.Duration, error) {
 	last, _, err := waitEach(ctx, t0, timeout, n, check)
 	return last, err
+}
+
+// condition is what a phase waits for on n items: check(ctx, i) is
+// true once item i is there.
+type condition struct {
+	n     int
+	check func(context.Context, int) bool
+}
+
+// passed is when a condition's items first passed, measured from the
+// phase's start: each item's, and the last.
+type passed struct {
+	last time.Duration
+	each []time.Duration
+}
+
+// waitConcurrently waits for all conditions at once (see waitEach) and
+// returns when each one's items passed, in the conditions' order.
+func waitConcurrently(ctx context.Context, t0 time.Time, timeout time.Duration, conds ...condition) ([]passed, error) {
+	out := make([]passed, len(conds))
+	errs := make([]error, len(conds))
+	var wg sync.WaitGroup
+	for i, c := range conds {
+		wg.Go(func() { out[i].last, out[i].each, errs[i] = waitEach(ctx, t0, timeout, c.n, c.check) })
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
 }
 
 // waitEach is waitAll that also returns when each item first passed.

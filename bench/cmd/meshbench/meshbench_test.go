@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -41,5 +43,26 @@ func TestMedianAndCountOver(t *testing.T) {
 	}
 	if n := countOver(ds, 1500*time.Millisecond); n != 2 {
 		t.Fatalf("countOver %d", n)
+	}
+}
+
+func TestFirstErrorLinePrefersMeshdsLastWord(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshd.log")
+	log := `time=1 level=INFO msg="policy removed"
+time=2 level=DEBUG msg="join failed" err="1 error occurred: connection refused"
+meshd: install allow-list: apply policy on h1 (table inet meshd): netlink receive: recvmsg: no buffer space available
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := firstErrorLine(path); !strings.HasPrefix(got, "meshd: install allow-list") {
+		t.Errorf("firstErrorLine = %q, want meshd's own error", got)
+	}
+	debugOnly := "time=1 level=WARN msg=\"peer unreachable\" error=\"timeout\"\ntime=2 level=DEBUG msg=x err=\"1 error occurred\"\n"
+	if err := os.WriteFile(path, []byte(debugOnly), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := firstErrorLine(path); !strings.Contains(got, "peer unreachable") {
+		t.Errorf("firstErrorLine = %q, want the warning, not the debug line", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -86,7 +87,6 @@ func mtuCase(ctx context.Context, bin, prefix string, underlay, udpSize int) (fa
 			err = errors.Join(err, cerr)
 		}
 	}()
-	h1, h2 := l.Host(1), l.Host(2)
 	tun := &meshdTunnel{l: l, bin: bin, path: "pod"}
 	if err := tun.setup(ctx); err != nil {
 		return nil, err
@@ -96,163 +96,201 @@ func mtuCase(ctx context.Context, bin, prefix string, underlay, udpSize int) (fa
 			err = errors.Join(err, terr)
 		}
 	}()
-	check := func(ok bool, format string, args ...any) {
-		msg := fmt.Sprintf(format, args...)
-		if ok {
-			fmt.Printf("  ok    %s\n", msg)
-		} else {
-			fmt.Printf("  FAIL  %s\n", msg)
-			fails = append(fails, msg)
-		}
-	}
-	note := func(format string, args ...any) { fmt.Printf("  note  %s\n", fmt.Sprintf(format, args...)) }
-
-	// 1. The MTU meshd chose, as it reports it and as the kernel has it.
-	st, err := control.NewClient(h1.ControlSocket()).Status()
-	if err != nil {
+	m := &mtuRun{l: l, tun: tun, h1: l.Host(1), h2: l.Host(2), underlay: underlay}
+	m.namespaces = []string{m.h1.NS(), m.h2.NS(), m.h1.PodNS(benchSegment), m.h2.PodNS(benchSegment), l.SwitchNS()}
+	if m.tmtu, err = m.checkTunnelMTU(ctx); err != nil {
 		return nil, err
 	}
-	linkMTU, err := ifaceMTU(ctx, h1.NS(), h1.Interface())
-	if err != nil {
-		return nil, err
-	}
-	want := underlay - 60
-	check(st.Node.MTU == want && linkMTU == want, "tunnel MTU: meshd status %d, %s link %d (want %d)", st.Node.MTU, h1.Interface(), linkMTU, want)
-	tmtu := linkMTU
-
 	// Every IP fragment crossing the underlay bridge is recorded (headers
 	// only), so fragments can be told apart: WireGuard's (a wrong tunnel
 	// MTU) or gossip's. Whole packets are not kept: a full capture of the
 	// TCP streams would be hundreds of MB.
-	fragPcap := l.Dir() + "/underlay-fragments.pcap"
-	capture, err := startBG(l.SwitchNS(), l.Dir()+"/tcpdump.log", "tcpdump", "-i", "br0", "-n", "-s", "128", "-U", "-w", fragPcap, "ip[6:2] & 0x3fff != 0")
+	capture, err := l.StartCaptureFiltered(ctx, 128, "ip[6:2] & 0x3fff != 0")
 	if err != nil {
 		return nil, err
 	}
-	defer capture.stop(3 * time.Second)
-	if err := waitFile(ctx, fragPcap, 5*time.Second, capture); err != nil {
-		return nil, fmt.Errorf("tcpdump: %w: %s", err, logTail(l.Dir()+"/tcpdump.log", 3))
-	}
-	time.Sleep(300 * time.Millisecond) // the file appears as the socket binds; let it settle
 	// Self-test of the capture: one ping on the underlay itself, too big
 	// for it and without DF, crosses as fragments that must be seen.
-	if _, err := nsRun(ctx, h1.NS(), "ping", "-n", "-c", "1", "-W", "2", "-M", "dont", "-s", strconv.Itoa(underlay), h2.UnderlayAddr().String()); err != nil {
+	if _, err := lab.Exec(ctx, m.h1.NS(), "ping", "-n", "-c", "1", "-W", "2", "-M", "dont", "-s", strconv.Itoa(underlay), m.h2.UnderlayAddr().String()); err != nil {
 		return nil, fmt.Errorf("fragmented underlay ping for the capture self-test: %w", err)
 	}
-	namespaces := []string{h1.NS(), h2.NS(), h1.PodNS(benchSegment), h2.PodNS(benchSegment), l.SwitchNS()}
-	before := snapshotCounters(ctx, namespaces)
-	wgStart, _ := deviceTxPackets(h1, h2)
-	pod1, pod2 := h1.PodNS(benchSegment), h2.PodNS(benchSegment)
-	dst := h2.PodAddr(benchSegment)
+	before := snapshotCounters(ctx, m.namespaces)
+	txBefore, _ := underlayTxPackets(m.h1, m.h2)
+	m.checkDFPing(ctx)
+	if err := m.checkTCP(ctx); err != nil {
+		return m.fails, err
+	}
+	m.checkUDP(ctx, udpSize)
+	err = m.checkUnderlay(ctx, capture, before, txBefore)
+	return m.fails, err
+}
 
-	// 2. Largest DF ping, host to host through the tunnel and pod to pod.
-	maxICMP := tmtu - 28
-	out, err := nsRun(ctx, h1.NS(), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", strconv.Itoa(maxICMP), "-I", h1.Gateway(benchSegment).String(), h2.Gateway(benchSegment).String())
-	check(err == nil, "host h1 -> h2 through the tunnel: ping -M do -s %d (%d-byte packets): %s", maxICMP, tmtu, pingSummary(out, err))
-	out, err = nsRun(ctx, pod1, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", strconv.Itoa(maxICMP), dst.String())
-	check(err == nil, "pod h1 -> pod h2: ping -M do -s %d: %s", maxICMP, pingSummary(out, err))
-	out, err = nsRun(ctx, pod1, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", strconv.Itoa(maxICMP+1), dst.String())
-	check(err != nil, "one byte more (ping -M do -s %d) is refused, not fragmented: %s", maxICMP+1, pingSummary(out, err))
+// mtuRun is the MTU check on one underlay: two meshd hosts, the tunnel
+// MTU they chose, and the checks failed so far.
+type mtuRun struct {
+	l          *lab.Lab
+	tun        *meshdTunnel
+	h1, h2     *lab.Host
+	underlay   int
+	tmtu       int      // the tunnel's MTU, as the kernel has it
+	namespaces []string // whose counters are compared
+	fails      []string
+}
 
-	// 3. A full-size TCP stream, host to host (MSS from the tunnel route)
-	// and pod to pod (pods have 1500-byte links: meshd's MSS clamp must
-	// size their segments for the tunnel from the handshake on, without
-	// PMTU discovery).
-	// Every probe starts with empty PMTU caches, as a first contact
-	// would: what the pings above taught the kernel is forgotten.
-	flush := func() {
-		for _, ns := range namespaces {
-			_ = ipn(ctx, ns, "route", "flush", "cache")
+func (m *mtuRun) check(ok bool, format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if ok {
+		fmt.Printf("  ok    %s\n", msg)
+	} else {
+		fmt.Printf("  FAIL  %s\n", msg)
+		m.fails = append(m.fails, msg)
+	}
+}
+
+func (m *mtuRun) note(format string, args ...any) {
+	fmt.Printf("  note  %s\n", fmt.Sprintf(format, args...))
+}
+
+// flush empties every PMTU cache, so each probe starts as a first contact
+// would: what earlier probes taught the kernel is forgotten.
+func (m *mtuRun) flush(ctx context.Context) {
+	for _, ns := range m.namespaces {
+		_ = lab.IP(ctx, ns, []string{"route", "flush", "cache"})
+	}
+}
+
+// checkTunnelMTU checks the MTU meshd chose, as it reports it and as the
+// kernel has it, and returns the kernel's.
+func (m *mtuRun) checkTunnelMTU(ctx context.Context) (int, error) {
+	st, err := control.NewClient(m.h1.ControlSocket()).Status()
+	if err != nil {
+		return 0, err
+	}
+	linkMTU, err := ifaceMTU(ctx, m.h1.NS(), m.h1.Interface())
+	if err != nil {
+		return 0, err
+	}
+	want := m.underlay - 60
+	m.check(st.Node.MTU == want && linkMTU == want, "tunnel MTU: meshd status %d, %s link %d (want %d)", st.Node.MTU, m.h1.Interface(), linkMTU, want)
+	return linkMTU, nil
+}
+
+// checkDFPing sends the largest DF ping host to host through the tunnel
+// and pod to pod, and one byte more, which must be refused.
+func (m *mtuRun) checkDFPing(ctx context.Context) {
+	h1, h2, pod1, dst := m.h1, m.h2, m.h1.PodNS(benchSegment), m.h2.PodAddr(benchSegment).String()
+	maxICMP := m.tmtu - 28
+	out, err := lab.Exec(ctx, h1.NS(), "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", strconv.Itoa(maxICMP), "-I", h1.Gateway(benchSegment).String(), h2.Gateway(benchSegment).String())
+	m.check(err == nil, "host h1 -> h2 through the tunnel: ping -M do -s %d (%d-byte packets): %s", maxICMP, m.tmtu, pingSummary(out, err))
+	out, err = lab.Exec(ctx, pod1, "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", "-M", "do", "-s", strconv.Itoa(maxICMP), dst)
+	m.check(err == nil, "pod h1 -> pod h2: ping -M do -s %d: %s", maxICMP, pingSummary(out, err))
+	out, err = lab.Exec(ctx, pod1, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", strconv.Itoa(maxICMP+1), dst)
+	m.check(err != nil, "one byte more (ping -M do -s %d) is refused, not fragmented: %s", maxICMP+1, pingSummary(out, err))
+}
+
+// checkTCP runs a full-size TCP stream host to host (MSS from the tunnel
+// route), pod to pod with the pods on 1500-byte links (meshd's MSS clamp
+// must size their segments for the tunnel from the handshake on, without
+// PMTU discovery), and pod to pod with the pods' links at the tunnel MTU,
+// as a CNI would set them.
+func (m *mtuRun) checkTCP(ctx context.Context) error {
+	want := m.tmtu - 52
+	r, d, err := m.tcpStream(ctx, "host")
+	m.check(err == nil && r.bytes > 0 && r.mss == want,
+		"TCP stream host->host, 3 s (want MSS %d = MTU - 40 - 12 timestamp option bytes): %s", want, r.describe(err))
+	m.noteCongestion(r, err, d)
+	r, _, err = m.tcpStream(ctx, "pod")
+	m.check(err == nil && r.bytes > 0 && r.mss == want,
+		"TCP stream pod->pod, pods on 1500-byte links, 3 s (want MSS %d: the SYNs clamped to the tunnel): %s", want, r.describe(err))
+	if err == nil && r.retransmits > 0 {
+		m.note("%d retransmits with the MSS clamped: congestion losses of a saturating stream, or PMTU discovery if the MSS above is larger than wanted", r.retransmits)
+	}
+	if err := m.setPodMTU(ctx, m.tmtu); err != nil {
+		return err
+	}
+	r, d, err = m.tcpStream(ctx, "pod")
+	m.check(err == nil && r.bytes > 0 && r.mss == want,
+		"TCP stream pod->pod, pods' links at the tunnel MTU %d, 3 s (want MSS %d): %s", m.tmtu, want, r.describe(err))
+	m.noteCongestion(r, err, d)
+	return m.setPodMTU(ctx, 1500)
+}
+
+// tcpStream runs a 3 s stream on path with empty PMTU caches, and returns
+// how the counters changed meanwhile.
+func (m *mtuRun) tcpStream(ctx context.Context, path string) (streamResult, counters, error) {
+	m.flush(ctx)
+	c0 := snapshotCounters(ctx, m.namespaces)
+	r, err := tcpStream(ctx, m.l, m.tun.endpointsFor(path), 3)
+	return r, snapshotCounters(ctx, m.namespaces).sub(c0), err
+}
+
+func (m *mtuRun) noteCongestion(r streamResult, err error, d counters) {
+	if err == nil && r.retransmits > 0 {
+		m.note("%d retransmits with no PMTU discovery needed: congestion losses of a saturating stream (UDP receive-buffer drops on h1/h2 meanwhile: %d/%d), not MTU",
+			r.retransmits, d.get(m.h1.NS(), "Udp", "RcvbufErrors"), d.get(m.h2.NS(), "Udp", "RcvbufErrors"))
+	}
+}
+
+func (m *mtuRun) setPodMTU(ctx context.Context, mtu int) error {
+	for _, h := range []*lab.Host{m.h1, m.h2} {
+		if err := lab.IP(ctx, h.PodNS(benchSegment), []string{"link", "set", "dev", "eth0", "mtu", strconv.Itoa(mtu)}); err != nil {
+			return err
 		}
 	}
-	flush()
-	c0 := snapshotCounters(ctx, namespaces)
-	r, err := tcpStream(ctx, l, tun.endpointsFor("host"), 3)
-	d0 := snapshotCounters(ctx, namespaces).sub(c0)
-	check(err == nil && r.bytes > 0 && r.mss == tmtu-52,
-		"TCP stream host->host, 3 s (want MSS %d = MTU - 40 - 12 timestamp option bytes): %s", tmtu-52, r.describe(err))
-	if err == nil && r.retransmits > 0 {
-		note("%d retransmits with no PMTU discovery needed: congestion losses of a saturating stream (UDP receive-buffer drops on h1/h2 meanwhile: %d/%d), not MTU",
-			r.retransmits, d0.get(h1.NS(), "Udp", "RcvbufErrors"), d0.get(h2.NS(), "Udp", "RcvbufErrors"))
-	}
-	flush()
-	r, err = tcpStream(ctx, l, tun.endpointsFor("pod"), 3)
-	check(err == nil && r.bytes > 0 && r.mss == tmtu-52,
-		"TCP stream pod->pod, pods on 1500-byte links, 3 s (want MSS %d: the SYNs clamped to the tunnel): %s", tmtu-52, r.describe(err))
-	if err == nil && r.retransmits > 0 {
-		note("%d retransmits with the MSS clamped: congestion losses of a saturating stream, or PMTU discovery if the MSS above is larger than wanted", r.retransmits)
-	}
-	// The same with the pods' links at the tunnel MTU, as a CNI would set
-	// them: no PMTU discovery, nothing lost.
-	for _, ns := range []string{pod1, pod2} {
-		if err := ipn(ctx, ns, "link", "set", "dev", "eth0", "mtu", strconv.Itoa(tmtu)); err != nil {
-			return fails, err
-		}
-	}
-	flush()
-	c0 = snapshotCounters(ctx, namespaces)
-	r, err = tcpStream(ctx, l, tun.endpointsFor("pod"), 3)
-	d0 = snapshotCounters(ctx, namespaces).sub(c0)
-	check(err == nil && r.bytes > 0 && r.mss == tmtu-52,
-		"TCP stream pod->pod, pods' links at the tunnel MTU %d, 3 s (want MSS %d): %s", tmtu, tmtu-52, r.describe(err))
-	if err == nil && r.retransmits > 0 {
-		note("%d retransmits with no PMTU discovery needed: congestion losses of a saturating stream (UDP receive-buffer drops on h1/h2 meanwhile: %d/%d), not MTU",
-			r.retransmits, d0.get(h1.NS(), "Udp", "RcvbufErrors"), d0.get(h2.NS(), "Udp", "RcvbufErrors"))
-	}
-	for _, ns := range []string{pod1, pod2} {
-		if err := ipn(ctx, ns, "link", "set", "dev", "eth0", "mtu", "1500"); err != nil {
-			return fails, err
-		}
-	}
+	return nil
+}
 
-	// 4. One UDP datagram of udpSize bytes, pod to pod, with DF (the
-	// sender wants to know) and with the kernel's default (fragment
-	// locally once the path MTU is known).
-	fits := udpSize+28 <= tmtu
+// checkUDP sends one UDP datagram of size bytes pod to pod, with DF (the
+// sender wants to know) and with the kernel's default (fragment locally
+// once the path MTU is known). Only a datagram that fits is a check;
+// otherwise what happened is reported.
+func (m *mtuRun) checkUDP(ctx context.Context, size int) {
+	pod1, pod2, dst := m.h1.PodNS(benchSegment), m.h2.PodNS(benchSegment), m.h2.PodAddr(benchSegment)
 	for _, mode := range []struct {
 		name string
 		pmtu int
 	}{{"DF (IP_PMTUDISC_DO)", unix.IP_PMTUDISC_DO}, {"default (IP_PMTUDISC_WANT)", unix.IP_PMTUDISC_WANT}} {
-		flush()
-		c0 := snapshotCounters(ctx, namespaces)
-		res, err := udpProbe(pod1, pod2, dst, udpSize, mode.pmtu)
-		c1 := snapshotCounters(ctx, namespaces)
-		d := c1.sub(c0)
+		m.flush(ctx)
+		c0 := snapshotCounters(ctx, m.namespaces)
+		res, err := udpProbe(pod1, pod2, dst, size, mode.pmtu)
+		d := snapshotCounters(ctx, m.namespaces).sub(c0)
 		frag := d.get(pod1, "Ip", "FragCreates")
 		desc := fmt.Sprintf("UDP %d-byte payload (%d-byte packet) pod->pod, %s: %s; sender fragments created %d, host h1 DF drops (FragFails) %d",
-			udpSize, udpSize+28, mode.name, res.describe(err), frag, d.get(h1.NS(), "Ip", "FragFails"))
-		if fits {
-			check(err == nil && res.firstArrived && frag == 0, "%s", desc)
+			size, size+28, mode.name, res.describe(err), frag, d.get(m.h1.NS(), "Ip", "FragFails"))
+		if size+28 <= m.tmtu {
+			m.check(err == nil && res.firstArrived && frag == 0, "%s", desc)
 		} else {
-			note("does not fit the %d-byte tunnel MTU: %s", tmtu, desc)
+			m.note("does not fit the %d-byte tunnel MTU: %s", m.tmtu, desc)
 		}
 	}
+}
 
-	// 5. Nothing fragmented or dropped on the underlay, the tunnel or the
-	// pod links during all of the above.
-	after := snapshotCounters(ctx, namespaces)
-	d := after.sub(before)
-	wgEnd, _ := deviceTxPackets(h1, h2)
-	capture.stop(3 * time.Second)
+// checkUnderlay checks that nothing was fragmented or dropped on the
+// underlay, the tunnel or the pod links since before.
+func (m *mtuRun) checkUnderlay(ctx context.Context, capture *lab.Capture, before counters, txBefore int64) error {
+	h1, h2 := m.h1, m.h2
+	d := snapshotCounters(ctx, m.namespaces).sub(before)
+	txAfter, _ := underlayTxPackets(h1, h2)
+	_, errStop := capture.Stop()
 	const firstFragment = "ip[6:2] & 0x3fff = 0x2000" // MF set, offset 0: carries the UDP header
-	selfFrags, err0 := countPcap(ctx, fragPcap, "icmp")
-	frags, err1 := countPcap(ctx, fragPcap, "not icmp")
-	wgFrags, err2 := countPcap(ctx, fragPcap, firstFragment+" and udp port 51820")
-	gossipFrags, err3 := countPcap(ctx, fragPcap, firstFragment+" and port 7946")
-	if err := errors.Join(err0, err1, err2, err3); err != nil {
-		return fails, err
+	selfFrags, err0 := capture.Count("icmp")
+	frags, err1 := capture.Count("not icmp")
+	wgFrags, err2 := capture.Count(firstFragment + " and udp port 51820")
+	gossipFrags, err3 := capture.Count(firstFragment + " and port 7946")
+	if err := errors.Join(errStop, err0, err1, err2, err3); err != nil {
+		return err
 	}
-	check(selfFrags >= 2, "underlay capture sees fragments: %d fragments of the self-test ping (want >= 2)", selfFrags)
-	check(wgFrags == 0 && wgEnd > wgStart, "underlay capture: no WireGuard datagram (udp 51820) fragmented, of %d packets h1 and h2 sent on the underlay", wgEnd-wgStart)
+	m.check(selfFrags >= 2, "underlay capture sees fragments: %d fragments of the self-test ping (want >= 2)", selfFrags)
+	m.check(wgFrags == 0 && txAfter > txBefore, "underlay capture: no WireGuard datagram (udp 51820) fragmented, of %d packets h1 and h2 sent on the underlay", txAfter-txBefore)
 	if gossipFrags > 0 || frags > 0 {
-		note("WARN underlay capture: %d IP fragments in all; %d gossip datagrams (port 7946) were fragmented: serf/memberlist packets do not fit this underlay MTU", frags, gossipFrags)
+		m.note("WARN underlay capture: %d IP fragments in all; %d gossip datagrams (port 7946) were fragmented: serf/memberlist packets do not fit this underlay MTU", frags, gossipFrags)
 	} else {
 		fmt.Printf("  ok    underlay capture: no other IP fragments at all (gossip included)\n")
 	}
 	if hc := d.get(h1.NS(), "Ip", "FragCreates") + d.get(h1.NS(), "Ip", "ReasmReqds") + d.get(h2.NS(), "Ip", "FragCreates") + d.get(h2.NS(), "Ip", "ReasmReqds"); hc > 0 {
-		note("host IP counters: h1 FragCreates %d ReasmReqds %d, h2 FragCreates %d ReasmReqds %d: inner packets only (the capture shows what the underlay carried);",
+		m.note("host IP counters: h1 FragCreates %d ReasmReqds %d, h2 FragCreates %d ReasmReqds %d: inner packets only (the capture shows what the underlay carried);",
 			d.get(h1.NS(), "Ip", "FragCreates"), d.get(h1.NS(), "Ip", "ReasmReqds"), d.get(h2.NS(), "Ip", "FragCreates"), d.get(h2.NS(), "Ip", "ReasmReqds"))
-		note("     conntrack (meshd's nftables policy) reassembles the pod's own fragments for inspection and re-fragments them to their original size")
+		m.note("     conntrack (meshd's nftables policy) reassembles the pod's own fragments for inspection and re-fragments them to their original size")
 	}
 	var drops []string
 	for _, k := range d.sortedLinkKeys() {
@@ -260,11 +298,11 @@ func mtuCase(ctx context.Context, bin, prefix string, underlay, udpSize int) (fa
 			drops = append(drops, fmt.Sprintf("%s %+d", k, v))
 		}
 	}
-	check(len(drops) == 0, "ip -s link: no drops or errors on any link of the lab%s", listOrNone(drops))
+	m.check(len(drops) == 0, "ip -s link: no drops or errors on any link of the lab%s", listOrNone(drops))
 	if n := d.get(h1.NS(), "Ip", "FragFails"); n > 0 {
-		note("h1 dropped %d DF packets too big for the tunnel and answered with ICMP frag-needed (PMTU discovery from the 1500-byte pod links; expected)", n)
+		m.note("h1 dropped %d DF packets too big for the tunnel and answered with ICMP frag-needed (PMTU discovery from the 1500-byte pod links; expected)", n)
 	}
-	return fails, nil
+	return nil
 }
 
 func listOrNone(s []string) string {
@@ -282,7 +320,7 @@ func (t *meshdTunnel) endpointsFor(path string) endpoints {
 }
 
 func ifaceMTU(ctx context.Context, ns, ifname string) (int, error) {
-	out, err := run(ctx, "ip", "-n", ns, "-o", "link", "show", "dev", ifname)
+	out, err := lab.Exec(ctx, "", "ip", "-n", ns, "-o", "link", "show", "dev", ifname)
 	if err != nil {
 		return 0, err
 	}
@@ -323,7 +361,7 @@ type counters struct {
 func snapshotCounters(ctx context.Context, nss []string) counters {
 	c := counters{snmp: map[string]int64{}, links: map[string]int64{}}
 	for _, ns := range nss {
-		if out, err := nsRun(ctx, ns, "cat", "/proc/net/snmp"); err == nil {
+		if out, err := lab.Exec(ctx, ns, "cat", "/proc/net/snmp"); err == nil {
 			lines := strings.Split(out, "\n")
 			for i := 0; i+1 < len(lines); i += 2 {
 				hk, hv := strings.Fields(lines[i]), strings.Fields(lines[i+1])
@@ -337,7 +375,7 @@ func snapshotCounters(ctx context.Context, nss []string) counters {
 				}
 			}
 		}
-		if out, err := run(ctx, "ip", "-n", ns, "-s", "-j", "link", "show"); err == nil {
+		if out, err := lab.Exec(ctx, "", "ip", "-n", ns, "-s", "-j", "link", "show"); err == nil {
 			var ls []struct {
 				Name  string `json:"ifname"`
 				Stats struct {
@@ -398,44 +436,20 @@ func (r streamResult) describe(err error) string {
 }
 
 func tcpStream(ctx context.Context, l *lab.Lab, e endpoints, secs int) (streamResult, error) {
-	srv, err := startBG(e.serverNS, l.Dir()+"/iperf3-mtu.log", "iperf3", "-s", "-1", "-p", strconv.Itoa(iperfPort))
+	srv, err := startIperfServer(ctx, l, e.serverNS)
 	if err != nil {
 		return streamResult{}, err
 	}
-	defer srv.stop(2 * time.Second)
-	if err := waitListening(ctx, e.serverNS, "tcp", iperfPort); err != nil {
+	defer srv.Stop(2 * time.Second)
+	res, err := iperfClient(ctx, l, e, secs)
+	if err != nil {
 		return streamResult{}, err
 	}
-	argv := []string{"iperf3", "-c", e.target.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
-	if e.bind.IsValid() {
-		argv = append(argv, "-B", e.bind.String())
+	if res.End.SumReceived == nil || res.End.SumSent == nil {
+		return streamResult{}, errors.New("iperf3 JSON has no sum_sent/sum_received")
 	}
-	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
-	defer cancel()
-	out, runErr := nsOutput(cctx, e.clientNS, argv...)
-	var res struct {
-		Error string `json:"error"`
-		Start struct {
-			MSS int `json:"tcp_mss_default"`
-		} `json:"start"`
-		End struct {
-			Sent struct {
-				Bytes       int64   `json:"bytes"`
-				BPS         float64 `json:"bits_per_second"`
-				Retransmits int64   `json:"retransmits"`
-			} `json:"sum_sent"`
-			Received struct {
-				Bytes int64 `json:"bytes"`
-			} `json:"sum_received"`
-		} `json:"end"`
-	}
-	if err := json.Unmarshal([]byte(out), &res); err != nil {
-		return streamResult{}, fmt.Errorf("iperf3: %v %v", runErr, err)
-	}
-	if res.Error != "" {
-		return streamResult{}, errors.New(res.Error)
-	}
-	return streamResult{bytes: res.End.Received.Bytes, gbps: res.End.Sent.BPS / 1e9, retransmits: res.End.Sent.Retransmits, mss: res.Start.MSS}, runErr
+	return streamResult{bytes: res.End.SumReceived.Bytes, gbps: res.End.SumSent.BitsPerSec / 1e9,
+		retransmits: res.End.SumSent.Retransmits, mss: res.Start.MSS}, nil
 }
 
 // ---- UDP probe ----
@@ -456,9 +470,9 @@ func (r udpResult) describe(err error) string {
 }
 
 // udpProbe sends three datagrams of size bytes from pod1 to dst (in
-// pod2), 300 ms apart so ICMP errors can come back in between, and
-// reports each send's result, which ones arrived, and the path MTU the
-// sender learned.
+// pod2), each once the previous one has arrived or an ICMP error about it
+// has come back, and reports each send's result, which ones arrived, and
+// the path MTU the sender learned.
 func udpProbe(pod1, pod2 string, dst netip.Addr, size, pmtuMode int) (udpResult, error) {
 	var res udpResult
 	var ln *net.UDPConn
@@ -488,23 +502,47 @@ func udpProbe(pod1, pod2 string, dst netip.Addr, size, pmtuMode int) (udpResult,
 	}); err != nil || serr != nil {
 		return res, errors.Join(err, serr)
 	}
-	got := make(chan int, 8)
+	var mu sync.Mutex
+	arrived := map[int]bool{} // guarded by mu
+	received := make(chan struct{})
 	go func() {
+		defer close(received)
 		buf := make([]byte, 65536)
 		for {
-			_ = ln.SetReadDeadline(time.Now().Add(3 * time.Second))
 			n, _, err := ln.ReadFromUDP(buf)
 			if err != nil {
-				close(got)
-				return
+				return // ln closed
 			}
-			got <- int(buf[0]) | n<<8
+			if n == size {
+				mu.Lock()
+				arrived[int(buf[0])] = true
+				mu.Unlock()
+			}
 		}
 	}()
+	defer func() { ln.Close(); <-received }()
+	hasArrived := func(i int) bool { mu.Lock(); defer mu.Unlock(); return arrived[i] }
+	pathMTU := func() (mtu int) {
+		_ = rc.Control(func(fd uintptr) { mtu, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU) })
+		return mtu
+	}
+	// wait bounds each wait for a datagram's fate; a datagram lost
+	// without an ICMP error costs that much.
+	wait := func(cond func() bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = lab.WaitFor(ctx, 10*time.Millisecond, func() error {
+			if cond() {
+				return nil
+			}
+			return errors.New("pending")
+		})
+	}
 	payload := make([]byte, size)
-	arrived := map[int]bool{}
+	var sent []int
 	for i := range 3 {
 		payload[0] = byte(i)
+		before := pathMTU()
 		_, err := c.Write(payload)
 		switch {
 		case err == nil:
@@ -514,55 +552,36 @@ func udpProbe(pod1, pod2 string, dst netip.Addr, size, pmtuMode int) (udpResult,
 		default:
 			res.sends = append(res.sends, err.Error())
 		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	deadline := time.After(2 * time.Second)
-collect:
-	for {
-		select {
-		case v, ok := <-got:
-			if !ok {
-				break collect
-			}
-			if v>>8 == size {
-				arrived[v&0xff] = true
-			}
-		case <-deadline:
-			break collect
+		if err != nil {
+			continue // nothing left the socket
 		}
+		sent = append(sent, i)
+		// The next send must see what became of this one: it arrived, or
+		// an ICMP error about it lowered the path MTU (and, for a
+		// connected socket, left an error for the next send to report).
+		wait(func() bool { return hasArrived(i) || pathMTU() < before })
 	}
-	res.arrived, res.firstArrived = len(arrived), arrived[0]
-	_ = rc.Control(func(fd uintptr) {
-		res.pathMTU, _ = unix.GetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU)
+	wait(func() bool {
+		for _, i := range sent {
+			if !hasArrived(i) {
+				return false
+			}
+		}
+		return true
 	})
+	mu.Lock()
+	defer mu.Unlock()
+	res.arrived, res.firstArrived = len(arrived), arrived[0]
+	res.pathMTU = pathMTU()
 	return res, nil
 }
 
-// countPcap counts the packets of a pcap file matching filter (all if "").
-func countPcap(ctx context.Context, path, filter string) (int, error) {
-	argv := []string{"-n", "-r", path}
-	if filter != "" {
-		argv = append(argv, filter)
-	}
-	out, err := run(ctx, "tcpdump", argv...)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for _, l := range strings.Split(out, "\n") {
-		if l != "" && !strings.HasPrefix(l, "reading from file") {
-			n++
-		}
-	}
-	return n, nil
-}
-
-// deviceTxPackets is how many packets the two hosts' WireGuard devices
-// sent, from the kernel's link counters.
-func deviceTxPackets(hs ...*lab.Host) (int64, error) {
+// underlayTxPackets is how many packets the hosts sent on the underlay,
+// from the kernel's link counters.
+func underlayTxPackets(hs ...*lab.Host) (int64, error) {
 	var n int64
 	for _, h := range hs {
-		out, err := run(context.Background(), "ip", "-n", h.NS(), "-s", "-j", "link", "show", "dev", "u0")
+		out, err := lab.Exec(context.Background(), "", "ip", "-n", h.NS(), "-s", "-j", "link", "show", "dev", "u0")
 		if err != nil {
 			return 0, err
 		}

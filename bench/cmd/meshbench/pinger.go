@@ -38,8 +38,9 @@ type pinger struct {
 const pingPayload = 56
 
 // newPinger opens a raw ICMP (or ICMPv6) socket in namespace ns for
-// probing to.
-func newPinger(ns string, to netip.Addr) (*pinger, error) {
+// probing to, sending from the local address from if it is valid (like
+// ping -I ADDR), else from whatever address the route picks.
+func newPinger(ns string, from, to netip.Addr) (*pinger, error) {
 	to = to.Unmap()
 	p := &pinger{ns: ns, to: to, id: rand.IntN(1 << 16), seq: rand.IntN(1 << 16), buf: make([]byte, 1500)}
 	network, laddr := "ip4:icmp", "0.0.0.0"
@@ -47,6 +48,9 @@ func newPinger(ns string, to netip.Addr) (*pinger, error) {
 	if to.Is6() {
 		network, laddr = "ip6:ipv6-icmp", "::"
 		p.proto, p.req, p.rep, p.reqCode = 58, ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, byte(ipv6.ICMPTypeEchoRequest)
+	}
+	if from.IsValid() {
+		laddr = from.Unmap().String()
 	}
 	err := lab.InNetns(ns, func() error {
 		c, err := icmp.ListenPacket(network, laddr)
@@ -203,7 +207,7 @@ type pingers []*pinger
 func openPingers(from []string, to []netip.Addr) (pingers, error) {
 	ps := make(pingers, 0, len(from))
 	for i := range from {
-		p, err := newPinger(from[i], to[i])
+		p, err := newPinger(from[i], netip.Addr{}, to[i])
 		if err != nil {
 			ps.Close()
 			return nil, err
@@ -218,4 +222,10 @@ func (ps pingers) Close() {
 	for _, p := range ps {
 		_ = p.Close()
 	}
+}
+
+// answered is the condition that every pinger's target answers, one
+// request with a 0.5 s wait per try.
+func (ps pingers) answered() condition {
+	return condition{len(ps), func(ctx context.Context, i int) bool { return ps[i].ping(ctx, 500*time.Millisecond) == nil }}
 }

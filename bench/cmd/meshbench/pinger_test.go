@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+
+	"github.com/meshd/meshd/internal/testenv"
 )
 
 // pingTestNetns creates two namespaces joined by a veth pair, a with
@@ -21,12 +23,8 @@ import (
 // removed when the test ends.
 func pingTestNetns(t *testing.T) (a, b string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: creates network namespaces and raw ICMP sockets")
-	}
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("needs ip(8) to create network namespaces")
-	}
+	testenv.RequireRoot(t)
+	testenv.RequireTools(t, "ip", "sh")
 	a = fmt.Sprintf("mbping-%d-a", os.Getpid())
 	b = fmt.Sprintf("mbping-%d-b", os.Getpid())
 	sh := func(args ...string) {
@@ -54,7 +52,7 @@ func TestPinger(t *testing.T) {
 
 	t.Run("loopback", func(t *testing.T) {
 		for _, to := range []string{"127.0.0.1", "::1"} {
-			p, err := newPinger(a, netip.MustParseAddr(to))
+			p, err := newPinger(a, netip.Addr{}, netip.MustParseAddr(to))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,7 +75,7 @@ func TestPinger(t *testing.T) {
 		var wg sync.WaitGroup
 		errs := make([]error, 2)
 		for k := range errs {
-			p, err := newPinger(a, netip.MustParseAddr("10.99.0.2"))
+			p, err := newPinger(a, netip.Addr{}, netip.MustParseAddr("10.99.0.2"))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -103,7 +101,7 @@ func TestPinger(t *testing.T) {
 	t.Run("the socket stays in its namespace", func(t *testing.T) {
 		// 10.99.0.1 exists in a only; from b it answers, so the socket
 		// opened for b sends from b, not from the test's namespace.
-		p, err := newPinger(b, netip.MustParseAddr("10.99.0.1"))
+		p, err := newPinger(b, netip.Addr{}, netip.MustParseAddr("10.99.0.1"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -113,8 +111,38 @@ func TestPinger(t *testing.T) {
 		}
 	})
 
+	t.Run("from a given source address", func(t *testing.T) {
+		// a also owns 10.97.0.1 and 10.96.0.1; b answers the first and
+		// drops everything to the second, so only the bound source
+		// decides whether a reply comes back.
+		for _, args := range [][]string{
+			{"-n", a, "addr", "add", "10.97.0.1/32", "dev", "lo"},
+			{"-n", a, "addr", "add", "10.96.0.1/32", "dev", "lo"},
+			{"-n", b, "route", "add", "10.97.0.0/24", "via", "10.99.0.1"},
+			{"-n", b, "route", "add", "blackhole", "10.96.0.0/24"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			}
+		}
+		for _, c := range []struct {
+			from string
+			want bool
+		}{{"10.97.0.1", true}, {"10.96.0.1", false}} {
+			p, err := newPinger(a, netip.MustParseAddr(c.from), netip.MustParseAddr("10.99.0.2"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = p.ping(ctx, 300*time.Millisecond)
+			p.Close()
+			if (err == nil) != c.want {
+				t.Errorf("ping from %s: %v, want answered %v", c.from, err, c.want)
+			}
+		}
+	})
+
 	t.Run("no reply times out after wait", func(t *testing.T) {
-		p, err := newPinger(a, netip.MustParseAddr("10.99.0.3")) // nobody has it
+		p, err := newPinger(a, netip.Addr{}, netip.MustParseAddr("10.99.0.3")) // nobody has it
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +168,7 @@ func TestPinger(t *testing.T) {
 				t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
 			}
 		}
-		p, err := newPinger(a, netip.MustParseAddr("10.98.0.5"))
+		p, err := newPinger(a, netip.Addr{}, netip.MustParseAddr("10.98.0.5"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,7 +184,7 @@ func TestPinger(t *testing.T) {
 	})
 
 	t.Run("cancelled context ends the wait", func(t *testing.T) {
-		p, err := newPinger(a, netip.MustParseAddr("10.99.0.3"))
+		p, err := newPinger(a, netip.Addr{}, netip.MustParseAddr("10.99.0.3"))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -48,7 +48,10 @@ var allModes = []modeInfo{
 	{"raw", "raw veth"},
 	{"wggo", "wireguard-go"},
 	{"wggonft", "wireguard-go + meshd's nftables"},
+	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
 	{"meshd", "meshd"},
+	{"meshdnotrack", "meshd, untracked same-segment"},
+	{"meshdbase", "meshd (base build)"},
 	{"meshd100", "meshd +100 rules"},
 	{"nebula", "nebula"},
 }
@@ -90,76 +93,105 @@ type tpReport struct {
 	Notes    []string              `json:"notes,omitempty"`
 }
 
-func cmdThroughput(ctx context.Context, args []string) error {
+// tpOptions are the throughput command's flags, checked.
+type tpOptions struct {
+	secs, rounds    int
+	modes           []modeInfo
+	tests           []testKind
+	path            string
+	meshdBin        string
+	meshdBase       string
+	meshdBaseName   string
+	wggoBin         string
+	nebula          nebulaOptions
+	underlay, wgMTU int
+	cryptoTime      time.Duration
+	jsonOut, prefix string
+	perfDir         string
+	maxOther, quiet float64
+}
+
+// nebulaOptions say which nebula build bench/throughput.sh managed to
+// make, or why none.
+type nebulaOptions struct {
+	bin, cert, unavailable, version, skipped string
+}
+
+func parseThroughputFlags(args []string) (*tpOptions, error) {
 	fs := flag.NewFlagSet("throughput", flag.ContinueOnError)
-	secs := fs.Int("t", 10, "seconds per iperf3 run")
-	rounds := fs.Int("r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, meshd, meshd100, nebula")
-	path := fs.String("path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
-	meshdBin := fs.String("meshd", "", "meshd binary")
-	wggoBin := fs.String("wireguard-go", "", "standalone wireguard-go binary")
-	nebulaBin := fs.String("nebula", "", "nebula binary (empty: unavailable)")
-	nebulaCert := fs.String("nebula-cert", "", "nebula-cert binary")
-	nebulaWhy := fs.String("nebula-unavailable", "not built", "reason printed when -nebula is empty")
-	nebulaVersion := fs.String("nebula-version", "", "nebula module version, printed in the notes")
-	nebulaSkipped := fs.String("nebula-skipped", "", "newer nebula versions that did not build, and why (printed in the notes)")
+	o := &tpOptions{}
+	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
+	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshdnotrack, meshd100, meshdbase, nebula")
+	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
+	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
+	fs.StringVar(&o.meshdBase, "meshd-base", "", "another meshd binary to compare with (mode meshdbase), e.g. built from the main branch")
+	fs.StringVar(&o.meshdBaseName, "meshd-base-name", "another build", "what -meshd-base was built from, printed in the notes")
+	fs.StringVar(&o.wggoBin, "wireguard-go", "", "standalone wireguard-go binary")
+	fs.StringVar(&o.nebula.bin, "nebula", "", "nebula binary (empty: unavailable)")
+	fs.StringVar(&o.nebula.cert, "nebula-cert", "", "nebula-cert binary")
+	fs.StringVar(&o.nebula.unavailable, "nebula-unavailable", "not built", "reason printed when -nebula is empty")
+	fs.StringVar(&o.nebula.version, "nebula-version", "", "nebula module version, printed in the notes")
+	fs.StringVar(&o.nebula.skipped, "nebula-skipped", "", "newer nebula versions that did not build, and why (printed in the notes)")
 	udpRate := fs.String("udp-rate", "0", "iperf3 -b for the UDP test (0 = as fast as possible)")
 	testsFlag := fs.String("tests", "tcp1,tcp4,udp", "comma-separated: tcp1 (one stream), tcp4 (-P 4), udp")
-	underlay := fs.Int("underlay-mtu", 0, "underlay MTU (0 = veth default 1500)")
-	wgMTU := fs.Int("wg-mtu", 0, "standalone wireguard-go and nebula MTU (0 = what meshd's mtu = 0 picks: underlay - 60)")
-	cryptoTime := fs.Duration("crypto-time", 2*time.Second, "measuring time per crypto ceiling line (0 skips)")
-	jsonOut := fs.String("json", "", "also write the results as JSON here")
-	prefix := fs.String("prefix", "mbtp", "lab name prefix")
-	maxOther := fs.Float64("max-other", 25, "rerun a measurement (at most twice) when other processes used more than this CPU% meanwhile; 0 never reruns")
-	quiet := fs.Float64("quiet", 15, "before each measurement wait (at most 60 s) until other processes use less than this CPU% for a second; 0 never waits")
+	fs.IntVar(&o.underlay, "underlay-mtu", 0, "underlay MTU (0 = veth default 1500)")
+	fs.IntVar(&o.wgMTU, "wg-mtu", 0, "standalone wireguard-go and nebula MTU (0 = what meshd's mtu = 0 picks: underlay - 60)")
+	fs.DurationVar(&o.cryptoTime, "crypto-time", 2*time.Second, "measuring time per crypto ceiling line (0 skips)")
+	fs.StringVar(&o.jsonOut, "json", "", "also write the results as JSON here")
+	fs.StringVar(&o.prefix, "prefix", "mbtp", "lab name prefix")
+	fs.StringVar(&o.perfDir, "perf", "", "record a system-wide perf profile (cpu-clock, call graphs) of every measurement into this directory as MODE-TEST-rROUND.data")
+	fs.Float64Var(&o.maxOther, "max-other", 25, "rerun a measurement (at most twice) when other processes used more than this CPU% meanwhile; 0 never reruns")
+	fs.Float64Var(&o.quiet, "quiet", 15, "before each measurement wait (at most 60 s) until other processes use less than this CPU% for a second; 0 never waits")
 	if err := fs.Parse(args); err != nil {
-		return errUsage
+		return nil, errUsage
 	}
-	if err := needRoot(); err != nil {
-		return err
+	if o.secs < 1 || o.rounds < 1 || (o.path != "pod" && o.path != "host") {
+		return nil, fmt.Errorf("bad flags: -t %d -r %d -path %q", o.secs, o.rounds, o.path)
 	}
-	if *secs < 1 || *rounds < 1 || (*path != "pod" && *path != "host") {
-		return fmt.Errorf("bad flags: -t %d -r %d -path %q", *secs, *rounds, *path)
-	}
-	var modes []modeInfo
 	for _, k := range strings.Split(*modesFlag, ",") {
-		found := false
-		for _, m := range allModes {
-			if m.key == strings.TrimSpace(k) {
-				modes, found = append(modes, m), true
-			}
+		i := slices.IndexFunc(allModes, func(m modeInfo) bool { return m.key == strings.TrimSpace(k) })
+		if i < 0 {
+			return nil, fmt.Errorf("unknown mode %q", k)
 		}
-		if !found {
-			return fmt.Errorf("unknown mode %q", k)
-		}
+		o.modes = append(o.modes, allModes[i])
 	}
-	for _, b := range []*string{meshdBin, wggoBin, nebulaBin, nebulaCert} {
+	for _, k := range strings.Split(*testsFlag, ",") {
+		i := slices.Index([]string{"tcp1", "tcp4", "udp"}, strings.TrimSpace(k))
+		if i < 0 {
+			return nil, fmt.Errorf("unknown test %q", k)
+		}
+		o.tests = append(o.tests, benchTests(*udpRate)[i])
+	}
+	for _, b := range []*string{&o.meshdBin, &o.meshdBase, &o.wggoBin, &o.nebula.bin, &o.nebula.cert, &o.perfDir} {
 		if *b != "" {
 			*b = mustAbs(*b)
 		}
 	}
+	return o, nil
+}
 
-	rep := &tpReport{
-		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
-		Seconds: *secs, Rounds: *rounds, Path: *path, MTUs: map[string]int{},
+func cmdThroughput(ctx context.Context, args []string) error {
+	o, err := parseThroughputFlags(args)
+	if err != nil {
+		return err
 	}
-	if *cryptoTime > 0 {
-		// A ceiling is the best this machine can do, and other load only
-		// lowers it: best of three, each after waiting for a quiet moment.
-		fmt.Fprintf(os.Stderr, "measuring the ChaCha20-Poly1305 ceiling (best of 3 x %s per line)\n", *cryptoTime)
-		for range 3 {
-			waitQuiet(ctx, nil, *quiet, 60*time.Second)
-			for i, r := range bench.Ceiling(*cryptoTime) {
-				if i >= len(rep.Crypto) {
-					rep.Crypto = append(rep.Crypto, r)
-				} else if r.Gbps > rep.Crypto[i].Gbps {
-					rep.Crypto[i] = r
-				}
-			}
+	if err := needRoot(); err != nil {
+		return err
+	}
+	if o.perfDir != "" {
+		if err := os.MkdirAll(o.perfDir, 0o755); err != nil {
+			return err
 		}
 	}
-
-	l, err := lab.New(ctx, lab.Spec{Prefix: *prefix, Hosts: 2, Mode: "userspace", UnderlayMTU: *underlay, Segments: benchSegments})
+	rep := &tpReport{
+		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
+		Seconds: o.secs, Rounds: o.rounds, Path: o.path, MTUs: map[string]int{},
+	}
+	if o.cryptoTime > 0 {
+		rep.Crypto = measureCeiling(ctx, o.cryptoTime, o.quiet)
+	}
+	l, err := lab.New(ctx, lab.Spec{Prefix: o.prefix, Hosts: 2, Mode: "userspace", UnderlayMTU: o.underlay, Segments: benchSegments})
 	if err != nil {
 		return err
 	}
@@ -169,172 +201,228 @@ func cmdThroughput(ctx context.Context, args []string) error {
 		}
 	}()
 	rep.Underlay = underlayMTU(l)
-	tunMTU := *wgMTU
-	if tunMTU == 0 {
-		tunMTU = rep.Underlay - 60
-	}
 	wg, err := wgctrl.New()
 	if err != nil {
 		return fmt.Errorf("wgctrl: %w", err)
 	}
 	defer wg.Close()
 
-	var tests []testKind
-	for _, k := range strings.Split(*testsFlag, ",") {
-		i := slices.Index([]string{"tcp1", "tcp4", "udp"}, strings.TrimSpace(k))
-		if i < 0 {
-			return fmt.Errorf("unknown test %q", k)
-		}
-		tests = append(tests, benchTests(*udpRate)[i])
-	}
-	cells := map[string]*cell{}
-	for _, m := range modes {
-		for _, t := range tests {
-			c := &cell{Mode: m.label, Test: t.name}
-			cells[m.key+"/"+t.name] = c
-			rep.Cells = append(rep.Cells, c)
-		}
-	}
-	tunnels := map[string]tunnel{}
-	unavail := map[string]string{}
-	for _, m := range modes {
-		switch m.key {
-		case "raw":
-			tunnels[m.key] = &rawTunnel{l: l, path: *path}
-		case "wggo":
-			if *wggoBin == "" {
-				unavail[m.key] = "no -wireguard-go binary"
-				continue
-			}
-			tunnels[m.key] = &wggoTunnel{l: l, bin: *wggoBin, path: *path, mtuVal: tunMTU, wg: wg}
-		case "wggonft":
-			if *wggoBin == "" {
-				unavail[m.key] = "no -wireguard-go binary"
-				continue
-			}
-			tunnels[m.key] = &wggoTunnel{l: l, bin: *wggoBin, path: *path, mtuVal: tunMTU, wg: wg, withPolicy: true}
-		case "meshd", "meshd100":
-			if *meshdBin == "" {
-				unavail[m.key] = "no -meshd binary"
-				continue
-			}
-			t := &meshdTunnel{l: l, bin: *meshdBin, path: *path, wg: wg}
-			if m.key == "meshd100" {
-				t.extra, t.wantRules = allowRules(100), 100
-			}
-			tunnels[m.key] = t
-		case "nebula":
-			if *nebulaBin == "" || *nebulaCert == "" {
-				unavail[m.key] = *nebulaWhy
-				continue
-			}
-			tunnels[m.key] = &nebulaTunnel{l: l, bin: *nebulaBin, certBin: *nebulaCert, mtuVal: tunMTU}
-			rep.Notes = append(rep.Notes, "nebula "+*nebulaVersion+" is measured host to host (its overlay addresses), not pod to pod")
-			if *nebulaSkipped != "" {
-				rep.Notes = append(rep.Notes, "newer nebula not built: "+*nebulaSkipped)
-			}
-		}
-	}
-
-	// Rounds x tests x modes, modes innermost: the modes a ratio compares
-	// are measured within a minute of each other, so slow changes in the
-	// machine's other load hit them alike. The order rotates so no mode is
-	// always first.
-	failed := false
-	nss, _ := lab.ListNetns(l.Prefix())
-	mine := netnsInodes(nss)
-	for r := 0; r < *rounds && ctx.Err() == nil; r++ {
-		for ti, tk := range tests {
-			for k := range modes {
-				m := modes[(k+r+ti)%len(modes)]
-				if ctx.Err() != nil {
-					break
-				}
-				if _, ok := unavail[m.key]; ok {
-					continue
-				}
-				c := cells[m.key+"/"+tk.name]
-				t := tunnels[m.key]
-				err := t.setup(ctx)
-				var ue *unavailableError
-				if errors.As(err, &ue) {
-					unavail[m.key] = ue.reason
-					_ = t.teardown()
-					continue
-				}
-				if err != nil {
-					failed = true
-					c.Failures = append(c.Failures, "setup: "+err.Error())
-					fmt.Fprintf(os.Stderr, "round %d/%d %-10s %-16s setup FAILED: %v\n", r+1, *rounds, tk.name, m.label, err)
-					if terr := t.teardown(); terr != nil {
-						fmt.Fprintf(os.Stderr, "  teardown: %v\n", terr)
-					}
-					continue
-				}
-				if mt := t.mtu(); mt > 0 {
-					rep.MTUs[m.label] = mt
-				}
-				s, err := measureQuietly(ctx, l, t, tk, *secs, mine, *quiet, *maxOther)
-				if err != nil {
-					failed = true
-					c.Failures = append(c.Failures, err.Error())
-					fmt.Fprintf(os.Stderr, "round %d/%d %-10s %-16s FAILED: %v\n", r+1, *rounds, tk.name, m.label, err)
-				} else {
-					s.Round = r
-					c.Samples = append(c.Samples, s)
-					fmt.Fprintf(os.Stderr, "round %d/%d %-10s %-16s %6.2f Gbit/s  cpu snd %3.0f%% rcv %3.0f%% tunnel %s machine %3.0f%% others %3.0f%%%s\n",
-						r+1, *rounds, tk.name, m.label, s.Gbps, s.SndCPU, s.RcvCPU, fmtPair(s.TunCPU), s.Machine, s.Other, lossNote(tk, s))
-				}
-				if err := t.teardown(); err != nil {
-					failed = true
-					c.Failures = append(c.Failures, "teardown: "+err.Error())
-					fmt.Fprintf(os.Stderr, "  %s teardown FAILED: %v\n", m.label, err)
-				}
-			}
-		}
-	}
-	for _, m := range modes {
-		if why, ok := unavail[m.key]; ok {
-			for _, tk := range tests {
-				cells[m.key+"/"+tk.name].Unavailable = why
-			}
-		}
-	}
-	printThroughput(os.Stdout, rep, modes, tests)
-	if *jsonOut != "" {
+	r := newTPRun(o, l, wg, rep)
+	r.measureRounds(ctx)
+	r.markUnavailable()
+	printThroughput(os.Stdout, rep, o.modes, o.tests)
+	if o.jsonOut != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
+		if err := os.WriteFile(o.jsonOut, b, 0o644); err != nil {
 			return err
 		}
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
-	if failed {
+	if r.failed {
 		return errors.New("some runs failed (see FAILED above)")
 	}
 	return nil
 }
 
+// measureCeiling is the ChaCha20-Poly1305 ceiling, best of three. A
+// ceiling is the best this machine can do and other load only lowers it,
+// so each try waits for a quiet moment first.
+func measureCeiling(ctx context.Context, d time.Duration, quiet float64) []bench.CeilingResult {
+	fmt.Fprintf(os.Stderr, "measuring the ChaCha20-Poly1305 ceiling (best of 3 x %s per line)\n", d)
+	var best []bench.CeilingResult
+	for range 3 {
+		waitQuiet(ctx, nil, quiet, 60*time.Second)
+		for i, r := range bench.Ceiling(d) {
+			if i >= len(best) {
+				best = append(best, r)
+			} else if r.Gbps > best[i].Gbps {
+				best[i] = r
+			}
+		}
+	}
+	return best
+}
+
+// tpRun is one throughput run: each mode's tunnel on the lab and the
+// table's cells as they fill. Only the goroutine running cmdThroughput
+// uses it.
+type tpRun struct {
+	o       *tpOptions
+	l       *lab.Lab
+	rep     *tpReport
+	tunnels map[string]tunnel // by mode key
+	unavail map[string]string // mode key -> why it cannot run
+	cells   map[string]*cell  // "mode key/test name"
+	mine    map[uint64]bool   // the lab's netns inodes, to tell other load apart
+	failed  bool
+}
+
+func newTPRun(o *tpOptions, l *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun {
+	r := &tpRun{o: o, l: l, rep: rep, tunnels: map[string]tunnel{}, unavail: map[string]string{}, cells: map[string]*cell{}}
+	for _, m := range o.modes {
+		for _, tk := range o.tests {
+			c := &cell{Mode: m.label, Test: tk.name}
+			r.cells[m.key+"/"+tk.name] = c
+			rep.Cells = append(rep.Cells, c)
+		}
+	}
+	tunMTU := o.wgMTU
+	if tunMTU == 0 {
+		tunMTU = rep.Underlay - 60
+	}
+	for _, m := range o.modes {
+		t, why := r.newTunnel(m.key, wg, tunMTU)
+		if why != "" {
+			r.unavail[m.key] = why
+			continue
+		}
+		r.tunnels[m.key] = t
+	}
+	nss, _ := lab.ListNetns(l.Prefix())
+	r.mine = netnsInodes(nss)
+	return r
+}
+
+// newTunnel builds the tunnel of mode key, or says why it is unavailable.
+func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, string) {
+	o, l := r.o, r.l
+	switch key {
+	case "raw":
+		return &rawTunnel{l: l, path: o.path}, ""
+	case "wggo", "wggonft", "wggoct":
+		if o.wggoBin == "" {
+			return nil, "no -wireguard-go binary"
+		}
+		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable}[key]
+		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table}, ""
+	case "meshdbase":
+		if o.meshdBase == "" {
+			return nil, "no -meshd-base binary"
+		}
+		r.rep.Notes = append(r.rep.Notes, "meshd (base build) is "+o.meshdBaseName)
+		return &meshdTunnel{l: l, bin: o.meshdBase, path: o.path, wg: wg}, ""
+	case "meshd", "meshdnotrack", "meshd100":
+		if o.meshdBin == "" {
+			return nil, "no -meshd binary"
+		}
+		t := &meshdTunnel{l: l, bin: o.meshdBin, path: o.path, wg: wg}
+		switch key {
+		case "meshd100":
+			t.extra, t.wantRules = allowRules(100), 100
+		case "meshdnotrack":
+			t.extra = "\n[policy]\nuntracked_same_segment = true\n"
+		}
+		return t, ""
+	case "nebula":
+		if o.nebula.bin == "" || o.nebula.cert == "" {
+			return nil, o.nebula.unavailable
+		}
+		r.rep.Notes = append(r.rep.Notes, "nebula "+o.nebula.version+" is measured host to host (its overlay addresses), not pod to pod")
+		if o.nebula.skipped != "" {
+			r.rep.Notes = append(r.rep.Notes, "newer nebula not built: "+o.nebula.skipped)
+		}
+		return &nebulaTunnel{l: l, bin: o.nebula.bin, certBin: o.nebula.cert, mtuVal: tunMTU}, ""
+	}
+	return nil, "unknown mode"
+}
+
+// measureRounds runs rounds x tests x modes, modes innermost: the modes a
+// ratio compares are measured within a minute of each other, so slow
+// changes in the machine's other load hit them alike. The order rotates
+// so no mode is always first.
+func (r *tpRun) measureRounds(ctx context.Context) {
+	modes := r.o.modes
+	for round := 0; round < r.o.rounds; round++ {
+		for ti, tk := range r.o.tests {
+			for k := range modes {
+				if ctx.Err() != nil {
+					return
+				}
+				r.measureCell(ctx, round, tk, modes[(k+round+ti)%len(modes)])
+			}
+		}
+	}
+}
+
+// measureCell sets mode m's tunnel up, runs test tk through it and tears
+// it down again, recording the sample or the failure.
+func (r *tpRun) measureCell(ctx context.Context, round int, tk testKind, m modeInfo) {
+	if _, ok := r.unavail[m.key]; ok {
+		return
+	}
+	c, t := r.cells[m.key+"/"+tk.name], r.tunnels[m.key]
+	prefix := fmt.Sprintf("round %d/%d %-10s %-16s", round+1, r.o.rounds, tk.name, m.label)
+	fail := func(what string, err error) {
+		r.failed = true
+		c.Failures = append(c.Failures, what+err.Error())
+		fmt.Fprintf(os.Stderr, "%s %sFAILED: %v\n", prefix, what, err)
+	}
+	err := t.setup(ctx)
+	var ue *unavailableError
+	switch {
+	case errors.As(err, &ue):
+		r.unavail[m.key] = ue.reason
+		_ = t.teardown()
+		return
+	case err != nil:
+		fail("setup: ", err)
+		if terr := t.teardown(); terr != nil {
+			fmt.Fprintf(os.Stderr, "  teardown: %v\n", terr)
+		}
+		return
+	}
+	if mt := t.mtu(); mt > 0 {
+		r.rep.MTUs[m.label] = mt
+	}
+	perfOut := ""
+	if r.o.perfDir != "" {
+		perfOut = filepath.Join(r.o.perfDir, fmt.Sprintf("%s-%s-r%d.data", m.key, strings.ReplaceAll(tk.name, " ", ""), round+1))
+	}
+	if s, err := r.measureQuietly(ctx, t, tk, perfOut); err != nil {
+		fail("", err)
+	} else {
+		s.Round = round
+		c.Samples = append(c.Samples, s)
+		fmt.Fprintf(os.Stderr, "%s %6.2f Gbit/s  cpu snd %3.0f%% rcv %3.0f%% tunnel %s machine %3.0f%% others %3.0f%%%s\n",
+			prefix, s.Gbps, s.SndCPU, s.RcvCPU, fmtPair(s.TunCPU), s.Machine, s.Other, lossNote(tk, s))
+	}
+	if err := t.teardown(); err != nil {
+		fail("teardown: ", err)
+	}
+}
+
+// markUnavailable fills in why a mode has no numbers.
+func (r *tpRun) markUnavailable() {
+	for _, m := range r.o.modes {
+		if why, ok := r.unavail[m.key]; ok {
+			for _, tk := range r.o.tests {
+				r.cells[m.key+"/"+tk.name].Unavailable = why
+			}
+		}
+	}
+}
+
 // measureQuietly waits for a quiet moment, measures, and reruns (at most
 // twice) when other processes still loaded the machine meanwhile, keeping
 // the least disturbed sample.
-func measureQuietly(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, mine map[uint64]bool, quiet, maxOther float64) (sample, error) {
+func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfOut string) (sample, error) {
 	var best sample
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
-		if quiet > 0 {
-			if o := waitQuiet(ctx, mine, quiet, 60*time.Second); o > quiet {
+		if r.o.quiet > 0 {
+			if o := waitQuiet(ctx, r.mine, r.o.quiet, 60*time.Second); o > r.o.quiet {
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
-		s, err := runIperf(ctx, l, t, tk, secs)
+		s, err := runIperf(ctx, r.l, t, tk, r.o.secs, perfOut)
 		if err != nil {
 			return s, err
 		}
 		if try == 0 || s.Other < best.Other {
 			best = s
 		}
-		if maxOther <= 0 || s.Other <= maxOther {
+		if r.o.maxOther <= 0 || s.Other <= r.o.maxOther {
 			break
 		}
 		fmt.Fprintf(os.Stderr, "  %-10s %6.2f Gbit/s but other processes used %.0f%% CPU meanwhile: rerun\n", tk.name, s.Gbps, s.Other)
@@ -380,7 +468,10 @@ func fmtPair(v []float64) string {
 // iperfJSON is the part of iperf3 -J output we read.
 type iperfJSON struct {
 	Error string `json:"error"`
-	End   struct {
+	Start struct {
+		MSS int `json:"tcp_mss_default"`
+	} `json:"start"`
+	End struct {
 		SumSent     *iperfSum `json:"sum_sent"`
 		SumReceived *iperfSum `json:"sum_received"`
 		CPU         struct {
@@ -394,42 +485,40 @@ type iperfSum struct {
 	Bytes       int64   `json:"bytes"`
 	BitsPerSec  float64 `json:"bits_per_second"`
 	LostPercent float64 `json:"lost_percent"`
+	Retransmits int64   `json:"retransmits"`
 }
 
-func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int) (sample, error) {
+// runIperf measures test tk through t for secs seconds; with perfOut, a
+// system-wide perf profile of those seconds is written there.
+func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, perfOut string) (sample, error) {
 	e := t.endpoints()
-	srvLog := filepath.Join(l.Dir(), "iperf3-server.log")
-	srv, err := startBG(e.serverNS, srvLog, "iperf3", "-s", "-1", "-p", strconv.Itoa(iperfPort))
+	srv, err := startIperfServer(ctx, l, e.serverNS)
 	if err != nil {
 		return sample{}, err
 	}
-	defer srv.stop(2 * time.Second)
-	if err := waitListening(ctx, e.serverNS, "tcp", iperfPort); err != nil {
-		return sample{}, err
-	}
+	defer srv.Stop(2 * time.Second)
 	tx0, checkTx := t.txBytes()
 	nss, _ := lab.ListNetns(l.Prefix())
 	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
-	meter := newCPUMeter(t.pids()...)
-	argv := []string{"iperf3", "-c", e.target.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}
-	if e.bind.IsValid() {
-		argv = append(argv, "-B", e.bind.String())
+	var perf *lab.Process
+	if perfOut != "" {
+		if perf, err = lab.StartProcess(e.clientNS, perfOut+".log", "perf", "record", "-e", "cpu-clock", "-a", "-g", "-F", "499", "-o", perfOut); err != nil {
+			return sample{}, err
+		}
 	}
-	argv = append(argv, tk.args...)
-	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
-	defer cancel()
-	out, runErr := nsOutput(cctx, e.clientNS, argv...)
+	meter := newCPUMeter(t.pids()...)
+	res, runErr := iperfClient(ctx, l, e, secs, tk.args...)
 	tun, machine := meter.read()
 	other := others.read()
-	var res iperfJSON
-	if jerr := json.Unmarshal([]byte(strings.TrimSpace(out)), &res); jerr != nil {
-		return sample{}, fmt.Errorf("iperf3: %v; output: %.300s", runErr, out)
-	}
-	if res.Error != "" {
-		return sample{}, fmt.Errorf("iperf3: %s", res.Error)
+	if perf != nil {
+		// SIGTERM makes perf stop and write its file; killing it would
+		// leave the file unreadable.
+		if err := perf.Stop(30 * time.Second); err != nil {
+			return sample{}, fmt.Errorf("perf record: %w", err)
+		}
 	}
 	if runErr != nil {
-		return sample{}, fmt.Errorf("iperf3: %v", runErr)
+		return sample{}, runErr
 	}
 	if res.End.SumReceived == nil || res.End.SumSent == nil {
 		return sample{}, errors.New("iperf3 JSON has no sum_sent/sum_received")
@@ -453,6 +542,49 @@ func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int) 
 		return s, errors.New("iperf3 measured nothing")
 	}
 	return s, nil
+}
+
+// startIperfServer starts a one-shot iperf3 server in ns and returns once
+// it listens.
+func startIperfServer(ctx context.Context, l *lab.Lab, ns string) (*lab.Process, error) {
+	srv, err := lab.StartProcess(ns, filepath.Join(l.Dir(), "iperf3-server.log"), "iperf3", "-s", "-1", "-p", strconv.Itoa(iperfPort))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(ctx, ns, "tcp", iperfPort); err != nil {
+		_ = srv.Stop(2 * time.Second)
+		return nil, err
+	}
+	return srv, nil
+}
+
+// iperfClient runs an iperf3 client for secs seconds against e's server
+// and returns its JSON report. The report goes through a log file
+// because iperf3 prints warnings to stderr, which would corrupt the JSON
+// in a combined output.
+func iperfClient(ctx context.Context, l *lab.Lab, e endpoints, secs int, extra ...string) (*iperfJSON, error) {
+	report := filepath.Join(l.Dir(), "iperf3-client.json")
+	_ = os.Remove(report) // --logfile appends
+	argv := []string{"iperf3", "-c", e.target.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs),
+		"-J", "--logfile", report, "--connect-timeout", "5000"}
+	if e.bind.IsValid() {
+		argv = append(argv, "-B", e.bind.String())
+	}
+	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
+	defer cancel()
+	_, runErr := lab.Exec(cctx, e.clientNS, append(argv, extra...)...)
+	out, _ := os.ReadFile(report)
+	var res iperfJSON
+	if err := json.Unmarshal(out, &res); err != nil {
+		return nil, fmt.Errorf("iperf3: %v; report: %.300s", errors.Join(runErr, err), out)
+	}
+	if res.Error != "" {
+		return nil, fmt.Errorf("iperf3: %s", res.Error)
+	}
+	if runErr != nil {
+		return nil, fmt.Errorf("iperf3: %w", runErr)
+	}
+	return &res, nil
 }
 
 type stats struct {

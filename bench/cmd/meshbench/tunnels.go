@@ -7,20 +7,18 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/google/nftables"
-	"github.com/vishvananda/netns"
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/lab"
-	"github.com/meshd/meshd/policy"
 )
 
 // Benchmark traffic runs on segment "blue"; "green" exists so that the
@@ -89,13 +87,13 @@ func (t *rawTunnel) setup(ctx context.Context) error {
 		return nil
 	}
 	h1, h2 := t.l.Host(1), t.l.Host(2)
-	if err := ipn(ctx, h1.NS(), "route", "replace", h2.Subnet(benchSegment).String(), "via", h2.UnderlayAddr().String(), "dev", "u0"); err != nil {
+	if err := lab.IP(ctx, h1.NS(), []string{"route", "replace", h2.Subnet(benchSegment).String(), "via", h2.UnderlayAddr().String(), "dev", "u0"}); err != nil {
 		return err
 	}
-	if err := ipn(ctx, h2.NS(), "route", "replace", h1.Subnet(benchSegment).String(), "via", h1.UnderlayAddr().String(), "dev", "u0"); err != nil {
+	if err := lab.IP(ctx, h2.NS(), []string{"route", "replace", h1.Subnet(benchSegment).String(), "via", h1.UnderlayAddr().String(), "dev", "u0"}); err != nil {
 		return err
 	}
-	return waitPing(ctx, h1.PodNS(benchSegment), h2.PodAddr(benchSegment), 10*time.Second)
+	return waitReachable(ctx, t.endpoints(), 10*time.Second)
 }
 
 func (t *rawTunnel) endpoints() endpoints {
@@ -116,8 +114,8 @@ func (t *rawTunnel) teardown() error {
 	defer cancel()
 	h1, h2 := t.l.Host(1), t.l.Host(2)
 	return errors.Join(
-		ipn(ctx, h1.NS(), "route", "del", h2.Subnet(benchSegment).String()),
-		ipn(ctx, h2.NS(), "route", "del", h1.Subnet(benchSegment).String()))
+		lab.IP(ctx, h1.NS(), []string{"route", "del", h2.Subnet(benchSegment).String()}),
+		lab.IP(ctx, h2.NS(), []string{"route", "del", h1.Subnet(benchSegment).String()}))
 }
 
 // ---- standalone wireguard-go, configured like meshd would ----
@@ -130,16 +128,11 @@ type wggoTunnel struct {
 	path    string
 	mtuVal  int
 	wg      *wgctrl.Client
-	procs   [2]*bg
+	procs   [2]*lab.Process
 	ifnames [2]string
-	// withPolicy installs meshd's own nftables table (the allow-list with
-	// no rules: segments, default deny, conntrack, MSS clamp) on both
-	// hosts, so the table's cost can be told apart from meshd's engine.
-	withPolicy bool
-	policies   [2]*policy.Enforcer
+	// table is installed on both hosts, as meshd would for its interface.
+	table tableKind
 }
-
-func wggoOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
 
 func (t *wggoTunnel) setup(ctx context.Context) error {
 	var keys [2]wgtypes.Key
@@ -148,13 +141,14 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 		t.ifnames[i] = t.l.Prefix() + "w" + strconv.Itoa(i+1)
 		sock := filepath.Join("/var/run/wireguard", t.ifnames[i]+".sock")
 		os.Remove(sock)
-		p, err := startBG(h.NS(), filepath.Join(t.l.Dir(), "wireguard-go-"+h.Name()+".log"), t.bin, "-f", t.ifnames[i])
+		logPath := filepath.Join(t.l.Dir(), "wireguard-go-"+h.Name()+".log")
+		p, err := lab.StartProcess(h.NS(), logPath, t.bin, "-f", t.ifnames[i])
 		if err != nil {
 			return err
 		}
 		t.procs[i] = p
 		if err := waitFile(ctx, sock, 5*time.Second, p); err != nil {
-			return fmt.Errorf("wireguard-go on %s: %w (log: %s)", h.Name(), err, logTail(filepath.Join(t.l.Dir(), "wireguard-go-"+h.Name()+".log"), 5))
+			return fmt.Errorf("wireguard-go on %s: %w (log: %s)", h.Name(), err, logTail(logPath, 5))
 		}
 		k, err := wgtypes.GeneratePrivateKey()
 		if err != nil {
@@ -165,7 +159,7 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 	for i := range 2 {
 		me, other := t.l.Host(i+1), t.l.Host(2-i)
 		port := wggoPort
-		allowed := []net.IPNet{prefixNet(other.Subnet(benchSegment)), prefixNet(netip.PrefixFrom(wggoOverlay(other.Index()), 32))}
+		allowed := []net.IPNet{prefixNet(other.Subnet(benchSegment))}
 		cfg := wgtypes.Config{
 			PrivateKey: &keys[i], ListenPort: &port, ReplacePeers: true,
 			Peers: []wgtypes.PeerConfig{{
@@ -177,91 +171,67 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 		if err := t.wg.ConfigureDevice(t.ifnames[i], cfg); err != nil {
 			return fmt.Errorf("configure %s: %w", t.ifnames[i], err)
 		}
-		ns, ifn := me.NS(), t.ifnames[i]
-		for _, c := range [][]string{
-			{"addr", "add", netip.PrefixFrom(wggoOverlay(me.Index()), 24).String(), "dev", ifn},
-			{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"},
-			{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn},
-		} {
-			if err := ipn(ctx, ns, c...); err != nil {
+		ifn := t.ifnames[i]
+		if err := lab.IP(ctx, me.NS(),
+			[]string{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"},
+			[]string{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn},
+		); err != nil {
+			return err
+		}
+	}
+	if t.table != noTable {
+		for i := range 2 {
+			if err := installTable(t.l, t.l.Host(i+1), t.ifnames[i], t.table); err != nil {
 				return err
 			}
 		}
 	}
-	if t.withPolicy {
-		if err := t.installPolicy(); err != nil {
-			return err
-		}
-	}
-	e := t.endpoints()
-	return waitPing(ctx, e.clientNS, e.target, 10*time.Second)
-}
-
-// installPolicy applies the table meshd would install for the lab's
-// segments with no [[allow]] rules, through the same policy package.
-func (t *wggoTunnel) installPolicy() error {
-	var segs []policy.Segment
-	for _, s := range t.l.Spec().Segments {
-		cidr, err := netip.ParsePrefix(s.CIDR)
-		if err != nil {
-			return err
-		}
-		segs = append(segs, policy.Segment{Name: s.Name, CIDR: cidr})
-	}
-	rs, err := policy.Compile(segs, nil)
-	if err != nil {
-		return err
-	}
-	for i := range 2 {
-		nsh, err := netns.GetFromName(t.l.Host(i + 1).NS())
-		if err != nil {
-			return err
-		}
-		conn, err := nftables.New(nftables.WithNetNSFd(int(nsh)))
-		nsh.Close()
-		if err != nil {
-			return fmt.Errorf("nftables in %s: %w", t.l.Host(i+1).NS(), err)
-		}
-		t.policies[i] = policy.NewEnforcer(conn, t.ifnames[i], nil)
-		if err := t.policies[i].Apply(rs); err != nil {
-			return fmt.Errorf("meshd's table on %s: %w", t.l.Host(i+1).NS(), err)
-		}
-	}
-	return nil
+	return waitReachable(ctx, t.endpoints(), 10*time.Second)
 }
 
 func prefixNet(p netip.Prefix) net.IPNet {
 	return net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
 
-func waitFile(ctx context.Context, path string, timeout time.Duration, p *bg) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if _, err := os.Stat(path); err == nil {
+// waitFile waits until path exists, giving up early if p, which is to
+// create it, exits.
+func waitFile(ctx context.Context, path string, timeout time.Duration, p *lab.Process) error {
+	return waitWhile(ctx, timeout, 50*time.Millisecond,
+		func() error {
+			if p.Exited() {
+				return fmt.Errorf("exited: %v", p.Err())
+			}
 			return nil
-		}
-		if p != nil && p.exited() {
-			return fmt.Errorf("exited: %v", p.err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		},
+		func() error { _, err := os.Stat(path); return err })
+}
+
+// stopAll stops helper processes in parallel: each may take its grace
+// period.
+func stopAll(ps []*lab.Process) {
+	var wg sync.WaitGroup
+	for _, p := range ps {
+		wg.Go(func() { _ = p.Stop(3 * time.Second) })
 	}
-	return fmt.Errorf("%s did not appear within %s", path, timeout)
+	wg.Wait()
 }
 
 func (t *wggoTunnel) endpoints() endpoints {
 	if t.path == "host" {
-		return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: wggoOverlay(2)}
+		// The same addresses as meshd's: with meshd's table installed,
+		// any others would be cross-segment and denied.
+		return hostEndpoints(t.l)
 	}
 	return podEndpoints(t.l)
 }
 
-func (t *wggoTunnel) pids() []int { return bgPids(t.procs[:]) }
+func (t *wggoTunnel) pids() []int { return processPids(t.procs[:]) }
 
-func bgPids(ps []*bg) []int {
+func processPids(ps []*lab.Process) []int {
 	var out []int
 	for _, p := range ps {
 		if p != nil {
-			out = append(out, p.pid())
+			out = append(out, p.Pid())
 		}
 	}
 	return out
@@ -285,18 +255,10 @@ func (t *wggoTunnel) mtu() int { return t.mtuVal }
 
 func (t *wggoTunnel) teardown() error {
 	var errs []error
-	for i, p := range t.policies {
-		if p != nil {
-			errs = append(errs, p.Flush())
-			t.policies[i] = nil
-		}
+	if t.table != noTable {
+		errs = append(errs, removeTable(t.l.Host(1)), removeTable(t.l.Host(2)))
 	}
-	var wg sync.WaitGroup
-	for _, p := range t.procs {
-		wg.Add(1)
-		go func() { defer wg.Done(); p.stop(3 * time.Second) }()
-	}
-	wg.Wait()
+	stopAll(t.procs[:])
 	for i, n := range t.ifnames {
 		if n != "" {
 			os.Remove(filepath.Join("/var/run/wireguard", n+".sock"))
@@ -331,28 +293,19 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 		}
 	}
 	e := t.endpoints()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var last error
-	for {
-		for _, h := range hosts {
-			if !h.Running() {
-				err := h.Wait(0)
-				line := firstErrorLine(h.LogPath())
-				if t.extra != "" {
-					return unavailable("meshd on %s refused the config with [[allow]] rules: %v: %s", h.Name(), err, line)
-				}
-				return fmt.Errorf("meshd on %s exited: %v: %s", h.Name(), err, line)
-			}
-		}
-		if last = pingFrom(ctx, e, 500*time.Millisecond); last == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("meshd hosts not connected after 30s: %v\n%s", last, logTail(hosts[0].LogPath(), 10))
-		case <-time.After(100 * time.Millisecond):
-		}
+	p, err := newPinger(e.clientNS, e.bind, e.target)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	err = waitWhile(ctx, 30*time.Second, 100*time.Millisecond, func() error { return t.exited(hosts) },
+		func() error { return p.ping(ctx, 500*time.Millisecond) })
+	var ue *unavailableError
+	if errors.As(err, &ue) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("meshd hosts not connected: %w\n%s", err, logTail(hosts[0].LogPath(), 10))
 	}
 	st, err := control.NewClient(hosts[0].ControlSocket()).Status()
 	if err != nil {
@@ -366,6 +319,24 @@ func (t *meshdTunnel) setup(ctx context.Context) error {
 		if n := countAllowRules(st); n != t.wantRules {
 			return fmt.Errorf("meshd reports %d [[allow]] rules loaded (status policy counters), want %d", n, t.wantRules)
 		}
+	}
+	return nil
+}
+
+// exited explains why a meshd of hosts is no longer running, nil if all
+// are: a config with [[allow]] rules that meshd refuses (exit status 2,
+// a config error) makes the mode unavailable rather than failed.
+func (t *meshdTunnel) exited(hosts []*lab.Host) error {
+	for _, h := range hosts {
+		if h.Running() {
+			continue
+		}
+		err, line := h.Wait(0), firstErrorLine(h.LogPath())
+		var ee *exec.ExitError
+		if t.extra != "" && errors.As(err, &ee) && ee.ExitCode() == 2 {
+			return unavailable("meshd on %s refused the config with [[allow]] rules: %v: %s", h.Name(), err, line)
+		}
+		return fmt.Errorf("meshd on %s exited: %v: %s", h.Name(), err, line)
 	}
 	return nil
 }
@@ -396,25 +367,22 @@ func (t *meshdTunnel) policyHits() string {
 	return fmt.Sprintf("%d allow rules loaded; h2 policy hits: %s", countAllowRules(st), strings.Join(hits, ", "))
 }
 
-// pingFrom pings the iperf3 target from the client side, from the pinned
-// source address if there is one.
-func pingFrom(ctx context.Context, e endpoints, wait time.Duration) error {
-	var extra []string
-	if e.bind.IsValid() {
-		extra = []string{"-I", e.bind.String()}
-	}
-	return ping(ctx, e.clientNS, e.target, wait, extra...)
-}
-
 func (t *meshdTunnel) endpoints() endpoints {
 	if t.path == "host" {
-		// meshd routes a segment for anything on the host too, but the
-		// source must be the host's own slice address, or the peer's
-		// WireGuard drops the packet (not in AllowedIPs).
-		h1, h2 := t.l.Host(1), t.l.Host(2)
-		return endpoints{clientNS: h1.NS(), serverNS: h2.NS(), target: h2.Gateway(benchSegment), bind: h1.Gateway(benchSegment)}
+		return hostEndpoints(t.l)
 	}
 	return podEndpoints(t.l)
+}
+
+// hostEndpoints measures host to host between the hosts' own addresses
+// in the benchmark segment (their pod gateways). meshd routes a segment
+// for anything on the host too, but the source must be the host's own
+// slice address, or the peer's WireGuard drops the packet (not in
+// AllowedIPs); it is overlay traffic, so meshd's table allows it as
+// same-segment.
+func hostEndpoints(l *lab.Lab) endpoints {
+	h1, h2 := l.Host(1), l.Host(2)
+	return endpoints{clientNS: h1.NS(), serverNS: h2.NS(), target: h2.Gateway(benchSegment), bind: h1.Gateway(benchSegment)}
 }
 
 func (t *meshdTunnel) pids() []int { return []int{t.l.Host(1).Pid(), t.l.Host(2).Pid()} }
@@ -468,7 +436,7 @@ type nebulaTunnel struct {
 	bin     string
 	certBin string
 	mtuVal  int
-	procs   [2]*bg
+	procs   [2]*lab.Process
 }
 
 func nebulaOverlay(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 65, 0, byte(i)}) }
@@ -479,9 +447,10 @@ func (t *nebulaTunnel) setup(ctx context.Context) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	// nebula-cert writes its files into the working directory.
 	cert := func(args ...string) error {
 		cmd := append([]string{t.certBin}, args...)
-		_, err := run(ctx, "sh", "-c", "cd "+dir+" && "+strings.Join(cmd, " "))
+		_, err := lab.Exec(ctx, "", "sh", "-c", "cd "+dir+" && "+strings.Join(cmd, " "))
 		return err
 	}
 	if err := cert("ca", "-name", "bench"); err != nil {
@@ -510,25 +479,23 @@ firewall: {outbound: [{port: any, proto: any, host: any}], inbound: [{port: any,
 		if err := os.WriteFile(filepath.Join(dir, name+".yml"), []byte(y), 0o600); err != nil {
 			return err
 		}
-		p, err := startBG(t.l.Host(i).NS(), filepath.Join(dir, name+".log"), t.bin, "-config", filepath.Join(dir, name+".yml"))
+		p, err := lab.StartProcess(t.l.Host(i).NS(), filepath.Join(dir, name+".log"), t.bin, "-config", filepath.Join(dir, name+".yml"))
 		if err != nil {
 			return err
 		}
 		t.procs[i-1] = p
 	}
-	return waitPing(ctx, t.l.Host(1).NS(), nebulaOverlay(2), 15*time.Second)
+	return waitReachable(ctx, t.endpoints(), 15*time.Second)
 }
 
 func (t *nebulaTunnel) endpoints() endpoints {
 	return endpoints{clientNS: t.l.Host(1).NS(), serverNS: t.l.Host(2).NS(), target: nebulaOverlay(2)}
 }
-func (t *nebulaTunnel) pids() []int            { return bgPids(t.procs[:]) }
+func (t *nebulaTunnel) pids() []int            { return processPids(t.procs[:]) }
 func (t *nebulaTunnel) txBytes() (int64, bool) { return 0, false }
 func (t *nebulaTunnel) mtu() int               { return t.mtuVal }
 func (t *nebulaTunnel) teardown() error {
-	for i, p := range t.procs {
-		p.stop(3 * time.Second)
-		t.procs[i] = nil
-	}
+	stopAll(t.procs[:])
+	clear(t.procs[:])
 	return nil
 }

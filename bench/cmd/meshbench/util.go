@@ -6,109 +6,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/meshd/meshd/lab"
 )
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat times; 100 on every
 // Linux architecture Go supports.
 const clkTck = 100
-
-// run executes a command, bounded by ctx, and folds its output into the error.
-func run(ctx context.Context, name string, argv ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, name, argv...)
-	cmd.WaitDelay = 2 * time.Second
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(argv, " "), err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
-}
-
-// nsOutput runs argv inside namespace ns and returns its stdout alone
-// (iperf3 prints warnings to stderr before its JSON).
-func nsOutput(ctx context.Context, ns string, argv ...string) (stdout string, err error) {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.WaitDelay = 2 * time.Second
-	var so, se bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &so, &se
-	if err := cmd.Run(); err != nil {
-		return so.String(), fmt.Errorf("%s: %w: %s", strings.Join(argv, " "), err, strings.TrimSpace(se.String()))
-	}
-	return so.String(), nil
-}
-
-// nsRun runs argv inside namespace ns.
-func nsRun(ctx context.Context, ns string, argv ...string) (string, error) {
-	return run(ctx, "ip", append([]string{"netns", "exec", ns}, argv...)...)
-}
-
-// ipn runs "ip -n ns <args>".
-func ipn(ctx context.Context, ns string, args ...string) error {
-	_, err := run(ctx, "ip", append([]string{"-n", ns}, args...)...)
-	return err
-}
-
-// bg is a background process started in a namespace; it dies with us.
-type bg struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-	log  *os.File
-}
-
-func startBG(ns, logPath string, argv ...string) (*bg, error) {
-	lf, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
-	cmd.Stdout, cmd.Stderr = lf, lf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("start %s in %s: %w", strings.Join(argv, " "), ns, err)
-	}
-	p := &bg{cmd: cmd, done: make(chan struct{}), log: lf}
-	go func() {
-		p.err = cmd.Wait()
-		lf.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-func (p *bg) pid() int { return p.cmd.Process.Pid }
-
-func (p *bg) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM to the process group, then SIGKILL after grace.
-func (p *bg) stop(grace time.Duration) {
-	if p == nil || p.exited() {
-		return
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(grace):
-	}
-	_ = syscall.Kill(-p.pid(), syscall.SIGKILL)
-	<-p.done
-}
 
 // procCPU returns a process's user+system time.
 func procCPU(pid int) (time.Duration, error) {
@@ -212,50 +122,62 @@ func (m *cpuMeter) read() (procs []float64, machine float64) {
 	return procs, machine
 }
 
-// waitListening polls until something listens on port in ns.
+// waitListening waits until something listens on port in ns.
 func waitListening(ctx context.Context, ns, proto string, port int) error {
 	flag := "-ltnH"
 	if proto == "udp" {
 		flag = "-lunH"
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for time.Now().Before(deadline) {
-		out, err := nsRun(ctx, ns, "ss", flag, "sport", "=", ":"+strconv.Itoa(port))
-		if err == nil && strings.TrimSpace(out) != "" {
-			return nil
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := lab.WaitFor(ctx, 50*time.Millisecond, func() error {
+		out, err := lab.Exec(ctx, ns, "ss", flag, "sport", "=", ":"+strconv.Itoa(port))
+		if err == nil && strings.TrimSpace(out) == "" {
+			return errors.New("no listener")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("nothing listens on %s/%d in %s: %w", proto, port, ns, err)
 	}
-	return fmt.Errorf("nothing listens on %s/%d in %s after 5s", proto, port, ns)
+	return nil
 }
 
-// ping sends one echo request with a short reply timeout.
-func ping(ctx context.Context, ns string, to netip.Addr, wait time.Duration, extra ...string) error {
-	argv := []string{"ping", "-n", "-q", "-c", "1", "-W", fmt.Sprintf("%.1f", wait.Seconds())}
-	argv = append(argv, extra...)
-	_, err := nsRun(ctx, ns, append(argv, to.String())...)
-	return err
-}
-
-// waitPing retries ping until it answers or timeout passes.
-func waitPing(ctx context.Context, ns string, to netip.Addr, timeout time.Duration) error {
+// waitReachable waits until e's target answers ICMP echo from e's client
+// side (from e.bind, if set): the tunnel is up end to end.
+func waitReachable(ctx context.Context, e endpoints, timeout time.Duration) error {
+	p, err := newPinger(e.clientNS, e.bind, e.target)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var last error
-	for ctx.Err() == nil {
-		if last = ping(ctx, ns, to, 500*time.Millisecond); last == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
+	if err := lab.WaitFor(ctx, 100*time.Millisecond, func() error { return p.ping(ctx, 500*time.Millisecond) }); err != nil {
+		return fmt.Errorf("%s cannot reach %s: %w", e.clientNS, e.target, err)
 	}
-	return fmt.Errorf("%s cannot ping %s after %s: %v", ns, to, timeout, last)
+	return nil
+}
+
+// waitWhile waits up to timeout for cond to return nil, trying every
+// interval; before each try alive must return nil, and its error (say,
+// the process that was to make cond true has exited) ends the wait at
+// once.
+func waitWhile(ctx context.Context, timeout, interval time.Duration, alive, cond func() error) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var dead error
+	err := lab.WaitFor(ctx, interval, func() error {
+		if dead = alive(); dead != nil {
+			cancel()
+			return dead
+		}
+		return cond()
+	})
+	if dead != nil {
+		return dead
+	}
+	return err
 }
 
 // logTail returns the last n lines of a file, for error messages.
@@ -272,12 +194,22 @@ func logTail(path string, n int) string {
 }
 
 // firstErrorLine picks the most telling line of a meshd log that ended in
-// an error: the last one mentioning "error" or "invalid", else the last.
+// an error: meshd's own last word ("meshd: ..."), else the last line
+// mentioning "error", "invalid" or "unknown" at a level above debug
+// (serf's debug lines carry "error" in passing), else the last line.
 func firstErrorLine(path string) string {
 	b, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "meshd: ") {
+			return strings.TrimSpace(lines[i])
+		}
+	}
+	for i := len(lines) - 1; i >= 0; i-- {
 		l := strings.ToLower(lines[i])
+		if strings.Contains(l, "level=debug") {
+			continue
+		}
 		if strings.Contains(l, "error") || strings.Contains(l, "invalid") || strings.Contains(l, "unknown") {
 			return strings.TrimSpace(lines[i])
 		}
