@@ -229,7 +229,9 @@ func (d *Daemon) Start(ctx context.Context) error {
 		return err
 	}
 	d.startWatchers(ctx)
-	if cfg.Site.Multi() && !cfg.Site.Gateway {
+	if cfg.Site.Multi() {
+		// Plain hosts probe their site's gateways; a gateway checks its
+		// far gateways when probes name it (probe.go).
 		d.startProbes(ctx)
 	}
 	if err := d.startControl(ctx, cfg); err != nil {

@@ -143,8 +143,8 @@ func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 		d.log.Warn("the site's probes find no forwarding through this gateway; draining so the site's traffic takes another gateway",
 			"reported_by", by, "for", until.Sub(now).Round(time.Second))
 	}
-	if by := d.ejector.takeDeclined(); by != "" {
-		d.log.Warn("the site's probes find no forwarding through this gateway, but no other gateway could take its traffic; not draining", "reported_by", by)
+	if why := d.ejector.takeDeclined(); why != "" {
+		d.log.Warn("the site's probes find no forwarding through this gateway; not draining", "why", why)
 	}
 	why := d.drainReason(now)
 	d.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/meshd/meshd/control"
@@ -204,6 +205,9 @@ func (d *Daemon) probeRound(ctx context.Context) {
 	d.prober.retain(st.Probes)
 	local := d.ann.local()
 	src := local.MeshAddr()
+	if local.Gateway && src.IsValid() && d.ejector.farCheckDue() {
+		d.checkFarGateways(ctx, st, local.Name, src)
+	}
 	plan := st.Probes[:min(len(st.Probes), maxProbedGateways)]
 	if !src.IsValid() || len(plan) == 0 {
 		return
@@ -239,6 +243,35 @@ func (d *Daemon) probeRound(ctx context.Context) {
 		}
 		d.log.Warn("gateway forwards none of the probes through it; reporting it to the site so that it drains", "gateway", gw)
 	}
+}
+
+// checkFarGateways pings, from this gateway itself, the far gateways of
+// the pairs of sites it carries, and wakes the loop with the answer.
+func (d *Daemon) checkFarGateways(ctx context.Context, st *mesh.State, me string, src netip.Addr) {
+	var far []netip.Addr
+	for _, ss := range st.Sites {
+		if ss.Gateway == me && ss.Unreachable == "" && ss.RemoteMesh.IsValid() && ss.RemoteMesh.Is4() == src.Is4() && !slices.Contains(far, ss.RemoteMesh) {
+			far = append(far, ss.RemoteMesh)
+		}
+	}
+	far = far[:min(len(far), maxProbedGateways)]
+	var answered atomic.Bool
+	var wg sync.WaitGroup
+	for _, a := range far {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if ok, _ := d.echo(ctx, src, a); ok {
+				answered.Store(true)
+			}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return
+	}
+	d.ejector.farResult(answered.Load(), time.Now())
+	d.Kick()
 }
 
 // echo sends one probe and reports whether it was answered, or unknown
@@ -310,7 +343,12 @@ type ejector struct {
 	count    int // ejections in a row, for the doubling
 	lastEnd  time.Time
 	total    int
-	declined string // reporters of a report not acted on, for the log
+	declined string // why reports were not acted on, for the log
+	// farOK is when this gateway last reached a far gateway of its own
+	// pairs itself, farChecked when it last tried; farWanted asks the
+	// probe goroutine to try (see decide).
+	farOK, farChecked time.Time
+	farWanted         bool
 }
 
 func newEjector() *ejector {
@@ -366,7 +404,23 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 	}
 	reporters := strings.Join(slices.Sorted(maps.Keys(mine)), ", ")
 	if !slices.ContainsFunc(usable, func(g string) bool { return g != me && len(e.fresh[g]) == 0 }) {
-		e.declined = reporters
+		e.declined = "reported by " + reporters + ", but no other gateway could take its traffic"
+		return false
+	}
+	// Probers cannot tell a gateway that forwards nothing from a far
+	// gateway that died: their pings to it fail through this one either
+	// way until the WAN pool moves the pair. This gateway can: if it
+	// reaches a far gateway itself, the far end works and its forwarding
+	// is what fails; if not, the far end or the WAN is at fault, which
+	// membership handles, and draining would only push the site's
+	// traffic onto another gateway facing the same dead far end.
+	switch {
+	case now.Sub(e.farOK) <= farFresh:
+	case now.Sub(e.farChecked) <= farFresh:
+		e.declined = "reported by " + reporters + ", but the far gateways do not answer this gateway either: the far end is at fault"
+		return false
+	default:
+		e.farWanted = true
 		return false
 	}
 	if !e.lastEnd.IsZero() && now.Sub(e.lastEnd) > ejectForgetAfter {
@@ -377,6 +431,30 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 	e.total++
 	delete(e.fresh, me) // spent: another ejection needs new reports
 	return true
+}
+
+// farFresh is how long this gateway's own check of its far gateways
+// counts.
+const farFresh = 3 * time.Second
+
+// farCheckDue reports whether decide waits for a check of the far
+// gateways, and clears the request.
+func (e *ejector) farCheckDue() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	due := e.farWanted
+	e.farWanted = false
+	return due
+}
+
+// farResult records a check of the far gateways.
+func (e *ejector) farResult(ok bool, now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.farChecked = now
+	if ok {
+		e.farOK = now
+	}
 }
 
 // ejected reports whether this gateway drains on reports now, on whose,

@@ -3,6 +3,7 @@ package daemon
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -119,6 +120,7 @@ func TestEjectorNeedsEveryProberAndSomewhereToGo(t *testing.T) {
 		t.Fatal("one of two probers drained the gateway")
 	}
 	e.add(report("p2", "g1", 1003), t0.Add(3*time.Second))
+	e.farResult(true, t0.Add(2*time.Second))
 	if !e.decide("g1", probers, usable, t0.Add(3*time.Second)) {
 		t.Fatal("both probers reported and the gateway stayed")
 	}
@@ -161,6 +163,41 @@ func TestEjectorNeedsEveryProberAndSomewhereToGo(t *testing.T) {
 	}
 }
 
+// Probers cannot tell a gateway that forwards nothing from a far gateway
+// that died: the reported gateway drains only when it reaches a far
+// gateway itself, and asks for that check first.
+func TestEjectorAsksTheGatewayWhetherTheFarEndAnswers(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	probers, usable := []string{"p1", "p2"}, []string{"g1", "g2"}
+	e := newEjector()
+	e.add(report("p1", "g1", 1000), t0)
+	e.add(report("p2", "g1", 1000), t0)
+	if e.decide("g1", probers, usable, t0) {
+		t.Fatal("drained before checking the far end")
+	}
+	if !e.farCheckDue() || e.farCheckDue() {
+		t.Fatal("the check of the far gateways was not asked for exactly once")
+	}
+	// The far gateway died: its pings fail from the gateway itself too.
+	e.farResult(false, t0.Add(time.Second))
+	if e.decide("g1", probers, usable, t0.Add(time.Second)) {
+		t.Fatal("drained although the far end answers nobody")
+	}
+	if why := e.takeDeclined(); !strings.Contains(why, "far gateways do not answer this gateway either") {
+		t.Errorf("declined for %q", why)
+	}
+	// Once that check is old, it is asked for again; this time the far
+	// end answers the gateway, so its forwarding is at fault.
+	later := t0.Add(time.Second + farFresh + time.Millisecond)
+	if e.decide("g1", probers, usable, later) || !e.farCheckDue() {
+		t.Fatal("a stale check was not renewed")
+	}
+	e.farResult(true, later)
+	if !e.decide("g1", probers, usable, later) {
+		t.Fatal("the far end answers the gateway, its probes fail through it, and it stayed")
+	}
+}
+
 // Still broken, a gateway is ejected for twice as long each time, up to
 // ejectMax, without the shift ever overflowing.
 func TestEjectionDoublesAndIsCapped(t *testing.T) {
@@ -170,6 +207,7 @@ func TestEjectionDoublesAndIsCapped(t *testing.T) {
 	var lengths []time.Duration
 	for i := range 40 {
 		e.add(report("p1", "g1", now.Unix()+int64(i)), now)
+		e.farResult(true, now)
 		if !e.decide("g1", probers, usable, now) {
 			t.Fatalf("ejection %d did not start", i)
 		}

@@ -277,6 +277,8 @@ type dataPlane struct {
 	ts     *twoSites
 	mu     sync.Mutex
 	broken map[string]bool
+	// silent hosts answer no echo, though they stay in gossip.
+	silent map[string]bool
 }
 
 func (dp *dataPlane) meshAddr(name string) netip.Addr {
@@ -344,6 +346,13 @@ func (dp *dataPlane) deliver(from string, dst netip.Addr) error {
 func (dp *dataPlane) echo(from string) func(src, dst netip.Addr) error {
 	return func(src, dst netip.Addr) error {
 		err := dp.deliver(from, dst)
+		dp.mu.Lock()
+		for name := range dp.silent {
+			if dp.meshAddr(name) == dst {
+				err = errors.New(name + " answers nothing")
+			}
+		}
+		dp.mu.Unlock()
 		if err == nil {
 			err = errors.New("nobody holds " + dst.String())
 			for name := range dp.ts.hosts {
@@ -422,6 +431,47 @@ func TestGatewayThatStopsForwardingIsBypassed(t *testing.T) {
 	})
 	if st := run[pairA].d.Status(); st.Node.Draining || st.Ejections != 1 {
 		t.Errorf("%s after the fix: draining %v, %d ejections", pairA, st.Node.Draining, st.Ejections)
+	}
+}
+
+// A far gateway that answers nothing (dead, until the WAN pool says so)
+// fails every probe through this site's gateway of the pair, exactly as
+// a gateway that forwards nothing would. The probers report it, but the
+// gateway, which cannot reach the far gateway either, does not drain:
+// its site's other gateway would face the same dead far end.
+func TestGatewayIsNotBlamedForASilentFarEnd(t *testing.T) {
+	ts := newTwoSites(t)
+	dp := &dataPlane{ts: ts, broken: map[string]bool{}, silent: map[string]bool{}}
+	run := map[string]*running{}
+	for _, n := range []string{"a1", "a2", "a3", "b1", "b2"} {
+		ts.hosts[n].echo = dp.echo(n)
+		run[n] = startDaemon(t, ts.hosts[n], ts.config(n), Options{})
+	}
+	pairA := mesh.Assign("a|b", []string{"a1", "a3"})
+	eventually(t, 20*time.Second, "a2 probes "+pairA, func() error {
+		for _, p := range run["a2"].d.Status().Probes {
+			if p.Gateway == pairA && p.Targets > 0 && p.Failing == 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("a2's probes: %+v", run["a2"].d.Status().Probes)
+	})
+	time.Sleep(probeGrace)
+	dp.mu.Lock()
+	dp.silent["b1"] = true
+	dp.mu.Unlock()
+	eventually(t, 20*time.Second, "a2 reports "+pairA, func() error {
+		if n := run["a2"].d.Status().ProbeReports; n == 0 {
+			return errors.New("no report yet")
+		}
+		return nil
+	})
+	// Long enough for the reports to arrive and the gateway to check.
+	for range 10 {
+		if st := run[pairA].d.Status(); st.Node.Draining || st.Ejections != 0 {
+			t.Fatalf("%s drained for a far end that answers nobody: %q, %d ejections", pairA, st.Node.DrainReason, st.Ejections)
+		}
+		time.Sleep(500 * time.Millisecond)
 	}
 }
 

@@ -28,6 +28,8 @@ type SiteState struct {
 	// traffic (this host itself when it is that gateway), and Remote the
 	// gateway at the far end of its WAN tunnel.
 	Gateway, Remote string
+	// RemoteMesh is Remote's mesh address, when it announced one.
+	RemoteMesh netip.Addr
 	// Transit is the site the traffic is relayed through when no direct
 	// path works between the two sites' gateways; "" when direct.
 	Transit string
@@ -360,6 +362,7 @@ func (t *topology) route() {
 		ss.Remote = Assign(pair, remoteNames)
 		if g := remote[slices.Index(remoteNames, ss.Remote)]; g.ann.MeshAddr.IsValid() {
 			t.remoteMesh[ss.Remote] = g.ann.MeshAddr
+			ss.RemoteMesh = g.ann.MeshAddr
 		}
 		if ss.Gateway == t.local.Name {
 			g := remote[slices.Index(remoteNames, ss.Remote)]
