@@ -137,6 +137,7 @@ func (d *Daemon) updatePaths(st *mesh.State, local mesh.Local) error {
 		return nil
 	}
 	now := time.Now()
+	d.ejector.setFar(farOf(st, local.Name), now)
 	d.takeReports(st, local, now)
 	if d.ejector.decide(local.Name, st.Probers, st.Gateways, now) {
 		_, by, until := d.ejector.ejected(now)

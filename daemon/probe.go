@@ -62,7 +62,8 @@ const (
 
 // gatewayProbe is what one prober knows of one gateway's forwarding.
 type gatewayProbe struct {
-	since      time.Time // first round in the plan
+	since      time.Time // first round in the plan, or with these targets
+	targets    []netip.Addr
 	round      int
 	fails      int // failed rounds in a row that point at the gateway
 	failed     map[netip.Addr]bool
@@ -90,6 +91,14 @@ func (p *prober) target(pr mesh.Probe, now time.Time) netip.Addr {
 	if g == nil {
 		g = &gatewayProbe{since: now, failed: map[netip.Addr]bool{}}
 		p.gw[pr.Gateway] = g
+	}
+	if !slices.Equal(g.targets, pr.Targets) {
+		// The pairs moved, most often because a far gateway died: the
+		// failures so far were the old far end's, and the new one's
+		// tunnel may still be handshaking.
+		g.targets = slices.Clone(pr.Targets)
+		g.since, g.fails = now, 0
+		clear(g.failed)
 	}
 	g.round++
 	return pr.Targets[g.round%len(pr.Targets)]
@@ -206,7 +215,7 @@ func (d *Daemon) probeRound(ctx context.Context) {
 	local := d.ann.local()
 	src := local.MeshAddr()
 	if local.Gateway && src.IsValid() && d.ejector.farCheckDue() {
-		d.checkFarGateways(ctx, st, local.Name, src)
+		d.checkFarGateways(ctx, src)
 	}
 	plan := st.Probes[:min(len(st.Probes), maxProbedGateways)]
 	if !src.IsValid() || len(plan) == 0 {
@@ -247,22 +256,18 @@ func (d *Daemon) probeRound(ctx context.Context) {
 
 // checkFarGateways pings, from this gateway itself, the far gateways of
 // the pairs of sites it carries, and wakes the loop with the answer.
-func (d *Daemon) checkFarGateways(ctx context.Context, st *mesh.State, me string, src netip.Addr) {
-	var far []netip.Addr
-	for _, ss := range st.Sites {
-		if ss.Gateway == me && ss.Unreachable == "" && ss.RemoteMesh.IsValid() && ss.RemoteMesh.Is4() == src.Is4() && !slices.Contains(far, ss.RemoteMesh) {
-			far = append(far, ss.RemoteMesh)
-		}
-	}
-	far = far[:min(len(far), maxProbedGateways)]
-	var answered atomic.Bool
+// Every one must answer: its forwarding is at fault only if the far ends
+// of all its pairs work.
+func (d *Daemon) checkFarGateways(ctx context.Context, src netip.Addr) {
+	far := d.ejector.farGateways(src.Is4())
+	var silent atomic.Bool
 	var wg sync.WaitGroup
-	for _, a := range far {
+	for _, a := range far[:min(len(far), maxProbedGateways)] {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if ok, _ := d.echo(ctx, src, a); ok {
-				answered.Store(true)
+			if ok, _ := d.echo(ctx, src, a); !ok {
+				silent.Store(true)
 			}
 		}()
 	}
@@ -270,8 +275,34 @@ func (d *Daemon) checkFarGateways(ctx context.Context, st *mesh.State, me string
 	if ctx.Err() != nil {
 		return
 	}
-	d.ejector.farResult(answered.Load(), time.Now())
+	d.ejector.farResult(len(far) > 0 && !silent.Load(), time.Now())
 	d.Kick()
+}
+
+// farGateways returns the far gateways of the family of the gateway's
+// own mesh address, which it pings from.
+func (e *ejector) farGateways(v4 bool) []netip.Addr {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []netip.Addr
+	for _, a := range e.far {
+		if a.Is4() == v4 {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// farOf lists the far gateways of the pairs me carries, sorted.
+func farOf(st *mesh.State, me string) []netip.Addr {
+	var far []netip.Addr
+	for _, ss := range st.Sites {
+		if ss.Gateway == me && ss.Unreachable == "" && ss.RemoteMesh.IsValid() && !slices.Contains(far, ss.RemoteMesh) {
+			far = append(far, ss.RemoteMesh)
+		}
+	}
+	slices.SortFunc(far, netip.Addr.Compare)
+	return far
 }
 
 // echo sends one probe and reports whether it was answered, or unknown
@@ -349,6 +380,11 @@ type ejector struct {
 	// probe goroutine to try (see decide).
 	farOK, farChecked time.Time
 	farWanted         bool
+	// far is the far gateways this gateway carries pairs to, farSince
+	// when that last changed: reports from before were about other far
+	// ends.
+	far      []netip.Addr
+	farSince time.Time
 }
 
 func newEjector() *ejector {
@@ -394,6 +430,11 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 		}
 	}
 	mine := e.fresh[me]
+	for r, at := range mine {
+		if at.Before(e.farSince.Add(reportLatency)) {
+			delete(mine, r)
+		}
+	}
 	if now.Before(e.until) || len(probers) == 0 || len(mine) == 0 {
 		return false
 	}
@@ -417,7 +458,7 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 	switch {
 	case now.Sub(e.farOK) <= farFresh:
 	case now.Sub(e.farChecked) <= farFresh:
-		e.declined = "reported by " + reporters + ", but the far gateways do not answer this gateway either: the far end is at fault"
+		e.declined = "reported by " + reporters + ", but not every far gateway answers this gateway either: the far end is at fault"
 		return false
 	default:
 		e.farWanted = true
@@ -432,6 +473,19 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 	delete(e.fresh, me) // spent: another ejection needs new reports
 	return true
 }
+
+// setFar records the far gateways this gateway carries pairs to.
+func (e *ejector) setFar(far []netip.Addr, now time.Time) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if !slices.Equal(e.far, far) {
+		e.far, e.farSince = far, now
+	}
+}
+
+// reportLatency covers a report made before the far gateways changed and
+// delivered after.
+const reportLatency = time.Second
 
 // farFresh is how long this gateway's own check of its far gateways
 // counts.

@@ -183,7 +183,7 @@ func TestEjectorAsksTheGatewayWhetherTheFarEndAnswers(t *testing.T) {
 	if e.decide("g1", probers, usable, t0.Add(time.Second)) {
 		t.Fatal("drained although the far end answers nobody")
 	}
-	if why := e.takeDeclined(); !strings.Contains(why, "far gateways do not answer this gateway either") {
+	if why := e.takeDeclined(); !strings.Contains(why, "not every far gateway answers this gateway either") {
 		t.Errorf("declined for %q", why)
 	}
 	// Once that check is old, it is asked for again; this time the far
@@ -195,6 +195,49 @@ func TestEjectorAsksTheGatewayWhetherTheFarEndAnswers(t *testing.T) {
 	e.farResult(true, later)
 	if !e.decide("g1", probers, usable, later) {
 		t.Fatal("the far end answers the gateway, its probes fail through it, and it stayed")
+	}
+
+	// Reports from before the gateway's pairs moved to other far
+	// gateways were about the old far end: they count for nothing.
+	e = newEjector()
+	e.setFar([]netip.Addr{remote1}, t0)
+	e.add(report("p1", "g1", 1001), t0.Add(time.Second))
+	e.add(report("p2", "g1", 1001), t0.Add(time.Second))
+	moved := t0.Add(1500 * time.Millisecond)
+	e.setFar([]netip.Addr{remote2}, moved)
+	e.farResult(true, moved)
+	if e.decide("g1", probers, usable, moved) {
+		t.Fatal("reports about the old far end drained the gateway")
+	}
+	e.add(report("p1", "g1", 1003), moved.Add(2*time.Second))
+	e.add(report("p2", "g1", 1003), moved.Add(2*time.Second))
+	e.farResult(true, moved.Add(2*time.Second))
+	if !e.decide("g1", probers, usable, moved.Add(2*time.Second)) {
+		t.Fatal("reports made after the move did not drain the gateway")
+	}
+}
+
+// A prober starts over when a gateway's far gateways change: the
+// failures so far were the old far end's (it died, and the pair moved).
+func TestProberStartsOverWhenTheFarEndMoves(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	plan := []mesh.Probe{{Gateway: "g1", Via: netip.MustParseAddr("10.42.1.254"), Targets: []netip.Addr{remote1}}}
+	deadRemote1 := func(gw string, target netip.Addr) roundResult {
+		return roundResult{target: target, viaOK: true, targetOK: target != remote1}
+	}
+	p := newProber()
+	// Failing just short of a report when the pair moves to remote2.
+	got := rounds(p, plan, t0, int(probeGrace/time.Second)+stuckRounds-1, deadRemote1)
+	if firstReport(got, "g1") >= 0 {
+		t.Fatalf("reported before stuckRounds: %v", got)
+	}
+	moved := []mesh.Probe{{Gateway: "g1", Via: plan[0].Via, Targets: []netip.Addr{remote2}}}
+	later := t0.Add(time.Duration(len(got)) * time.Second)
+	got = rounds(p, moved, later, 30, func(gw string, target netip.Addr) roundResult {
+		return roundResult{target: target, viaOK: true}
+	})
+	if first := firstReport(got, "g1"); first != int(probeGrace/time.Second)+stuckRounds-1 {
+		t.Errorf("after the move g1 was first reported in round %d, want a fresh grace and %d failures: %v", first, stuckRounds, got)
 	}
 }
 
