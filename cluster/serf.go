@@ -569,6 +569,36 @@ func (m *Membership) Retire(name string) {
 	}()
 }
 
+// Rejoin announces this member alive again with a join intent newer than
+// anything the cluster holds about it: it merges state with up to three
+// live members (which advances its Lamport clock past a leave intent
+// others hold for it) and then broadcasts the join, as serf's Join does.
+// A member that missed a leave intent about itself (it was cut off while
+// the intent spread) never refutes it on its own. It returns at once; the
+// join is bounded by memberlist's TCP timeout.
+func (m *Membership) Rejoin() {
+	local := m.serf.LocalMember()
+	var addrs []string
+	for _, mem := range m.serf.Members() {
+		if mem.Name == local.Name || mem.Status != serf.StatusAlive {
+			continue
+		}
+		addr, _ := netip.AddrFromSlice(mem.Addr)
+		addrs = append(addrs, netip.AddrPortFrom(addr.Unmap(), mem.Port).String())
+		if len(addrs) == 3 {
+			break
+		}
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	go func() {
+		if _, err := m.serf.Join(addrs, true); err != nil {
+			m.log.Debug("rejoin", "err", err)
+		}
+	}()
+}
+
 // Answer is one member's answer to a query.
 type Answer struct {
 	From    string

@@ -70,7 +70,13 @@ type Daemon struct {
 	// retired are the site's gateways this gateway told the WAN pool
 	// failed, while the site pool shows them failed. Loop only.
 	retired map[string]bool
-	paths   *paths
+	// askedRejoin is when this gateway last asked each of the site's
+	// gateways to rejoin the WAN pool, rejoinedAt when it last rejoined on
+	// request (both the loop's); rejoinWanted is a request received.
+	askedRejoin  map[string]time.Time
+	rejoinedAt   time.Time
+	rejoinWanted atomic.Bool
+	paths        *paths
 	// prober is a probing host's record of its site's gateways, ejector
 	// a gateway's of the reports naming it (see probe.go).
 	prober  *prober
@@ -151,7 +157,7 @@ func New(cfg *config.Config, log *slog.Logger, sys System, opts Options) *Daemon
 		sys: sys, opts: opts, log: log, cfg: cfg,
 		kick: make(chan struct{}, 1), requests: make(chan request), stopping: make(chan struct{}),
 		repairs: newRepairs(), missing: map[string]string{},
-		directory: newDirectory(), retired: map[string]bool{}, paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
+		directory: newDirectory(), retired: map[string]bool{}, askedRejoin: map[string]time.Time{}, paths: newPaths(), forwarding: true, prober: newProber(), ejector: newEjector(), inbox: &inbox{},
 	}
 }
 

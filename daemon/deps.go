@@ -41,6 +41,9 @@ type Cluster interface {
 	// learnt elsewhere before the pool's own failure detection could;
 	// the member, if alive, refutes it. It returns at once.
 	Retire(name string)
+	// Rejoin announces this member alive again, newer than any leave
+	// intent the pool holds for it. It returns at once.
+	Rejoin()
 	// Leave announces a graceful leave and stops. Safe to call twice.
 	Leave() error
 }

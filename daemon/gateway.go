@@ -39,11 +39,12 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 	}
 	relayer := d.isRelayer(remote)
 	if !relayer {
-		d.directory.relaying = false
+		d.directory.relaying, d.directory.settleAt = false, time.Time{}
 		return nil
 	}
 	now := time.Now()
-	refresh := d.directory.refreshDue(now) || !d.directory.relaying || d.directory.settleDue(now)
+	settle := d.directory.settleDue(now)
+	refresh := settle || d.directory.refreshDue(now) || !d.directory.relaying
 	if !d.directory.relaying {
 		// The gateway that relayed before may still send what it saw
 		// until it notices this one took over: its full relay to a
@@ -71,22 +72,61 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 // gateway it lost carries none of the site's traffic, whatever the WAN
 // pool still sees. Each failure is retired once; a gateway that is in
 // fact alive refutes it.
+//
+// A retired gateway that was only cut off for a while missed the intent
+// and never refutes it; the WAN pool would hold it as leaving for good,
+// while its site routes through it. So a gateway that sees one of its
+// site's gateways alive in the site pool but leaving or left in the WAN
+// pool asks it, in the site pool, to rejoin; it does, with a join newer
+// than the intent.
 func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
 	if d.wan == nil {
 		return
 	}
-	failed := map[string]bool{}
+	now := time.Now()
+	if d.rejoinWanted.Swap(false) && now.Sub(d.rejoinedAt) >= rejoinEvery {
+		d.rejoinedAt = now
+		d.log.Info("the site sees this gateway alive and the WAN pool does not: announcing it again")
+		d.wan.Rejoin()
+	}
+	failed, alive := map[string]bool{}, map[string]bool{}
 	for _, m := range members {
-		if m.Status == mesh.StatusFailed {
+		switch m.Status {
+		case mesh.StatusFailed:
 			failed[m.Name] = true
+		case mesh.StatusAlive:
+			alive[m.Name] = true
 		}
+	}
+	me := d.ann.local()
+	for _, m := range remote {
+		if !alive[m.Name] || m.Name == me.Name || (m.Status != mesh.StatusLeaving && m.Status != mesh.StatusLeft) || now.Sub(d.askedRejoin[m.Name]) < rejoinEvery {
+			continue
+		}
+		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != me.SiteName() {
+			continue
+		}
+		d.askedRejoin[m.Name] = now
+		if err := d.members.Broadcast(eventRejoin, []byte(m.Name)); err != nil {
+			d.log.Debug("ask a gateway to rejoin the WAN pool", "gateway", m.Name, "err", err)
+		}
+	}
+	for name, at := range d.askedRejoin {
+		if now.Sub(at) >= rejoinEvery {
+			delete(d.askedRejoin, name)
+		}
+	}
+	// A gateway cut off from most of its own site would retire every
+	// other gateway at once: the site pool's verdict counts only while
+	// this gateway sees most of the site alive.
+	if len(alive) <= len(failed) {
+		return
 	}
 	for name := range d.retired {
 		if !failed[name] {
 			delete(d.retired, name)
 		}
 	}
-	me := d.ann.local()
 	site := me.SiteName()
 	for _, m := range remote {
 		if !failed[m.Name] || m.Status != mesh.StatusAlive || d.retired[m.Name] {

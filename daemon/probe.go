@@ -327,6 +327,11 @@ func (d *Daemon) onSiteEvent(name string, payload []byte, ltime uint64) {
 	switch name {
 	case eventGateway:
 		d.directory.receive(name, payload, ltime)
+	case eventRejoin:
+		if string(payload) == d.ann.local().Name {
+			d.rejoinWanted.Store(true)
+			d.Kick()
+		}
 	case mesh.ReportEvent:
 		if d.inbox.add(payload) {
 			d.Kick()

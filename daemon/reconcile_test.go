@@ -56,6 +56,7 @@ func (f *fakeCluster) Ask(string, []byte, map[string]string, time.Duration) ([]c
 }
 func (f *fakeCluster) Leave() error  { return nil }
 func (f *fakeCluster) Retire(string) {}
+func (f *fakeCluster) Rejoin()       {}
 
 func memberN(t testing.TB, i int, slice netip.Prefix) mesh.Member {
 	t.Helper()

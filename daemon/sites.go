@@ -28,6 +28,12 @@ import (
 const (
 	// eventGateway carries one WAN announcement into a site pool.
 	eventGateway = "meshd-gw"
+	// eventRejoin asks the named gateway to announce itself again in the
+	// WAN pool, which holds it as leaving while its site has it alive.
+	eventRejoin = "meshd-rejoin"
+	// rejoinEvery bounds how often a gateway asks another to rejoin, and
+	// how often one rejoins on request.
+	rejoinEvery = 10 * time.Second
 	// queryWhoami asks the public gateways where they see the asking
 	// gateway's tunnels come from (its NAT mapping).
 	queryWhoami = "meshd-whoami"

@@ -181,6 +181,9 @@ func (d *userspaceDevice) serve() {
 			c.Close() // too many at once: the client retries
 			continue
 		}
+		// The deadline goes on before Close can see the connection, so
+		// Close's own (now) is never overwritten.
+		c.SetDeadline(time.Now().Add(uapiConnDeadline))
 		if !d.track(c) {
 			<-d.conns
 			c.Close()
@@ -191,7 +194,6 @@ func (d *userspaceDevice) serve() {
 			defer d.wg.Done()
 			defer func() { <-d.conns }()
 			defer d.untrack(c)
-			c.SetDeadline(time.Now().Add(uapiConnDeadline))
 			d.dev.IpcHandle(c)
 		}()
 	}
