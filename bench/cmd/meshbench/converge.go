@@ -22,6 +22,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/meshd/meshd/bench/internal/procstat"
 	"github.com/meshd/meshd/config"
 	"github.com/meshd/meshd/control"
 	"github.com/meshd/meshd/crypto"
@@ -142,9 +143,9 @@ func convergeSize(ctx context.Context, bin, prefix string, n int, idle time.Dura
 	}
 	defer c.close()
 	allNS, _ := lab.ListNetns(l.Prefix())
-	runLoad := startOtherLoad(netnsInodes(allNS), 500*time.Millisecond)
+	runLoad := procstat.StartOtherLoad(procstat.NetnsInodes(allNS), 500*time.Millisecond)
 	defer func() {
-		res.OtherCPURun = runLoad.read()
+		res.OtherCPURun = runLoad.Read()
 		fmt.Printf("  other processes on this machine used %.0f%% CPU (100 = one core) during this size's run\n", res.OtherCPURun)
 	}()
 	phases := []struct {
@@ -333,20 +334,21 @@ func (c *convergeRun) idleFootprint(ctx context.Context, idle time.Duration, res
 		pids = append(pids, h.Pid())
 	}
 	nss, _ := lab.ListNetns(c.l.Prefix())
-	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
-	m := newCPUMeter(pids...)
+	others := procstat.StartOtherLoad(procstat.NetnsInodes(nss), 500*time.Millisecond)
+	m := procstat.NewMeter(pids...)
 	select {
 	case <-ctx.Done():
-		others.read()
+		others.Read()
 		return ctx.Err()
 	case <-time.After(idle):
 	}
-	cpus, _ := m.read()
-	res.OtherCPU = others.read()
+	cpuTime, elapsed, _ := m.Read()
+	cpus := cpuPercents(cpuTime, elapsed)
+	res.OtherCPU = others.Read()
 	res.IdleSeconds = idle.Seconds()
 	n := float64(len(c.hosts))
 	for i, pid := range pids {
-		rss, err := procRSS(pid)
+		rss, err := procstat.ProcRSS(pid)
 		if err != nil {
 			return fmt.Errorf("RSS of %s: %w", c.hosts[i].Name(), err)
 		}
@@ -644,7 +646,7 @@ func waitEach(ctx context.Context, t0 time.Time, timeout time.Duration, n int, c
 
 func printConverge(w io.Writer, rs []convergeResult) {
 	fmt.Fprintf(w, "\nmeshd convergence — %s, kernel %s, %d CPUs; all meshd in userspace mode, serf LAN defaults\n",
-		time.Now().UTC().Format(time.RFC3339), kernelRelease(), runtime.NumCPU())
+		time.Now().UTC().Format(time.RFC3339), procstat.KernelRelease(), runtime.NumCPU())
 	fmt.Fprintln(w, "seconds from the event until every host agrees; idle = converged mesh, no traffic; others = CPU used meanwhile by processes outside the benchmark")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "| hosts | start: all meshd up | start: all peers configured everywhere | start: sampled pod pairs answer | join: peer + route everywhere | join: reachable from all | leave (SIGTERM): gone everywhere | failure (SIGKILL): gone everywhere | idle RSS MiB mean/max | idle CPU% mean/max | others' CPU% |")

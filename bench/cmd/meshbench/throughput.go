@@ -19,6 +19,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 
 	"github.com/meshd/meshd/bench"
+	"github.com/meshd/meshd/bench/internal/procstat"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -185,7 +186,7 @@ func cmdThroughput(ctx context.Context, args []string) error {
 		}
 	}
 	rep := &tpReport{
-		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
+		Date: time.Now().UTC().Format(time.RFC3339), Kernel: procstat.KernelRelease(), CPUs: runtime.NumCPU(), CPUModel: procstat.CPUModel(),
 		Seconds: o.secs, Rounds: o.rounds, Path: o.path, MTUs: map[string]int{},
 	}
 	if o.cryptoTime > 0 {
@@ -233,7 +234,7 @@ func measureCeiling(ctx context.Context, d time.Duration, quiet float64) []bench
 	fmt.Fprintf(os.Stderr, "measuring the ChaCha20-Poly1305 ceiling (best of 3 x %s per line)\n", d)
 	var best []bench.CeilingResult
 	for range 3 {
-		waitQuiet(ctx, nil, quiet, 60*time.Second)
+		procstat.WaitQuiet(ctx, nil, quiet, 60*time.Second)
 		for i, r := range bench.Ceiling(d) {
 			if i >= len(best) {
 				best = append(best, r)
@@ -281,7 +282,7 @@ func newTPRun(o *tpOptions, l *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun
 		r.tunnels[m.key] = t
 	}
 	nss, _ := lab.ListNetns(l.Prefix())
-	r.mine = netnsInodes(nss)
+	r.mine = procstat.NetnsInodes(nss)
 	return r
 }
 
@@ -411,7 +412,7 @@ func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfO
 	var best sample
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
 		if r.o.quiet > 0 {
-			if o := waitQuiet(ctx, r.mine, r.o.quiet, 60*time.Second); o > r.o.quiet {
+			if o := procstat.WaitQuiet(ctx, r.mine, r.o.quiet, 60*time.Second); o > r.o.quiet {
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
@@ -428,23 +429,6 @@ func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfO
 		fmt.Fprintf(os.Stderr, "  %-10s %6.2f Gbit/s but other processes used %.0f%% CPU meanwhile: rerun\n", tk.name, s.Gbps, s.Other)
 	}
 	return best, ctx.Err()
-}
-
-// waitQuiet samples other processes' CPU in one-second windows until it
-// is below threshold or maxWait passes, and returns the last sample.
-func waitQuiet(ctx context.Context, mine map[uint64]bool, threshold float64, maxWait time.Duration) float64 {
-	deadline := time.Now().Add(maxWait)
-	for {
-		o := startOtherLoad(mine, 250*time.Millisecond)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-		v := o.read()
-		if v <= threshold || time.Now().After(deadline) || ctx.Err() != nil {
-			return v
-		}
-	}
 }
 
 func lossNote(tk testKind, s sample) string {
@@ -499,17 +483,18 @@ func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, 
 	defer srv.Stop(2 * time.Second)
 	tx0, checkTx := t.txBytes()
 	nss, _ := lab.ListNetns(l.Prefix())
-	others := startOtherLoad(netnsInodes(nss), 500*time.Millisecond)
+	others := procstat.StartOtherLoad(procstat.NetnsInodes(nss), 500*time.Millisecond)
 	var perf *lab.Process
 	if perfOut != "" {
 		if perf, err = lab.StartProcess(e.clientNS, perfOut+".log", "perf", "record", "-e", "cpu-clock", "-a", "-g", "-F", "499", "-o", perfOut); err != nil {
 			return sample{}, err
 		}
 	}
-	meter := newCPUMeter(t.pids()...)
+	meter := procstat.NewMeter(t.pids()...)
 	res, runErr := iperfClient(ctx, l, e, secs, tk.args...)
-	tun, machine := meter.read()
-	other := others.read()
+	tunTime, elapsed, machine := meter.Read()
+	tun := cpuPercents(tunTime, elapsed)
+	other := others.Read()
 	if perf != nil {
 		// SIGTERM makes perf stop and write its file; killing it would
 		// leave the file unreadable.
@@ -731,19 +716,4 @@ func fmtMTUs(m map[string]int) string {
 		}
 	}
 	return strings.Join(parts, ", ")
-}
-
-func kernelRelease() string {
-	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return strings.TrimSpace(string(b))
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown CPU"
 }

@@ -15,6 +15,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/meshd/meshd/bench/internal/procstat"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -150,7 +151,7 @@ func runConverge(ctx context.Context, f cvFlags) error {
 		}
 	}
 	rep := &cvReport{
-		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(), Go: runtime.Version(),
+		Date: time.Now().UTC().Format(time.RFC3339), Kernel: procstat.KernelRelease(), CPUs: runtime.NumCPU(), CPUModel: procstat.CPUModel(), Go: runtime.Version(),
 		Sites: 3, Hosts: f.hosts, Gateways: f.gateways, JoinEvery: f.joinEvery.Seconds(), FailEvery: f.failEvery.Seconds(),
 	}
 	if err := cl.start(ctx, rep); err != nil {

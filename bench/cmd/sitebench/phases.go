@@ -10,6 +10,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/meshd/meshd/bench/internal/procstat"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -36,14 +37,14 @@ func (cl *convergeLab) join(ctx context.Context, f cvFlags, wg *wgctrl.Client, h
 		return res
 	}
 	defer ss.Stop()
-	others := startOtherLoad(benchNetns(prefixConverge), 500*time.Millisecond)
+	others := procstat.StartOtherLoad(benchNetns(prefixConverge), 500*time.Millisecond)
 	t0 := time.Now()
 	if err := cl.startHost(h); err != nil {
 		res.Err = err.Error()
 		return res
 	}
 	err = waitReachable(ctx, ss, h, t0, &res)
-	res.Other = others.read()
+	res.Other = others.Read()
 	if err != nil {
 		res.Err = err.Error()
 	}
@@ -153,10 +154,10 @@ func (cl *convergeLab) failover(ctx context.Context, f cvFlags) (res failResult)
 		return res
 	}
 	defer ss.Stop()
-	others := startOtherLoad(benchNetns(prefixConverge), 500*time.Millisecond)
+	others := procstat.StartOtherLoad(benchNetns(prefixConverge), 500*time.Millisecond)
 	drains := cl.watchDrains()
 	defer func() {
-		res.Other = others.read()
+		res.Other = others.Read()
 		res.Drained = drains.stop()
 	}()
 	kill := time.Now()

@@ -17,6 +17,7 @@ import (
 
 	"golang.zx2c4.com/wireguard/wgctrl"
 
+	"github.com/meshd/meshd/bench/internal/procstat"
 	"github.com/meshd/meshd/lab"
 )
 
@@ -182,7 +183,7 @@ func runThroughput(ctx context.Context, f tpFlags, tests []tpTest) error {
 		return err
 	}
 	rep := &tpReport{
-		Date: time.Now().UTC().Format(time.RFC3339), Kernel: kernelRelease(), CPUs: runtime.NumCPU(), CPUModel: cpuModel(),
+		Date: time.Now().UTC().Format(time.RFC3339), Kernel: procstat.KernelRelease(), CPUs: runtime.NumCPU(), CPUModel: procstat.CPUModel(),
 		Go: runtime.Version(), Seconds: f.secs, Rounds: f.rounds, MTU: mtu,
 	}
 	failed := measureAll(ctx, f, wg, modes, tests, rep)
@@ -361,7 +362,7 @@ func measureQuietly(ctx context.Context, f tpFlags, wg *wgctrl.Client, m *tpMode
 	var best tpSample
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
 		if f.quiet > 0 {
-			if o := waitQuiet(ctx, mine, f.quiet, 60*time.Second); o > f.quiet {
+			if o := procstat.WaitQuiet(ctx, mine, f.quiet, 60*time.Second); o > f.quiet {
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
@@ -423,14 +424,14 @@ func runIperf(ctx context.Context, secs int, wg *wgctrl.Client, m *tpMode, t tpT
 		return tpSample{}, err
 	}
 	via0, not0 := deviceTx(wg, m.via), deviceTx(wg, m.notVia)
-	others := startOtherLoad(mine, 500*time.Millisecond)
-	meter := newCPUMeter(m.pids()...)
+	others := procstat.StartOtherLoad(mine, 500*time.Millisecond)
+	meter := procstat.NewMeter(m.pids()...)
 	argv := append([]string{"iperf3", "-c", m.target.String(), "-p", strconv.Itoa(iperfPort), "-t", strconv.Itoa(secs), "-J", "--connect-timeout", "5000"}, t.args...)
 	cctx, cancel := context.WithTimeout(ctx, time.Duration(secs+30)*time.Second)
 	defer cancel()
 	out, runErr := nsOutput(cctx, m.clientNS, argv...)
-	cpu, elapsed, machine := meter.read()
-	other := others.read()
+	cpu, elapsed, machine := meter.Read()
+	other := others.Read()
 	gbps, bytes, retr, err := parseIperf(out)
 	if err != nil {
 		return tpSample{}, errors.Join(err, runErr)
@@ -480,19 +481,4 @@ func deviceTx(c *wgctrl.Client, name string) int64 {
 		n += p.TransmitBytes
 	}
 	return n
-}
-
-func kernelRelease() string {
-	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
-	return strings.TrimSpace(string(b))
-}
-
-func cpuModel() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-			return strings.TrimSpace(v)
-		}
-	}
-	return "unknown"
 }
