@@ -1,15 +1,12 @@
 package cluster
 
 import (
-	"crypto/rand"
 	"fmt"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/hashicorp/serf/serf"
+	"github.com/hashicorp/memberlist"
 
-	"github.com/meshd/meshd/internal/clustertest"
 	"github.com/meshd/meshd/mesh"
 )
 
@@ -27,34 +24,13 @@ func statusIn(m *Membership, name string) mesh.Status {
 // push/pull after push/pull. Rejoin, which meshd asks of it once its site
 // sees it alive, makes it alive everywhere again.
 func TestARetiredMemberThatMissedItComesBackByRejoining(t *testing.T) {
-	network := clustertest.NewNetwork()
-	key := make([]byte, 32)
-	rand.Read(key)
-	tr := map[string]*clustertest.Transport{}
-	for _, n := range []string{"a", "f", "g"} {
-		tr[n] = network.NewTransport(n)
-	}
-	start := func(name string, seeds ...string) *Membership {
-		var join []string
-		for _, s := range seeds {
-			join = append(join, tr[s].Addr())
-		}
-		m, err := Join(MembershipConfig{NodeName: name, GossipKey: key, Tags: map[string]string{}, Join: join,
-			Log: slog.New(slog.DiscardHandler),
-			Tune: func(c *serf.Config) {
-				c.MemberlistConfig.Transport = tr[name]
-				// Failure detection slower than the test: only the leave
-				// intent can make g leave.
-				c.MemberlistConfig.ProbeInterval, c.MemberlistConfig.ProbeTimeout = 3*time.Second, 500*time.Millisecond
-				c.MemberlistConfig.GossipInterval = 20 * time.Millisecond
-				c.MemberlistConfig.PushPullInterval = time.Second
-			}}, func() {})
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		t.Cleanup(func() { m.Leave() })
-		return m
-	}
+	pool := newTestPool(t, func(c *memberlist.Config) {
+		// Failure detection slower than the test: only the leave intent
+		// can make g leave.
+		c.ProbeInterval, c.ProbeTimeout = 3*time.Second, 500*time.Millisecond
+		c.PushPullInterval = time.Second
+	}, "a", "f", "g")
+	network, start := pool.network, pool.start
 	g := start("g")
 	a := start("a", "g")
 	f := start("f", "g")

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
 	"github.com/hashicorp/serf/serf"
 
 	"github.com/meshd/meshd/internal/clustertest"
@@ -84,31 +85,10 @@ func TestKickOnClockChange(t *testing.T) {
 // then not alone, but it never reached a seed, so it must keep trying b,
 // or a and c would stay a cluster of their own that never meets b.
 func TestJoinKeepsReachingForASeedWhenOthersJoinedFirst(t *testing.T) {
-	network := clustertest.NewNetwork()
-	key := make([]byte, 32)
-	rand.Read(key)
-	tr := map[string]*clustertest.Transport{}
-	for _, n := range []string{"a", "b", "c"} {
-		tr[n] = network.NewTransport(n)
-	}
-	start := func(name string, seeds ...string) *Membership {
-		var join []string
-		for _, s := range seeds {
-			join = append(join, tr[s].Addr())
-		}
-		m, err := Join(MembershipConfig{NodeName: name, GossipKey: key, Tags: map[string]string{}, Join: join,
-			Log: slog.New(slog.DiscardHandler),
-			Tune: func(c *serf.Config) {
-				c.MemberlistConfig.Transport = tr[name]
-				c.MemberlistConfig.ProbeInterval, c.MemberlistConfig.ProbeTimeout = 100*time.Millisecond, 50*time.Millisecond
-				c.MemberlistConfig.GossipInterval = 20 * time.Millisecond
-			}}, func() {})
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		t.Cleanup(func() { m.serf.Shutdown() })
-		return m
-	}
+	pool := newTestPool(t, func(c *memberlist.Config) {
+		c.ProbeInterval, c.ProbeTimeout = 100*time.Millisecond, 50*time.Millisecond
+	}, "a", "b", "c")
+	start := pool.start
 	c := start("c", "b")
 	a := start("a", "c")
 	knows := func(m *Membership, name string) bool {
@@ -137,9 +117,9 @@ func TestJoinKeepsReachingForASeedWhenOthersJoinedFirst(t *testing.T) {
 	// Merged, c stops joining: no stream opened for longer than its
 	// longest backoff (push/pull runs every 30 s here).
 	time.Sleep(time.Second)
-	dials := tr["c"].Dials()
+	dials := pool.tr["c"].Dials()
 	time.Sleep(maxJoinBackoff + 2*time.Second)
-	if n := tr["c"].Dials() - dials; n > 0 {
+	if n := pool.tr["c"].Dials() - dials; n > 0 {
 		t.Errorf("c opened %d streams after it merged: it keeps joining", n)
 	}
 }
@@ -189,4 +169,43 @@ func TestAHostThatNeverJoinsWarns(t *testing.T) {
 	if !strings.Contains(out, seed.Addr()) || !strings.Contains(out, "refused") {
 		t.Errorf("the warning does not name the seed %s and the last error:\n%s", seed.Addr(), out)
 	}
+}
+
+// testPool is members in-process on one clustertest network, with one
+// gossip key and the given memberlist timers.
+type testPool struct {
+	t       *testing.T
+	network *clustertest.Network
+	key     []byte
+	tr      map[string]*clustertest.Transport
+	tune    func(*memberlist.Config)
+}
+
+func newTestPool(t *testing.T, tune func(*memberlist.Config), names ...string) *testPool {
+	p := &testPool{t: t, network: clustertest.NewNetwork(), key: make([]byte, 32), tr: map[string]*clustertest.Transport{}, tune: tune}
+	rand.Read(p.key)
+	for _, n := range names {
+		p.tr[n] = p.network.NewTransport(n)
+	}
+	return p
+}
+
+// start joins name to the pool through seeds; the test's end shuts it down.
+func (p *testPool) start(name string, seeds ...string) *Membership {
+	var join []string
+	for _, s := range seeds {
+		join = append(join, p.tr[s].Addr())
+	}
+	m, err := Join(MembershipConfig{NodeName: name, GossipKey: p.key, Tags: map[string]string{}, Join: join,
+		Log: slog.New(slog.DiscardHandler),
+		Tune: func(c *serf.Config) {
+			c.MemberlistConfig.Transport = p.tr[name]
+			c.MemberlistConfig.GossipInterval = 20 * time.Millisecond
+			p.tune(c.MemberlistConfig)
+		}}, func() {})
+	if err != nil {
+		p.t.Fatalf("%s: %v", name, err)
+	}
+	p.t.Cleanup(func() { m.serf.Shutdown() })
+	return m
 }
