@@ -39,7 +39,7 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 	}
 	relayer := d.isRelayer(remote)
 	if !relayer {
-		d.directory.relaying, d.directory.settleAt = false, time.Time{}
+		d.directory.stopRelaying()
 		return nil
 	}
 	now := time.Now()

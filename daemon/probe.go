@@ -326,7 +326,9 @@ func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) (ok, unknown boo
 func (d *Daemon) onSiteEvent(name string, payload []byte, ltime uint64) {
 	switch name {
 	case eventGateway:
-		d.directory.receive(name, payload, ltime)
+		if d.directory.receive(name, payload, ltime) {
+			d.Kick() // relay this gateway's own view again
+		}
 	case eventRejoin:
 		if string(payload) == d.ann.local().Name {
 			d.rejoinWanted.Store(true)
