@@ -117,9 +117,11 @@ func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
 		}
 	}
 	// A gateway cut off from most of its own site would retire every
-	// other gateway at once: the site pool's verdict counts only while
-	// this gateway sees most of the site alive.
-	if len(alive) <= len(failed) {
+	// other gateway at once: several failures count only while this
+	// gateway sees most of the site alive. One is always told (a site of
+	// two gateways has no majority to ask, and a gateway retired wrongly
+	// refutes it).
+	if len(failed) > 1 && len(alive) <= len(failed) {
 		return
 	}
 	for name := range d.retired {

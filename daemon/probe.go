@@ -266,7 +266,8 @@ func (d *Daemon) checkFarGateways(ctx context.Context, src netip.Addr) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if ok, _ := d.echo(ctx, src, a); !ok {
+			// An echo that could not be sent says nothing of the far end.
+			if ok, unknown := d.echo(ctx, src, a); !ok && !unknown {
 				silent.Store(true)
 			}
 		}()
@@ -275,7 +276,9 @@ func (d *Daemon) checkFarGateways(ctx context.Context, src netip.Addr) {
 	if ctx.Err() != nil {
 		return
 	}
-	d.ejector.farResult(len(far) > 0 && !silent.Load(), time.Now())
+	// With no far gateway to ask (none of this family), there is no
+	// evidence against the gateway's own forwarding being at fault.
+	d.ejector.farResult(!silent.Load(), time.Now())
 	d.Kick()
 }
 
@@ -461,8 +464,12 @@ func (e *ejector) decide(me string, probers, usable []string, now time.Time) boo
 	// reaches a far gateway itself, the far end works and its forwarding
 	// is what fails; if not, the far end or the WAN is at fault, which
 	// membership handles, and draining would only push the site's
-	// traffic onto another gateway facing the same dead far end.
+	// traffic onto another gateway facing the same dead far end. Only for
+	// so long: a far end that stays silent past membership's time to
+	// move the pairs, or this gateway's own wedged device, which silences
+	// its own echoes too, is no longer explained by the far end.
 	switch {
+	case now.Sub(e.farSince) >= farVetoMax:
 	case now.Sub(e.farOK) <= farFresh:
 	case now.Sub(e.farChecked) <= farFresh:
 		e.declined = "reported by " + reporters + ", but not every far gateway answers this gateway either: the far end is at fault"
@@ -493,6 +500,12 @@ func (e *ejector) setFar(far []netip.Addr, now time.Time) {
 // reportLatency covers a report made before the far gateways changed and
 // delivered after.
 const reportLatency = time.Second
+
+// farVetoMax is how long, after its far gateways last changed, a
+// gateway's failed check of them keeps it from draining: longer than the
+// WAN pool's failure detection at a few hundred gateways (its suspicion
+// lasts up to about a minute there).
+const farVetoMax = 90 * time.Second
 
 // farFresh is how long this gateway's own check of its far gateways
 // counts.

@@ -170,6 +170,7 @@ func TestEjectorAsksTheGatewayWhetherTheFarEndAnswers(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	probers, usable := []string{"p1", "p2"}, []string{"g1", "g2"}
 	e := newEjector()
+	e.setFar([]netip.Addr{remote1}, t0.Add(-2*time.Second))
 	e.add(report("p1", "g1", 1000), t0)
 	e.add(report("p2", "g1", 1000), t0)
 	if e.decide("g1", probers, usable, t0) {
@@ -195,6 +196,25 @@ func TestEjectorAsksTheGatewayWhetherTheFarEndAnswers(t *testing.T) {
 	e.farResult(true, later)
 	if !e.decide("g1", probers, usable, later) {
 		t.Fatal("the far end answers the gateway, its probes fail through it, and it stayed")
+	}
+
+	// A far end silent for longer than membership needs to move the
+	// pairs no longer explains the failures (the gateway's own device may
+	// be wedged, silencing its own echoes too): the reports drain it.
+	e = newEjector()
+	e.setFar([]netip.Addr{remote1}, t0.Add(-2*time.Second))
+	e.add(report("p1", "g1", 1000), t0)
+	e.add(report("p2", "g1", 1000), t0)
+	e.farResult(false, t0)
+	if e.decide("g1", probers, usable, t0) {
+		t.Fatal("drained while the far end's silence could explain the reports")
+	}
+	stale := t0.Add(farVetoMax)
+	e.add(report("p1", "g1", 1000+int64(farVetoMax/time.Second)), stale)
+	e.add(report("p2", "g1", 1000+int64(farVetoMax/time.Second)), stale)
+	e.farResult(false, stale)
+	if !e.decide("g1", probers, usable, stale) {
+		t.Fatal("reports lasting past farVetoMax did not drain the gateway")
 	}
 
 	// Reports from before the gateway's pairs moved to other far

@@ -96,6 +96,13 @@ func TestGatewayRetiresAFellowGatewayItsSiteLost(t *testing.T) {
 	if got := wan.take(); len(got) != 0 {
 		t.Fatalf("a gateway seeing most of its site failed retired %v", got)
 	}
+	// A site of two gateways has no majority to ask: the one failure is
+	// told.
+	d.retired = map[string]bool{}
+	d.retireFellowGateways([]mesh.Member{gateway("self", site, mesh.StatusAlive), gateway("gw-a", site, mesh.StatusFailed)}, remote)
+	if got := wan.take(); !slices.Equal(got, []string{"gw-a"}) {
+		t.Fatalf("in a site of two gateways retired %v, want [gw-a]", got)
+	}
 	// A host that is not a gateway has no WAN pool to tell.
 	d.wan = nil
 	d.retireFellowGateways(sitePool, remote)
@@ -319,6 +326,9 @@ func TestRelayerCorrectsAContradictingRelay(t *testing.T) {
 	dir.relay(site, remote, false)
 	if got := site.take(); len(got) != 0 {
 		t.Fatalf("sent again within resendEvery: %v", got)
+	}
+	if dir.resendDue(time.Now()) || !dir.resendDue(time.Now().Add(resendEvery)) {
+		t.Fatal("the held-back resend is not due exactly once resendEvery passed")
 	}
 	dir.mu.Lock()
 	dir.resentAt["b1"] = time.Now().Add(-resendEvery)

@@ -248,7 +248,7 @@ func cmpString(a, b string) int {
 func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) error {
 	now := time.Now()
 	type record struct {
-		name, raw string
+		name, raw, before string
 	}
 	var out []record
 	dir.mu.Lock()
@@ -269,7 +269,12 @@ func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) er
 		if dir.contradicted[m.Name] {
 			dir.resentAt[m.Name] = now
 		}
-		out = append(out, record{m.Name, string(raw)})
+		// Recorded before the broadcast: a contradiction arriving
+		// meanwhile is then measured against this record, and this
+		// host's own echo is none.
+		out = append(out, record{m.Name, string(raw), dir.sent[m.Name]})
+		dir.sent[m.Name] = string(raw)
+		delete(dir.contradicted, m.Name)
 	}
 	for name := range dir.sent {
 		if !seen[name] {
@@ -287,12 +292,15 @@ func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) er
 			if firstErr == nil {
 				firstErr = fmt.Errorf("relay %s's announcement into the site: %w", r.name, err)
 			}
-			continue
+			dir.mu.Lock()
+			if dir.sent[r.name] == r.raw {
+				dir.sent[r.name] = r.before // not sent: the next pass tries again
+				if r.before == "" {
+					delete(dir.sent, r.name)
+				}
+			}
+			dir.mu.Unlock()
 		}
-		dir.mu.Lock()
-		dir.sent[r.name] = r.raw
-		delete(dir.contradicted, r.name)
-		dir.mu.Unlock()
 	}
 	return firstErr
 }
@@ -315,6 +323,19 @@ func (dir *directory) newcomers(members []mesh.Member) bool {
 
 func (dir *directory) refreshDue(now time.Time) bool {
 	return now.Sub(dir.lastFull) >= directoryRefresh
+}
+
+// resendDue reports whether a contradicted record's resend, held back by
+// resendEvery, is due now.
+func (dir *directory) resendDue(now time.Time) bool {
+	dir.mu.Lock()
+	defer dir.mu.Unlock()
+	for name := range dir.contradicted {
+		if now.Sub(dir.resentAt[name]) >= resendEvery {
+			return true
+		}
+	}
+	return false
 }
 
 // stopRelaying forgets what this gateway relayed: the site's records
