@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -98,48 +99,36 @@ func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
 			alive[m.Name] = true
 		}
 	}
-	me := d.ann.local()
-	for _, m := range remote {
-		if !alive[m.Name] || m.Name == me.Name || (m.Status != mesh.StatusLeaving && m.Status != mesh.StatusLeft) || now.Sub(d.askedRejoin[m.Name]) < rejoinEvery {
-			continue
-		}
-		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != me.SiteName() {
-			continue
-		}
-		d.askedRejoin[m.Name] = now
-		if err := d.members.Broadcast(eventRejoin, []byte(m.Name)); err != nil {
-			d.log.Debug("ask a gateway to rejoin the WAN pool", "gateway", m.Name, "err", err)
-		}
-	}
-	for name, at := range d.askedRejoin {
-		if now.Sub(at) >= rejoinEvery {
-			delete(d.askedRejoin, name)
-		}
-	}
 	// A gateway cut off from most of its own site would retire every
 	// other gateway at once: several failures count only while this
 	// gateway sees most of the site alive. One is always told (a site of
 	// two gateways has no majority to ask, and a gateway retired wrongly
 	// refutes it).
-	if len(failed) > 1 && len(alive) <= len(failed) {
-		return
-	}
-	for name := range d.retired {
-		if !failed[name] {
-			delete(d.retired, name)
-		}
-	}
-	site := me.SiteName()
+	mayRetire := len(failed) <= 1 || len(alive) > len(failed)
+	maps.DeleteFunc(d.retired, func(name string, _ bool) bool { return !failed[name] })
+	maps.DeleteFunc(d.askedRejoin, func(_ string, at time.Time) bool { return now.Sub(at) >= rejoinEvery })
+	me := d.ann.local()
 	for _, m := range remote {
-		if !failed[m.Name] || m.Status != mesh.StatusAlive || d.retired[m.Name] {
+		gone := m.Status == mesh.StatusLeaving || m.Status == mesh.StatusLeft
+		rejoin := alive[m.Name] && m.Name != me.Name && gone && now.Sub(d.askedRejoin[m.Name]) >= rejoinEvery
+		retire := mayRetire && failed[m.Name] && m.Status == mesh.StatusAlive && !d.retired[m.Name]
+		if !rejoin && !retire {
 			continue
 		}
-		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != site {
+		if ann, err := mesh.DecodeTags(m.Tags); err != nil || ann.SiteName() != me.SiteName() {
 			continue
 		}
-		d.retired[m.Name] = true
-		d.log.Info("gateway failed in the site pool: telling the WAN pool", "gateway", m.Name)
-		d.wan.Retire(m.Name)
+		if rejoin {
+			d.askedRejoin[m.Name] = now
+			if err := d.members.Broadcast(eventRejoin, []byte(m.Name)); err != nil {
+				d.log.Debug("ask a gateway to rejoin the WAN pool", "gateway", m.Name, "err", err)
+			}
+		}
+		if retire {
+			d.retired[m.Name] = true
+			d.log.Info("gateway failed in the site pool: telling the WAN pool", "gateway", m.Name)
+			d.wan.Retire(m.Name)
+		}
 	}
 }
 
