@@ -73,24 +73,7 @@ func TestSitesAtScale(t *testing.T) {
 	lanTr := func(h *testHost) *clustertest.Transport { return h.tr }
 	wanTr := func(h *testHost) *clustertest.Transport { return h.wanTr }
 	config := func(h *testHost, site, slice int, join, wanJoin string) string {
-		text := fmt.Sprintf(`node_name = %q
-data_dir = %q
-control_socket = %q
-cni_conf_dir = ""
-docker_plugin_socket = ""
-
-[cluster]
-bind_addr = %q
-join = [%s]
-gossip_key_file = %q
-
-[site]
-name = "s%03d"
-gateway = %v
-`, h.name, h.dir+"/data", h.dir+"/meshd.sock", h.addr, join, key, site, h.wanTr != nil)
-		if h.wanTr != nil {
-			text += fmt.Sprintf("\n[wan]\nadvertise_addr = %q\njoin = [%s]\n", netip.MustParseAddrPort(h.wanTr.Addr()).Addr(), wanJoin)
-		}
+		text := siteConfigHead(h, key, fmt.Sprintf("s%03d", site), h.wanTr != nil, join, wanJoin)
 		return text + fmt.Sprintf(`
 [wireguard]
 interface = "mesh0"

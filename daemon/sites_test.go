@@ -70,28 +70,7 @@ func (ts *twoSites) config(name string) *config.Config {
 		}
 	}
 	block := map[string]string{"a": "10.42.0.0/20", "b": "10.42.16.0/20"}[site]
-	text := fmt.Sprintf(`node_name = %q
-data_dir = %q
-control_socket = %q
-cni_conf_dir = ""
-docker_plugin_socket = ""
-
-[cluster]
-bind_addr = %q
-join = [%s]
-gossip_key_file = %q
-
-[site]
-name = %q
-gateway = %v
-`, name, h.dir+"/data", h.dir+"/meshd.sock", h.addr, strings.Join(join, ", "), ts.key, site, ts.isGateway[name])
-	if ts.isGateway[name] {
-		text += fmt.Sprintf(`
-[wan]
-advertise_addr = %q
-join = [%s]
-`, netip.MustParseAddrPort(h.wanTr.Addr()).Addr(), strings.Join(wanJoin, ", "))
-	}
+	text := siteConfigHead(h, ts.key, site, ts.isGateway[name], strings.Join(join, ", "), strings.Join(wanJoin, ", "))
 	if ts.ca != nil {
 		id, _ := ts.ca.issueIn(name, site, ts.isGateway[name], time.Hour, "strict")
 		text += id
@@ -107,6 +86,31 @@ site_block = %q
 subnet = "10.42.%d.0/24"
 `, block, ts.slice[name])
 	return h.config(text)
+}
+
+// siteConfigHead is a test host's config up to [wireguard]: its site
+// pool joining join (a TOML list's items), its site and, for a gateway,
+// the WAN pool at its WAN transport's address joining wanJoin.
+func siteConfigHead(h *testHost, keyFile, site string, gateway bool, join, wanJoin string) string {
+	text := fmt.Sprintf(`node_name = %q
+data_dir = %q
+control_socket = %q
+cni_conf_dir = ""
+docker_plugin_socket = ""
+
+[cluster]
+bind_addr = %q
+join = [%s]
+gossip_key_file = %q
+
+[site]
+name = %q
+gateway = %v
+`, h.name, h.dir+"/data", h.dir+"/meshd.sock", h.addr, join, keyFile, site, gateway)
+	if gateway {
+		text += fmt.Sprintf("\n[wan]\nadvertise_addr = %q\njoin = [%s]\n", netip.MustParseAddrPort(h.wanTr.Addr()).Addr(), wanJoin)
+	}
+	return text
 }
 
 // peersOf lists a host's WireGuard peers by name with their allowed IPs.
