@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"maps"
@@ -179,19 +177,7 @@ func runConverge(ctx context.Context, f cvFlags) error {
 		fmt.Fprintf(os.Stderr, "failover %d/%d: %s\n", i+1, f.reps, describeFail(fr))
 	}
 	printConverge(os.Stdout, rep)
-	if f.jsonOut != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(f.jsonOut, b, 0o644); err != nil {
-			return err
-		}
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("interrupted: %w", ctx.Err())
-	}
-	if failed {
-		return errors.New("some measurements failed (see above)")
-	}
-	return nil
+	return finish(ctx, f.jsonOut, rep, failed, "some measurements failed (see above)")
 }
 
 // start starts every host but the newcomers at once and returns when

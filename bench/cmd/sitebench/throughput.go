@@ -188,9 +188,15 @@ func runThroughput(ctx context.Context, f tpFlags, tests []tpTest) error {
 	}
 	failed := measureAll(ctx, f, wg, modes, tests, rep)
 	printThroughput(os.Stdout, rep, modes, tests)
-	if f.jsonOut != "" {
+	return finish(ctx, f.jsonOut, rep, failed, "some runs failed (see FAILED above)")
+}
+
+// finish writes rep as JSON to jsonOut (when set) and returns the run's
+// outcome: interrupted, failed with failMsg, or nil.
+func finish(ctx context.Context, jsonOut string, rep any, failed bool, failMsg string) error {
+	if jsonOut != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(f.jsonOut, b, 0o644); err != nil {
+		if err := os.WriteFile(jsonOut, b, 0o644); err != nil {
 			return err
 		}
 	}
@@ -198,7 +204,7 @@ func runThroughput(ctx context.Context, f tpFlags, tests []tpTest) error {
 		return fmt.Errorf("interrupted: %w", ctx.Err())
 	}
 	if failed {
-		return errors.New("some runs failed (see FAILED above)")
+		return errors.New(failMsg)
 	}
 	return nil
 }
