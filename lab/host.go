@@ -341,3 +341,17 @@ func (h *Host) Log() string {
 	}
 	return string(b)
 }
+
+// StopHosts stops meshd on every host of hosts that runs it, all at once,
+// and returns their errors joined.
+func StopHosts(hosts []*Host) error {
+	errs := make([]error, len(hosts))
+	var wg sync.WaitGroup
+	for i, h := range hosts {
+		if h.Running() {
+			wg.Go(func() { errs[i] = h.Stop() })
+		}
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

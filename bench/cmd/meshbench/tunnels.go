@@ -395,25 +395,7 @@ func (t *meshdTunnel) teardown() error {
 	if t.wantRules > 0 && t.l.Host(2).Running() {
 		fmt.Fprintf(os.Stderr, "  policy: %s\n", t.policyHits())
 	}
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, h := range []*lab.Host{t.l.Host(1), t.l.Host(2)} {
-		if !h.Running() {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := h.Stop(); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return lab.StopHosts([]*lab.Host{t.l.Host(1), t.l.Host(2)})
 }
 
 // allowRules renders n [[allow]] tables from blue to distinct /24s of

@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/meshd/meshd/control"
@@ -181,30 +180,6 @@ func startProbes(probes []probe, interval time.Duration) (echoStreams, error) {
 		from[i], to[i] = p.from, p.to
 	}
 	return startEchoes(from, to, interval)
-}
-
-// stopAll stops the given hosts' meshd in parallel (SIGTERM, then SIGKILL
-// after the lab's grace).
-func stopAll(hosts []*lab.Host) error {
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	for _, h := range hosts {
-		if !h.Running() {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := h.Stop(); err != nil {
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // keepLogs copies every host's meshd log into dir (as <lab>-<host>.log)
