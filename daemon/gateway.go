@@ -40,7 +40,7 @@ func (d *Daemon) relayDirectory(members, remote []mesh.Member) error {
 	}
 	relayer := d.isRelayer(remote)
 	if !relayer {
-		d.directory.stopRelaying()
+		d.directory.relaying, d.directory.settleAt = false, time.Time{}
 		return nil
 	}
 	now := time.Now()
@@ -134,16 +134,28 @@ func (d *Daemon) retireFellowGateways(members, remote []mesh.Member) {
 
 // isRelayer reports whether this gateway relays the WAN pool into its
 // site: the lowest-named gateway of the site that its WAN pool shows
-// alive, and only while that pool shows another site alive. One relayer
-// keeps a gateway whose WAN uplink died, and which therefore sees every
-// other site fail, from telling its site they all failed: it stops
-// relaying, and the next gateway, which sees it gone from the WAN pool,
-// takes over with a full relay.
+// alive, and only while that pool shows another site alive and most of
+// its other members alive. One relayer keeps a gateway whose WAN uplink
+// died, and which therefore sees every other gateway fail, from telling
+// its site they all failed: it stops relaying as soon as the failures it
+// sees outnumber the rest (before, it relayed the first ones it noticed,
+// a fellow gateway's among them), and the next gateway, which sees it
+// gone from the WAN pool, takes over with a full relay.
 func (d *Daemon) isRelayer(remote []mesh.Member) bool {
 	me := d.ann.local()
 	connected := false
+	alive, failed := 0, 0
 	for _, m := range remote {
-		if m.Status != mesh.StatusAlive || m.Name == me.Name {
+		if m.Name == me.Name {
+			continue
+		}
+		switch m.Status {
+		case mesh.StatusAlive:
+			alive++
+		case mesh.StatusFailed:
+			failed++
+			continue
+		default:
 			continue
 		}
 		ann, err := mesh.DecodeTags(m.Tags)
@@ -156,7 +168,7 @@ func (d *Daemon) isRelayer(remote []mesh.Member) bool {
 			return false
 		}
 	}
-	return connected
+	return connected && alive > failed
 }
 
 // updatePaths, on a gateway, announces what it learnt of its WAN paths:

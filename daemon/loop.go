@@ -198,8 +198,8 @@ func (d *Daemon) checkHealth() (repairDue bool) {
 	}
 	d.checkForwarding(missing)
 	d.drainingChanged() // forwarding, or an ejection that ended
-	if at := d.directory.settleAt; (!at.IsZero() && time.Now().After(at)) || d.directory.resendDue(time.Now()) {
-		d.Kick() // the relay after a takeover, or a held-back resend, is due
+	if at := d.directory.settleAt; !at.IsZero() && time.Now().After(at) {
+		d.Kick() // the relay after a takeover is due
 	}
 	if at := d.paths.decideAt; !at.IsZero() && time.Now().After(at) {
 		d.paths.decideAt = time.Time{}

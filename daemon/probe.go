@@ -329,9 +329,7 @@ func (d *Daemon) echo(ctx context.Context, src, dst netip.Addr) (ok, unknown boo
 func (d *Daemon) onSiteEvent(name string, payload []byte, ltime uint64) {
 	switch name {
 	case eventGateway:
-		if d.directory.receive(name, payload, ltime) {
-			d.Kick() // relay this gateway's own view again
-		}
+		d.directory.receive(name, payload, ltime)
 	case eventRejoin:
 		if string(payload) == d.ann.local().Name {
 			d.rejoinWanted.Store(true)

@@ -1,15 +1,10 @@
 package daemon
 
 import (
-	"encoding/json"
-	"net/netip"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
 	"github.com/meshd/meshd/mesh"
 )
@@ -281,60 +276,5 @@ func TestNewRelayerRelaysAgainOnceSettled(t *testing.T) {
 	}
 	if !d.directory.settleAt.IsZero() || d.directory.relaying {
 		t.Errorf("after handing over: relaying %v, settling relay due at %v", d.directory.relaying, d.directory.settleAt)
-	}
-}
-
-// The relayer sends its own view again when the site took a different
-// record of the same gateway from another gateway that still relays, at
-// most every resendEvery; its own echo is no contradiction.
-func TestRelayerCorrectsAContradictingRelay(t *testing.T) {
-	dir := newDirectory()
-	site := &recordingSite{fakeCluster: newFakeCluster()}
-	tags, err := mesh.Announcement{PublicKey: wgtypes.Key{1}, Endpoint: netip.MustParseAddrPort("203.0.113.1:51820"), Site: "b",
-		Role: mesh.Role{Gateway: true}}.Tags()
-	if err != nil {
-		t.Fatal(err)
-	}
-	remote := []mesh.Member{{Name: "b1", Status: mesh.StatusAlive, Tags: tags}}
-	record := func(status mesh.Status) []byte {
-		raw, _ := json.Marshal(dirRecord{Name: "b1", Status: string(status), Tags: tags})
-		return raw
-	}
-	if err := dir.relay(site, remote, false); err != nil {
-		t.Fatal(err)
-	}
-	if got := site.take(); len(got) != 1 {
-		t.Fatalf("relayed %v, want b1 once", got)
-	}
-	if dir.receive(eventGateway, record(mesh.StatusAlive), 10) {
-		t.Fatal("this gateway's own echo counted as a contradiction")
-	}
-	// The gateway that relayed before, with its older view.
-	if !dir.receive(eventGateway, record(mesh.StatusFailed), 11) {
-		t.Fatal("a different record of b1 was not reported as a contradiction")
-	}
-	dir.relay(site, remote, false)
-	if got := site.take(); len(got) != 1 || !strings.Contains(got[0], `"s":"alive"`) {
-		t.Fatalf("after the contradiction relayed %v, want b1 alive again", got)
-	}
-	dir.relay(site, remote, false)
-	if got := site.take(); len(got) != 0 {
-		t.Fatalf("relayed %v again with nothing contradicting", got)
-	}
-	// Contradicted again at once: not before resendEvery.
-	dir.receive(eventGateway, record(mesh.StatusFailed), 13)
-	dir.relay(site, remote, false)
-	if got := site.take(); len(got) != 0 {
-		t.Fatalf("sent again within resendEvery: %v", got)
-	}
-	if dir.resendDue(time.Now()) || !dir.resendDue(time.Now().Add(resendEvery)) {
-		t.Fatal("the held-back resend is not due exactly once resendEvery passed")
-	}
-	dir.mu.Lock()
-	dir.resentAt["b1"] = time.Now().Add(-resendEvery)
-	dir.mu.Unlock()
-	dir.relay(site, remote, false)
-	if got := site.take(); len(got) != 1 {
-		t.Fatalf("after resendEvery relayed %v, want b1 once", got)
 	}
 }

@@ -45,11 +45,6 @@ const (
 	// every member of the site about sites x 500 bytes x serf's
 	// retransmissions (measured in TestSitesAtScale).
 	directoryRefresh = 2 * time.Minute
-	// resendEvery bounds how often a relayer sends a record again
-	// because the site took another gateway's different one: two
-	// gateways that both relay for a moment, with different views, do
-	// not ping-pong faster.
-	resendEvery = 2 * time.Second
 	// relaySettle is how long after taking over relaying a gateway
 	// relays everything once more, by when the gateway that relayed
 	// before saw it take over and stopped.
@@ -113,19 +108,12 @@ func (d *Daemon) remoteGateways() []mesh.Member {
 type directory struct {
 	mu      sync.Mutex
 	entries map[string]dirEntry
-	// sent is the gateway side's memory of what it relayed last, to send
-	// only changes between refreshes; contradicted names the ones of
-	// them for which the site since took a different record (another
-	// gateway that still relays, with an older view), and resentAt when
-	// each was last sent again for that. Guarded by mu: the event
-	// goroutine compares, the loop sends.
-	sent         map[string]string
-	contradicted map[string]bool
-	resentAt     map[string]time.Time
-	// The loop's own: when it last relayed everything; known, the site's
-	// live members at the last relay; relaying, whether this gateway was
-	// the relayer then.
+	// sent is the gateway side's memory (the loop's) of what it relayed
+	// last, to send only changes between refreshes.
+	sent     map[string]string
 	lastFull time.Time
+	// known is the loop's record of the site's live members at the last
+	// relay; relaying whether this gateway was the relayer then.
 	known    map[string]bool
 	relaying bool
 	// settleAt is when a gateway that took over relaying relays all
@@ -147,7 +135,7 @@ type dirRecord struct {
 }
 
 func newDirectory() *directory {
-	return &directory{entries: map[string]dirEntry{}, sent: map[string]string{}, contradicted: map[string]bool{}, resentAt: map[string]time.Time{}}
+	return &directory{entries: map[string]dirEntry{}, sent: map[string]string{}}
 }
 
 // maxDirectory bounds the relayed announcements a host keeps: any member
@@ -166,13 +154,9 @@ const maxDirectory = 4096
 // arrive after the new relayer's "alive": without the order it would
 // stand until the next refresh, and this host would route around a
 // gateway the far end sends through.
-//
-// It reports whether the record contradicts what this gateway relayed of
-// the same gateway, so that the loop sends its own again: the site must
-// end with this relayer's view, not with a late one of the last.
-func (dir *directory) receive(name string, payload []byte, ltime uint64) (contradicts bool) {
+func (dir *directory) receive(name string, payload []byte, ltime uint64) {
 	if name != eventGateway {
-		return false
+		return
 	}
 	var r dirRecord
 	if err := json.Unmarshal(payload, &r); err != nil || identity.ValidName(r.Name) != nil || len(r.Tags) > 32 {
@@ -183,23 +167,17 @@ func (dir *directory) receive(name string, payload []byte, ltime uint64) (contra
 	defer dir.mu.Unlock()
 	old, had := dir.entries[r.Name]
 	if !had && len(dir.entries) >= maxDirectory {
-		return false
+		return
 	}
 	if had {
 		switch counter, oldCounter := signedCounter(r.Tags), signedCounter(old.member.Tags); {
 		case counter < oldCounter:
-			return false
+			return
 		case counter == oldCounter && ltime < old.ltime:
-			return false
+			return
 		}
 	}
 	dir.entries[r.Name] = dirEntry{member: m, seen: time.Now(), ltime: ltime}
-	// Relayers marshal the same record to the same bytes.
-	if sent, ok := dir.sent[r.Name]; ok && sent != string(payload) {
-		dir.contradicted[r.Name] = true
-		return true
-	}
-	return false
 }
 
 // signedCounter is a signed announcement's counter, 0 when unsigned.
@@ -241,16 +219,11 @@ func cmpString(a, b string) int {
 // the site's first gateway refreshes, so a site of several gateways does
 // not repeat everything several times). Runs on the loop.
 func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) error {
-	now := time.Now()
-	type record struct {
-		name, raw, before string
-	}
-	var out []record
-	dir.mu.Lock()
 	if refresh {
 		dir.sent = map[string]string{}
-		dir.lastFull = now
+		dir.lastFull = time.Now()
 	}
+	var firstErr error
 	seen := map[string]bool{}
 	for _, m := range remote {
 		seen[m.Name] = true
@@ -258,43 +231,20 @@ func (dir *directory) relay(site Cluster, remote []mesh.Member, refresh bool) er
 		if err != nil {
 			continue
 		}
-		if dir.sent[m.Name] == string(raw) && (!dir.contradicted[m.Name] || now.Sub(dir.resentAt[m.Name]) < resendEvery) {
+		if dir.sent[m.Name] == string(raw) {
 			continue
 		}
-		if dir.contradicted[m.Name] {
-			dir.resentAt[m.Name] = now
+		if err := site.Broadcast(eventGateway, raw); err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("relay %s's announcement into the site: %w", m.Name, err)
+			}
+			continue
 		}
-		// Recorded before the broadcast: a contradiction arriving
-		// meanwhile is then measured against this record, and this
-		// host's own echo is none.
-		out = append(out, record{m.Name, string(raw), dir.sent[m.Name]})
 		dir.sent[m.Name] = string(raw)
-		delete(dir.contradicted, m.Name)
 	}
 	for name := range dir.sent {
 		if !seen[name] {
 			delete(dir.sent, name) // reaped from the WAN pool: the TTL ends it
-		}
-	}
-	maps.DeleteFunc(dir.contradicted, func(name string, _ bool) bool { return !seen[name] })
-	maps.DeleteFunc(dir.resentAt, func(_ string, at time.Time) bool { return now.Sub(at) >= resendEvery })
-	dir.mu.Unlock()
-	// Not under mu: serf hands this host its own event on the goroutine
-	// that calls receive.
-	var firstErr error
-	for _, r := range out {
-		if err := site.Broadcast(eventGateway, []byte(r.raw)); err != nil {
-			if firstErr == nil {
-				firstErr = fmt.Errorf("relay %s's announcement into the site: %w", r.name, err)
-			}
-			dir.mu.Lock()
-			if dir.sent[r.name] == r.raw {
-				dir.sent[r.name] = r.before // not sent: the next pass tries again
-				if r.before == "" {
-					delete(dir.sent, r.name)
-				}
-			}
-			dir.mu.Unlock()
 		}
 	}
 	return firstErr
@@ -318,30 +268,6 @@ func (dir *directory) newcomers(members []mesh.Member) bool {
 
 func (dir *directory) refreshDue(now time.Time) bool {
 	return now.Sub(dir.lastFull) >= directoryRefresh
-}
-
-// resendDue reports whether a contradicted record's resend, held back by
-// resendEvery, is due now.
-func (dir *directory) resendDue(now time.Time) bool {
-	dir.mu.Lock()
-	defer dir.mu.Unlock()
-	for name := range dir.contradicted {
-		if now.Sub(dir.resentAt[name]) >= resendEvery {
-			return true
-		}
-	}
-	return false
-}
-
-// stopRelaying forgets what this gateway relayed: the site's records
-// from the next relayer contradict none of it, and a takeover starts
-// with a full relay anyway.
-func (dir *directory) stopRelaying() {
-	dir.relaying, dir.settleAt = false, time.Time{}
-	dir.mu.Lock()
-	defer dir.mu.Unlock()
-	clear(dir.sent)
-	clear(dir.contradicted)
 }
 
 // settleDue reports, once, that the full relay after a takeover is due.
