@@ -5,26 +5,27 @@
 # [[allow]] rules, and Nebula if it builds; plus the ChaCha20-Poly1305
 # ceiling of this machine. Prints one table; exits non-zero if a run failed.
 #
-#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json] [-P DIR] [-B REV]
+#   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json] [-P DIR] [-B REV] [-c]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
-#   -m  comma list of raw,wggo,wggonft,wggoct,meshd,meshdnotrack,meshd100,meshdbase,nebula
+#   -m  comma list of raw,wggo,wggonft,wggoct,wggonoct,meshd,meshdnotrack,meshd100,meshdbase,nebula
 #       (default: raw,wggo,wggonft,meshd,meshd100,nebula)
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
 #   -j  also write the results as JSON
 #   -P  record a system-wide perf profile of every measurement into DIR
 #   -B  build meshd at git revision REV too, for mode meshdbase (before/after)
+#   -c  pin: h1's tunnel and the iperf3 client on CPU 0, h2's and the server on CPU 1
 # Environment: NEBULA_VERSIONS (default "latest v1.11.2 v1.10.3"): tried in order,
 # the first that builds is measured; NEBULA_GOTOOLCHAIN (default go1.27.3) for
 # versions that need a newer Go.
 set -euo pipefail
 
-T=10 R=3 MODES=raw,wggo,wggonft,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp PERF= BASE=
-while getopts t:r:m:p:j:T:P:B:h o; do
+T=10 R=3 MODES=raw,wggo,wggonft,meshd,meshd100,nebula P=pod JSON= TESTS=tcp1,tcp4,udp PERF= BASE= PIN=
+while getopts t:r:m:p:j:T:P:B:ch o; do
   case $o in
-    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;; P) PERF=$OPTARG ;; B) BASE=$OPTARG ;;
-    *) sed -n '2,20p' "$0"; exit 2 ;;
+    t) T=$OPTARG ;; r) R=$OPTARG ;; m) MODES=$OPTARG ;; p) P=$OPTARG ;; j) JSON=$OPTARG ;; T) TESTS=$OPTARG ;; P) PERF=$OPTARG ;; B) BASE=$OPTARG ;; c) PIN=1 ;;
+    *) sed -n '2,21p' "$0"; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "throughput.sh: needs root (network namespaces)" >&2; exit 2; }
@@ -94,5 +95,6 @@ BOUND=$(( 120 + R * NMODES * (65 + 9 * (T + 35)) ))
 JSON_ARGS=()
 [ -n "$JSON" ] && JSON_ARGS=(-json "$JSON")
 [ -n "$PERF" ] && JSON_ARGS+=(-perf "$PERF")
+[ -n "$PIN" ] && JSON_ARGS+=(-pin)
 bench_run "$BOUND" throughput -prefix "$PREFIX" -t "$T" -r "$R" -modes "$MODES" -tests "$TESTS" -path "$P" \
   -meshd "$W/meshd" -wireguard-go "$W/wireguard-go" "${BASE_ARGS[@]}" "${NEB_ARGS[@]}" "${JSON_ARGS[@]}"

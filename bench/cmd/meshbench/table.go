@@ -3,8 +3,10 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netns"
 
 	"github.com/meshd/meshd/lab"
@@ -27,6 +29,12 @@ const (
 	// segments' accepts after the conntrack rules, so conntrack sees
 	// every packet.
 	trackedTable
+	// untrackedTable is meshd's default table without its two conntrack
+	// rules (established, invalid): with no ct expression left, the
+	// kernel tracks nothing in the namespace, so the pair with
+	// trackedTable is what conntrack costs. Not a table meshd installs:
+	// it would drop the replies of allowed cross-segment flows.
+	untrackedTable
 )
 
 // installTable replaces meshd's table in h's namespace (meshd's own, if
@@ -48,6 +56,9 @@ func installTable(l *lab.Lab, h *lab.Host, iface string, kind tableKind) error {
 	if err != nil {
 		return err
 	}
+	if kind == untrackedTable {
+		plan.Rules = slices.DeleteFunc(plan.Rules, usesConntrack)
+	}
 	return withNftables(h, func(conn *nftables.Conn) error {
 		conn.AddTable(plan.Table)
 		conn.DelTable(plan.Table) // adding first makes the delete safe when there is none
@@ -63,6 +74,10 @@ func installTable(l *lab.Lab, h *lab.Host, iface string, kind tableKind) error {
 		}
 		return nil
 	})
+}
+
+func usesConntrack(r *nftables.Rule) bool {
+	return slices.ContainsFunc(r.Exprs, func(e expr.Any) bool { _, ct := e.(*expr.Ct); return ct })
 }
 
 // removeTable deletes meshd's table from h's namespace.

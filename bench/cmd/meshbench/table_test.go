@@ -25,7 +25,7 @@ func TestInstallTableInTheHostNamespace(t *testing.T) {
 	defer l.Close()
 	h := l.Host(1)
 	iface := l.Prefix() + "tbl"
-	for _, kind := range []tableKind{meshdTable, trackedTable} {
+	for _, kind := range []tableKind{meshdTable, trackedTable, untrackedTable} {
 		if err := installTable(l, h, iface, kind); err != nil {
 			t.Fatal(err)
 		}
@@ -35,6 +35,9 @@ func TestInstallTableInTheHostNamespace(t *testing.T) {
 		}
 		if got, want := strings.Contains(out, policy.NotrackPrerouting), kind == meshdTable; got != want {
 			t.Errorf("table kind %d has the notrack chains: %v, want %v", kind, got, want)
+		}
+		if got, want := strings.Contains(out, "ct state"), kind != untrackedTable; got != want {
+			t.Errorf("table kind %d has conntrack rules: %v, want %v:\n%s", kind, got, want, out)
 		}
 		// The guard must let the host's own pods be reached.
 		if !strings.Contains(out, h.Subnet("blue").String()) {

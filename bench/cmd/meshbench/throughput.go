@@ -50,6 +50,7 @@ var allModes = []modeInfo{
 	{"wggo", "wireguard-go"},
 	{"wggonft", "wireguard-go + meshd's nftables"},
 	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
+	{"wggonoct", "wireguard-go + meshd's nftables without conntrack"},
 	{"meshd", "meshd"},
 	{"meshdnotrack", "meshd, untracked same-segment"},
 	{"meshdbase", "meshd (base build)"},
@@ -110,6 +111,7 @@ type tpOptions struct {
 	jsonOut, prefix string
 	perfDir         string
 	maxOther, quiet float64
+	pin             bool
 }
 
 // nebulaOptions say which nebula build bench/throughput.sh managed to
@@ -123,7 +125,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	o := &tpOptions{}
 	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
 	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, meshd, meshdnotrack, meshd100, meshdbase, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, wggonoct, meshd, meshdnotrack, meshd100, meshdbase, nebula")
 	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
 	fs.StringVar(&o.meshdBase, "meshd-base", "", "another meshd binary to compare with (mode meshdbase), e.g. built from the main branch")
@@ -143,6 +145,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	fs.StringVar(&o.prefix, "prefix", "mbtp", "lab name prefix")
 	fs.StringVar(&o.perfDir, "perf", "", "record a system-wide perf profile (cpu-clock, call graphs) of every measurement into this directory as MODE-TEST-rROUND.data")
 	fs.Float64Var(&o.maxOther, "max-other", 25, "rerun a measurement (at most twice) when other processes used more than this CPU% meanwhile; 0 never reruns")
+	fs.BoolVar(&o.pin, "pin", false, "run each host's tunnel process and iperf3 end on a CPU of its own (h1 and the client on CPU 0, h2 and the server on CPU 1), so every mode gets the same placement instead of whatever the scheduler makes of four busy processes on two cores")
 	fs.Float64Var(&o.quiet, "quiet", 15, "before each measurement wait (at most 60 s) until other processes use less than this CPU% for a second; 0 never waits")
 	if err := fs.Parse(args); err != nil {
 		return nil, errUsage
@@ -292,11 +295,11 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 	switch key {
 	case "raw":
 		return &rawTunnel{l: l, path: o.path}, ""
-	case "wggo", "wggonft", "wggoct":
+	case "wggo", "wggonft", "wggoct", "wggonoct":
 		if o.wggoBin == "" {
 			return nil, "no -wireguard-go binary"
 		}
-		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable}[key]
+		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable, "wggonoct": untrackedTable}[key]
 		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table}, ""
 	case "meshdbase":
 		if o.meshdBase == "" {
@@ -416,7 +419,7 @@ func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfO
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
-		s, err := runIperf(ctx, r.l, t, tk, r.o.secs, perfOut)
+		s, err := runIperf(ctx, r.l, t, tk, r.o.secs, perfOut, r.o.pin)
 		if err != nil {
 			return s, err
 		}
@@ -473,9 +476,19 @@ type iperfSum struct {
 }
 
 // runIperf measures test tk through t for secs seconds; with perfOut, a
-// system-wide perf profile of those seconds is written there.
-func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, perfOut string) (sample, error) {
+// system-wide perf profile of those seconds is written there; with pin,
+// h1's tunnel and the client run on CPU 0, h2's and the server on CPU 1.
+func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, perfOut string, pin bool) (sample, error) {
 	e := t.endpoints()
+	args := tk.args
+	if pin {
+		for i, pid := range t.pids() {
+			if err := procstat.PinThreads(pid, i%runtime.NumCPU()); err != nil {
+				return sample{}, err
+			}
+		}
+		args = append(slices.Clone(args), "-A", fmt.Sprintf("0,%d", 1%runtime.NumCPU()))
+	}
 	srv, err := startIperfServer(ctx, l, e.serverNS)
 	if err != nil {
 		return sample{}, err
@@ -491,7 +504,7 @@ func runIperf(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, secs int, 
 		}
 	}
 	meter := procstat.NewMeter(t.pids()...)
-	res, runErr := iperfClient(ctx, l, e, secs, tk.args...)
+	res, runErr := iperfClient(ctx, l, e, secs, args...)
 	tunTime, elapsed, machine := meter.Read()
 	tun := cpuPercents(tunTime, elapsed)
 	other := others.Read()

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // clkTck is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every
@@ -303,4 +305,27 @@ func CPUModel() string {
 		}
 	}
 	return "unknown CPU"
+}
+
+// PinThreads restricts every thread of pid to cpu. Threads the process
+// starts later inherit the affinity of the thread that starts them, so
+// a Go program stays on cpu once all its threads are.
+func PinThreads(pid, cpu int) error {
+	tids, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		return err
+	}
+	var set unix.CPUSet
+	set.Set(cpu)
+	for _, t := range tids {
+		tid, err := strconv.Atoi(t.Name())
+		if err != nil {
+			continue
+		}
+		// A thread may exit between the listing and the call.
+		if err := unix.SchedSetaffinity(tid, &set); err != nil && !errors.Is(err, unix.ESRCH) {
+			return fmt.Errorf("pin thread %d of %d to cpu %d: %w", tid, pid, cpu, err)
+		}
+	}
+	return nil
 }

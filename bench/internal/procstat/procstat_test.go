@@ -1,6 +1,10 @@
 package procstat
 
 import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 	"time"
 )
@@ -34,4 +38,44 @@ func TestParseMachineCPU(t *testing.T) {
 	if _, _, err := ParseMachineCPU([]byte("intr 1 2 3\n")); err == nil {
 		t.Error("a first line that is not cpu accepted")
 	}
+}
+
+// TestPinThreads: every thread of a running Go program ends up allowed
+// on the one CPU only, as /proc reports it.
+func TestPinThreads(t *testing.T) {
+	cmd := exec.Command(os.Args[0], "-test.run=^$", "-test.benchtime=1x", "-test.bench=^BenchmarkIdleForPinning$")
+	cmd.Env = append(os.Environ(), "PROCSTAT_IDLE=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	time.Sleep(100 * time.Millisecond) // the runtime's threads start
+	if err := PinThreads(cmd.Process.Pid, 0); err != nil {
+		t.Fatal(err)
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", cmd.Process.Pid, task.Name()))
+		if err != nil {
+			continue // exited meanwhile
+		}
+		if !strings.Contains(string(b), "Cpus_allowed_list:\t0\n") {
+			t.Errorf("thread %s not pinned to CPU 0:\n%s", task.Name(), b)
+		}
+	}
+	if err := PinThreads(1<<22+1, 0); err == nil {
+		t.Error("pinning a process that does not exist succeeded")
+	}
+}
+
+// BenchmarkIdleForPinning is TestPinThreads' subject: a Go process that
+// waits to be killed.
+func BenchmarkIdleForPinning(b *testing.B) {
+	if os.Getenv("PROCSTAT_IDLE") == "" {
+		b.Skip("run by TestPinThreads")
+	}
+	time.Sleep(time.Minute)
 }
