@@ -42,6 +42,8 @@ func main() {
 		err = cmdConverge(ctx, os.Args[2:])
 	case "crypto":
 		err = cmdCrypto(os.Args[2:])
+	case "report":
+		err = cmdReport(os.Stdout, os.Args[2:])
 	case "cleanup":
 		for _, p := range os.Args[2:] {
 			err = errors.Join(err, lab.CleanupStale(p))
@@ -62,7 +64,7 @@ func main() {
 var errUsage = errors.New("usage")
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: meshbench throughput|mtu|converge|crypto|cleanup [flags] (see bench/README.md)")
+	fmt.Fprintln(os.Stderr, "usage: meshbench throughput|mtu|converge|crypto|report|cleanup [flags] (see bench/README.md)")
 }
 
 func needRoot() error {

@@ -669,6 +669,7 @@ func printThroughput(w io.Writer, rep *tpReport, modes []modeInfo, tests []testK
 		}
 		fmt.Fprintf(w, "| crypto ceiling | ChaCha20-Poly1305 %s, %s | %.2f | | | | | | | | | | |\n", r.Op, cores, r.Gbps)
 	}
+	printRatioCIs(w, find, modes, tests)
 	for _, c := range rep.Cells {
 		for _, f := range c.Failures {
 			fmt.Fprintf(w, "FAILED %s %s: %s\n", c.Mode, c.Test, f)
