@@ -1,5 +1,7 @@
 # lib.sh: what every bench script shares. Source it after argument
 # parsing: bench_init NAME PREFIX STOP_SECONDS [EXTRA_SOCKET_GLOB].
+# BENCH_MORE_PREFIXES, if set, names further labs the script's meshbench
+# makes (cleaned up alike).
 # It sets ROOT (the repo) and W (a work directory), and traps EXIT so
 # that, however the script ends, a running meshbench (BENCH_PID) gets
 # SIGINT and STOP_SECONDS to clean up, then SIGKILL, and what it left
@@ -22,7 +24,7 @@ bench_cleanup() {
     kill -KILL "$BENCH_PID" 2>/dev/null || true
   fi
   # Whatever a killed meshbench left: namespaces, processes in them, sockets.
-  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" || true
+  [ -x "$W/meshbench" ] && "$W/meshbench" cleanup "$PREFIX" ${BENCH_MORE_PREFIXES:-} || true
   [ -n "$BENCH_SOCKETS" ] && rm -f $BENCH_SOCKETS
   rm -rf "$W"
   exit $rc

@@ -34,6 +34,8 @@ for tool in ip iperf3 ss ping go; do
 done
 
 source "$(dirname "$0")/lib.sh"
+# mbtpm: the meshd modes' own lab (see meshbench's startsMeshd).
+BENCH_MORE_PREFIXES=mbtpm
 bench_init throughput mbtp 20 "/var/run/wireguard/mbtpw[12].sock"
 
 echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2

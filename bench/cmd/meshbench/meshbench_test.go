@@ -66,3 +66,15 @@ meshd: install allow-list: apply policy on h1 (table inet meshd): netlink receiv
 		t.Errorf("firstErrorLine = %q, want the warning, not the debug line", got)
 	}
 }
+
+// TestMeshdModesGetTheirOwnLab: every mode that starts meshd is measured
+// in the second lab, so no other mode inherits the policy-routing lookup
+// meshd's ip rules switch a namespace to for good.
+func TestMeshdModesGetTheirOwnLab(t *testing.T) {
+	runsMeshd := map[string]bool{"meshd": true, "meshdnotrack": true, "meshdbase": true, "meshd100": true}
+	for _, m := range allModes {
+		if startsMeshd(m) != runsMeshd[m.key] {
+			t.Errorf("mode %s: startsMeshd %v, want %v", m.key, startsMeshd(m), runsMeshd[m.key])
+		}
+	}
+}

@@ -211,7 +211,22 @@ func cmdThroughput(ctx context.Context, args []string) error {
 	}
 	defer wg.Close()
 
-	r := newTPRun(o, l, wg, rep)
+	// The meshd modes get host namespaces of their own: the first ip rule
+	// meshd adds switches a namespace to the policy-routing lookup for
+	// good (the kernel never clears fib_has_custom_rules), and every mode
+	// measured there afterwards would pay it too.
+	var lm *lab.Lab
+	if slices.ContainsFunc(o.modes, startsMeshd) && slices.ContainsFunc(o.modes, func(m modeInfo) bool { return !startsMeshd(m) }) {
+		if lm, err = lab.New(ctx, lab.Spec{Prefix: o.prefix + meshdLabSuffix, Hosts: 2, Mode: "userspace", UnderlayMTU: o.underlay, Segments: benchSegments}); err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := lm.Close(); cerr != nil {
+				fmt.Fprintln(os.Stderr, "cleanup:", cerr)
+			}
+		}()
+	}
+	r := newTPRun(o, l, lm, wg, rep)
 	r.measureRounds(ctx)
 	r.markUnavailable()
 	printThroughput(os.Stdout, rep, o.modes, o.tests)
@@ -254,17 +269,26 @@ func measureCeiling(ctx context.Context, d time.Duration, quiet float64) []bench
 // uses it.
 type tpRun struct {
 	o       *tpOptions
-	l       *lab.Lab
+	labs    map[string]*lab.Lab // by mode key
 	rep     *tpReport
 	tunnels map[string]tunnel // by mode key
 	unavail map[string]string // mode key -> why it cannot run
 	cells   map[string]*cell  // "mode key/test name"
-	mine    map[uint64]bool   // the lab's netns inodes, to tell other load apart
+	mine    map[uint64]bool   // the labs' netns inodes, to tell other load apart
 	failed  bool
 }
 
-func newTPRun(o *tpOptions, l *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun {
-	r := &tpRun{o: o, l: l, rep: rep, tunnels: map[string]tunnel{}, unavail: map[string]string{}, cells: map[string]*cell{}}
+// meshdLabSuffix names the meshd modes' lab: the run's prefix and this.
+const meshdLabSuffix = "m"
+
+// startsMeshd tells the modes that run meshd, which need a lab of their
+// own when others are measured too.
+func startsMeshd(m modeInfo) bool { return strings.HasPrefix(m.key, "meshd") }
+
+// newTPRun prepares every mode's tunnel in l, or in lm (if not nil) for
+// the modes that run meshd.
+func newTPRun(o *tpOptions, l, lm *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun {
+	r := &tpRun{o: o, labs: map[string]*lab.Lab{}, rep: rep, tunnels: map[string]tunnel{}, unavail: map[string]string{}, cells: map[string]*cell{}}
 	for _, m := range o.modes {
 		for _, tk := range o.tests {
 			c := &cell{Mode: m.label, Test: tk.name}
@@ -277,6 +301,10 @@ func newTPRun(o *tpOptions, l *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun
 		tunMTU = rep.Underlay - 60
 	}
 	for _, m := range o.modes {
+		r.labs[m.key] = l
+		if lm != nil && startsMeshd(m) {
+			r.labs[m.key] = lm
+		}
 		t, why := r.newTunnel(m.key, wg, tunMTU)
 		if why != "" {
 			r.unavail[m.key] = why
@@ -285,13 +313,17 @@ func newTPRun(o *tpOptions, l *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun
 		r.tunnels[m.key] = t
 	}
 	nss, _ := lab.ListNetns(l.Prefix())
+	if lm != nil {
+		more, _ := lab.ListNetns(lm.Prefix())
+		nss = append(nss, more...)
+	}
 	r.mine = procstat.NetnsInodes(nss)
 	return r
 }
 
 // newTunnel builds the tunnel of mode key, or says why it is unavailable.
 func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, string) {
-	o, l := r.o, r.l
+	o, l := r.o, r.labs[key]
 	switch key {
 	case "raw":
 		return &rawTunnel{l: l, path: o.path}, ""
@@ -384,7 +416,7 @@ func (r *tpRun) measureCell(ctx context.Context, round int, tk testKind, m modeI
 	if r.o.perfDir != "" {
 		perfOut = filepath.Join(r.o.perfDir, fmt.Sprintf("%s-%s-r%d.data", m.key, strings.ReplaceAll(tk.name, " ", ""), round+1))
 	}
-	if s, err := r.measureQuietly(ctx, t, tk, perfOut); err != nil {
+	if s, err := r.measureQuietly(ctx, r.labs[m.key], t, tk, perfOut); err != nil {
 		fail("", err)
 	} else {
 		s.Round = round
@@ -411,7 +443,7 @@ func (r *tpRun) markUnavailable() {
 // measureQuietly waits for a quiet moment, measures, and reruns (at most
 // twice) when other processes still loaded the machine meanwhile, keeping
 // the least disturbed sample.
-func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfOut string) (sample, error) {
+func (r *tpRun) measureQuietly(ctx context.Context, l *lab.Lab, t tunnel, tk testKind, perfOut string) (sample, error) {
 	var best sample
 	for try := 0; try < 3 && ctx.Err() == nil; try++ {
 		if r.o.quiet > 0 {
@@ -419,7 +451,7 @@ func (r *tpRun) measureQuietly(ctx context.Context, t tunnel, tk testKind, perfO
 				fmt.Fprintf(os.Stderr, "  (no quiet moment within 60 s: other processes at %.0f%% CPU)\n", o)
 			}
 		}
-		s, err := runIperf(ctx, r.l, t, tk, r.o.secs, perfOut, r.o.pin)
+		s, err := runIperf(ctx, l, t, tk, r.o.secs, perfOut, r.o.pin)
 		if err != nil {
 			return s, err
 		}
