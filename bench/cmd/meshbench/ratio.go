@@ -21,11 +21,9 @@ func ratioCI(cs, bases []*cell) (gm, lo, hi float64, n int) {
 		if c == nil || bases[i] == nil {
 			continue
 		}
-		for _, s := range c.Samples {
-			for _, b := range bases[i].Samples {
-				if b.Round == s.Round && b.Gbps > 0 && s.Gbps > 0 {
-					logs = append(logs, math.Log(s.Gbps/b.Gbps))
-				}
+		for _, r := range sameRoundRatios(c, bases[i]) {
+			if r > 0 {
+				logs = append(logs, math.Log(r))
 			}
 		}
 	}
@@ -127,6 +125,7 @@ func cmdReport(w io.Writer, args []string) error {
 	}
 	var modes []modeInfo
 	var tests []testKind
+	known := benchTests("0")
 	for _, c := range rep.Cells {
 		i := slices.IndexFunc(allModes, func(m modeInfo) bool { return m.label == c.Mode })
 		if i < 0 {
@@ -135,12 +134,12 @@ func cmdReport(w io.Writer, args []string) error {
 		if !slices.Contains(modes, allModes[i]) {
 			modes = append(modes, allModes[i])
 		}
-		j := slices.IndexFunc(benchTests("0"), func(t testKind) bool { return t.name == c.Test })
+		j := slices.IndexFunc(known, func(t testKind) bool { return t.name == c.Test })
 		if j < 0 {
 			return fmt.Errorf("%s: unknown test %q", args[0], c.Test)
 		}
 		if !slices.ContainsFunc(tests, func(t testKind) bool { return t.name == c.Test }) {
-			tests = append(tests, benchTests("0")[j])
+			tests = append(tests, known[j])
 		}
 	}
 	if len(modes) == 0 {

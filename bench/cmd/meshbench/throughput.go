@@ -722,14 +722,7 @@ func pairedRatio(c, base *cell) string {
 		}
 		return "-"
 	}
-	var rs []float64
-	for _, s := range c.Samples {
-		for _, b := range base.Samples {
-			if b.Round == s.Round && b.Gbps > 0 {
-				rs = append(rs, s.Gbps/b.Gbps)
-			}
-		}
-	}
+	rs := sameRoundRatios(c, base)
 	if len(rs) == 0 {
 		return "-"
 	}
@@ -742,6 +735,20 @@ func pairedRatio(c, base *cell) string {
 		return fmt.Sprintf("%.2f", med)
 	}
 	return fmt.Sprintf("%.2f (%.2f-%.2f)", med, rs[0], rs[len(rs)-1])
+}
+
+// sameRoundRatios is c's goodput divided by base's, one ratio per round
+// both measured.
+func sameRoundRatios(c, base *cell) []float64 {
+	var rs []float64
+	for _, s := range c.Samples {
+		for _, b := range base.Samples {
+			if b.Round == s.Round && b.Gbps > 0 {
+				rs = append(rs, s.Gbps/b.Gbps)
+			}
+		}
+	}
+	return rs
 }
 
 func describePath(p string) string {
