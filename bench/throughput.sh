@@ -8,7 +8,7 @@
 #   sudo bench/throughput.sh [-t SECONDS] [-r ROUNDS] [-m MODES] [-T TESTS] [-p pod|host] [-j OUT.json] [-P DIR] [-B REV] [-c]
 #
 #   -t  seconds per iperf3 run (default 10)      -r  rounds (default 3)
-#   -m  comma list of raw,wggo,wggonft,wggoct,wggonoct,meshd,meshdnotrack,meshd100,meshdbase,nebula
+#   -m  comma list of raw,wggo,wggonft,wggoct,wggonoct,wggorules,wggofull,meshd,meshdnotrack,meshd100,meshdbase,nebula
 #       (default: raw,wggo,wggonft,meshd,meshd100,nebula)
 #   -T  comma list of tcp1,tcp4,udp (default: all)
 #   -p  pod: pod netns to pod netns through both hosts (default); host: host to host
@@ -34,9 +34,9 @@ for tool in ip iperf3 ss ping go; do
 done
 
 source "$(dirname "$0")/lib.sh"
-# mbtpm: the meshd modes' own lab (see meshbench's startsMeshd).
+# mbtpm: the own lab of the modes with ip rules (see meshbench's addsIPRules).
 BENCH_MORE_PREFIXES=mbtpm
-bench_init throughput mbtp 20 "/var/run/wireguard/mbtpw[12].sock"
+bench_init throughput mbtp 20 "/var/run/wireguard/mbtpw[12].sock /var/run/wireguard/mbtpmw[12].sock"
 
 echo "building meshd, meshbench and wireguard-go (go.mod's version) in $W" >&2
 (cd "$ROOT" && go build -o "$W/meshd" ./cmd/meshd && go build -o "$W/meshbench" ./bench/cmd/meshbench \

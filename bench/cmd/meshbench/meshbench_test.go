@@ -67,14 +67,15 @@ meshd: install allow-list: apply policy on h1 (table inet meshd): netlink receiv
 	}
 }
 
-// TestMeshdModesGetTheirOwnLab: every mode that starts meshd is measured
-// in the second lab, so no other mode inherits the policy-routing lookup
-// meshd's ip rules switch a namespace to for good.
-func TestMeshdModesGetTheirOwnLab(t *testing.T) {
-	runsMeshd := map[string]bool{"meshd": true, "meshdnotrack": true, "meshdbase": true, "meshd100": true}
+// TestModesWithIPRulesGetTheirOwnLab: every mode that adds ip rules is
+// measured in the second lab, so no other mode inherits the
+// policy-routing lookup the first ip rule switches a namespace to for
+// good.
+func TestModesWithIPRulesGetTheirOwnLab(t *testing.T) {
+	withRules := map[string]bool{"meshd": true, "meshdnotrack": true, "meshdbase": true, "meshd100": true, "wggorules": true, "wggofull": true}
 	for _, m := range allModes {
-		if startsMeshd(m) != runsMeshd[m.key] {
-			t.Errorf("mode %s: startsMeshd %v, want %v", m.key, startsMeshd(m), runsMeshd[m.key])
+		if addsIPRules(m) != withRules[m.key] {
+			t.Errorf("mode %s: addsIPRules %v, want %v", m.key, addsIPRules(m), withRules[m.key])
 		}
 	}
 }

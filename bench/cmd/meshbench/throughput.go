@@ -51,6 +51,8 @@ var allModes = []modeInfo{
 	{"wggonft", "wireguard-go + meshd's nftables"},
 	{"wggoct", "wireguard-go + meshd's nftables, no fast path"},
 	{"wggonoct", "wireguard-go + meshd's nftables without conntrack"},
+	{"wggorules", "wireguard-go + meshd's ip rules"},
+	{"wggofull", "wireguard-go + meshd's nftables and ip rules"},
 	{"meshd", "meshd"},
 	{"meshdnotrack", "meshd, untracked same-segment"},
 	{"meshdbase", "meshd (base build)"},
@@ -125,7 +127,7 @@ func parseThroughputFlags(args []string) (*tpOptions, error) {
 	o := &tpOptions{}
 	fs.IntVar(&o.secs, "t", 10, "seconds per iperf3 run")
 	fs.IntVar(&o.rounds, "r", 3, "rounds; every round runs every mode once, modes interleaved")
-	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, wggonoct, meshd, meshdnotrack, meshd100, meshdbase, nebula")
+	modesFlag := fs.String("modes", "raw,wggo,wggonft,meshd,meshd100,nebula", "comma-separated: raw, wggo, wggonft, wggoct, wggonoct, wggorules, wggofull, meshd, meshdnotrack, meshd100, meshdbase, nebula")
 	fs.StringVar(&o.path, "path", "pod", `"pod": pod namespace to pod namespace through both hosts (default; nebula is always host to host); "host": host namespace to host namespace`)
 	fs.StringVar(&o.meshdBin, "meshd", "", "meshd binary")
 	fs.StringVar(&o.meshdBase, "meshd-base", "", "another meshd binary to compare with (mode meshdbase), e.g. built from the main branch")
@@ -216,7 +218,7 @@ func cmdThroughput(ctx context.Context, args []string) error {
 	// good (the kernel never clears fib_has_custom_rules), and every mode
 	// measured there afterwards would pay it too.
 	var lm *lab.Lab
-	if slices.ContainsFunc(o.modes, startsMeshd) && slices.ContainsFunc(o.modes, func(m modeInfo) bool { return !startsMeshd(m) }) {
+	if slices.ContainsFunc(o.modes, addsIPRules) && slices.ContainsFunc(o.modes, func(m modeInfo) bool { return !addsIPRules(m) }) {
 		if lm, err = lab.New(ctx, lab.Spec{Prefix: o.prefix + meshdLabSuffix, Hosts: 2, Mode: "userspace", UnderlayMTU: o.underlay, Segments: benchSegments}); err != nil {
 			return err
 		}
@@ -278,15 +280,19 @@ type tpRun struct {
 	failed  bool
 }
 
-// meshdLabSuffix names the meshd modes' lab: the run's prefix and this.
+// meshdLabSuffix names the lab of the modes with ip rules: the run's
+// prefix and this.
 const meshdLabSuffix = "m"
 
-// startsMeshd tells the modes that run meshd, which need a lab of their
-// own when others are measured too.
-func startsMeshd(m modeInfo) bool { return strings.HasPrefix(m.key, "meshd") }
+// addsIPRules tells the modes that add ip rules (meshd, and wireguard-go
+// given meshd's), which need a lab of their own when others are measured
+// too.
+func addsIPRules(m modeInfo) bool {
+	return strings.HasPrefix(m.key, "meshd") || m.key == "wggorules" || m.key == "wggofull"
+}
 
 // newTPRun prepares every mode's tunnel in l, or in lm (if not nil) for
-// the modes that run meshd.
+// the modes that add ip rules.
 func newTPRun(o *tpOptions, l, lm *lab.Lab, wg *wgctrl.Client, rep *tpReport) *tpRun {
 	r := &tpRun{o: o, labs: map[string]*lab.Lab{}, rep: rep, tunnels: map[string]tunnel{}, unavail: map[string]string{}, cells: map[string]*cell{}}
 	for _, m := range o.modes {
@@ -302,7 +308,7 @@ func newTPRun(o *tpOptions, l, lm *lab.Lab, wg *wgctrl.Client, rep *tpReport) *t
 	}
 	for _, m := range o.modes {
 		r.labs[m.key] = l
-		if lm != nil && startsMeshd(m) {
+		if lm != nil && addsIPRules(m) {
 			r.labs[m.key] = lm
 		}
 		t, why := r.newTunnel(m.key, wg, tunMTU)
@@ -327,12 +333,14 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 	switch key {
 	case "raw":
 		return &rawTunnel{l: l, path: o.path}, ""
-	case "wggo", "wggonft", "wggoct", "wggonoct":
+	case "wggo", "wggonft", "wggoct", "wggonoct", "wggorules", "wggofull":
 		if o.wggoBin == "" {
 			return nil, "no -wireguard-go binary"
 		}
-		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable, "wggonoct": untrackedTable}[key]
-		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table}, ""
+		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable, "wggonoct": untrackedTable,
+			"wggorules": noTable, "wggofull": trackedTable}[key]
+		rules := key == "wggorules" || key == "wggofull"
+		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table, ipRules: rules}, ""
 	case "meshdbase":
 		if o.meshdBase == "" {
 			return nil, "no -meshd-base binary"

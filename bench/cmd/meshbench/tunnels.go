@@ -132,6 +132,9 @@ type wggoTunnel struct {
 	ifnames [2]string
 	// table is installed on both hosts, as meshd would for its interface.
 	table tableKind
+	// ipRules routes the overlay as meshd does, through a table per
+	// segment chosen by ip rules, instead of the main table.
+	ipRules bool
 }
 
 func (t *wggoTunnel) setup(ctx context.Context) error {
@@ -172,10 +175,13 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 			return fmt.Errorf("configure %s: %w", t.ifnames[i], err)
 		}
 		ifn := t.ifnames[i]
-		if err := lab.IP(ctx, me.NS(),
-			[]string{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"},
-			[]string{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn},
-		); err != nil {
+		cmds := [][]string{{"link", "set", "dev", ifn, "mtu", strconv.Itoa(t.mtuVal), "up"}}
+		if t.ipRules {
+			cmds = append(cmds, meshdRouting(t.l, me, other, ifn)...)
+		} else {
+			cmds = append(cmds, []string{"route", "replace", other.Subnet(benchSegment).String(), "dev", ifn})
+		}
+		if err := lab.IP(ctx, me.NS(), cmds...); err != nil {
 			return err
 		}
 	}
@@ -187,6 +193,48 @@ func (t *wggoTunnel) setup(ctx context.Context) error {
 		}
 	}
 	return waitReachable(ctx, t.endpoints(), 10*time.Second)
+}
+
+// meshd's default routing.table_base and routing.rule_priority.
+const (
+	meshdTableBase    = 51800
+	meshdRulePriority = 31000
+)
+
+// meshdRouting is the routing meshd (mesh.routesFor) sets up on me for a
+// mesh of me and other: per segment, a table holding unreachable for the
+// segment, a throw for me's own slice and the tunnel route to other's,
+// chosen by a rule on the source and one on the destination.
+func meshdRouting(l *lab.Lab, me, other *lab.Host, ifn string) [][]string {
+	var cmds [][]string
+	for i, s := range l.Spec().Segments {
+		table := strconv.Itoa(meshdTableBase + i)
+		cmds = append(cmds,
+			[]string{"rule", "add", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
+			[]string{"rule", "add", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
+			[]string{"route", "replace", "unreachable", s.CIDR, "table", table},
+			[]string{"route", "replace", "throw", me.Subnet(s.Name).String(), "table", table},
+			// As meshd's, though the peer's AllowedIPs hold only the bench
+			// segment's slice: no traffic takes the others.
+			[]string{"route", "replace", other.Subnet(s.Name).String(), "dev", ifn, "table", table})
+	}
+	return cmds
+}
+
+// removeMeshdRouting undoes meshdRouting on h, so that the meshd modes
+// measured in the same lab find no rules of another program.
+func removeMeshdRouting(l *lab.Lab, h *lab.Host) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var cmds [][]string
+	for i, s := range l.Spec().Segments {
+		table := strconv.Itoa(meshdTableBase + i)
+		cmds = append(cmds,
+			[]string{"rule", "del", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
+			[]string{"rule", "del", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
+			[]string{"route", "flush", "table", table})
+	}
+	return lab.IP(ctx, h.NS(), cmds...)
 }
 
 func prefixNet(p netip.Prefix) net.IPNet {
@@ -257,6 +305,9 @@ func (t *wggoTunnel) teardown() error {
 	var errs []error
 	if t.table != noTable {
 		errs = append(errs, removeTable(t.l.Host(1)), removeTable(t.l.Host(2)))
+	}
+	if t.ipRules {
+		errs = append(errs, removeMeshdRouting(t.l, t.l.Host(1)), removeMeshdRouting(t.l, t.l.Host(2)))
 	}
 	stopAll(t.procs[:])
 	for i, n := range t.ifnames {
