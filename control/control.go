@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/meshd/meshd/config"
+	"github.com/meshd/meshd/internal/unixsock"
 )
 
 // Status is what `meshd status` shows; its JSON form is a public contract
@@ -443,16 +444,11 @@ func Listen(path string, p Provider) (*Server, error) {
 	if _, err := RemoveStale(path); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
+	// 0600 from the start, never replacing a socket another daemon made
+	// since RemoveStale looked; removeOwnSocket unlinks it at Close.
+	ln, err := unixsock.Listen(path, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("listen on control socket %s: %w", path, err)
-	}
-	// The listener would unlink whatever sits at path when it closes;
-	// removeOwnSocket checks first.
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, fmt.Errorf("restrict control socket %s: %w", path, err)
+		return nil, fmt.Errorf("listen on control socket: %w", err)
 	}
 	own, err := os.Lstat(path)
 	if err != nil {

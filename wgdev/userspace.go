@@ -7,10 +7,11 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/meshd/meshd/internal/unixsock"
 )
 
 // UAPI serving limits. A configuration exchange takes milliseconds; a
@@ -104,21 +105,15 @@ func listenUAPI(name string) (*net.UnixListener, os.FileInfo, error) {
 		return nil, nil, fmt.Errorf("create %s: %w", SocketDir, err)
 	}
 	path := socketPath(name)
-	addr := &net.UnixAddr{Name: path, Net: "unix"}
-	// Created 0600 from the start, as wireguard-go does: a chmod after
-	// the bind would leave a moment in which anyone could connect.
-	old := unix.Umask(0o077)
-	ln, err := net.ListenUnix("unix", addr)
+	// 0600 from the start, as wireguard-go makes it; Close checks the
+	// socket is still this one before it unlinks it.
+	ln, err := unixsock.Listen(path, 0o600)
 	if err != nil && staleSocket(path) {
-		ln, err = net.ListenUnix("unix", addr)
+		ln, err = unixsock.Listen(path, 0o600)
 	}
-	unix.Umask(old)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen on UAPI socket %s: %w", path, err)
+		return nil, nil, fmt.Errorf("listen on UAPI socket: %w", err)
 	}
-	// The listener would unlink whatever sits at path when it closes;
-	// Close checks that it is still this one first.
-	ln.SetUnlinkOnClose(false)
 	info, err := os.Lstat(path)
 	if err != nil {
 		ln.Close()
