@@ -1,5 +1,6 @@
 # lib.sh: what every bench script shares. Source it after argument
-# parsing: bench_init NAME PREFIX STOP_SECONDS [EXTRA_SOCKET_GLOB].
+# parsing: bench_init NAME PREFIX STOP_SECONDS ["SOCKET_GLOB ..."]
+# (stale sockets to remove, space-separated).
 # BENCH_MORE_PREFIXES, if set, names further labs the script's meshbench
 # makes (cleaned up alike).
 # It sets ROOT (the repo) and W (a work directory), and traps EXIT so

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/netutil"
+
+	"github.com/meshd/meshd/internal/unixsock"
 )
 
 // Bounds of the plugin socket. Docker keeps a few connections open and
@@ -28,6 +30,7 @@ const (
 // Server is the plugin socket.
 type Server struct {
 	path string
+	own  os.FileInfo // the socket file Listen made
 	ln   net.Listener
 	srv  *http.Server
 	done chan struct{}
@@ -43,16 +46,20 @@ func Listen(path string, h http.Handler) (*Server, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("unix", path)
+	// 0600 from the start; never replacing a socket another process made
+	// since removeStale looked.
+	ln, err := unixsock.Listen(path, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("docker plugin socket: %w", err)
 	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	own, err := os.Lstat(path)
+	if err != nil {
 		ln.Close()
 		return nil, fmt.Errorf("docker plugin socket: %w", err)
 	}
 	s := &Server{
 		path: path,
+		own:  own,
 		ln:   netutil.LimitListener(ln, maxConns),
 		srv: &http.Server{
 			Handler:           h,
@@ -108,8 +115,11 @@ func (s *Server) Close() error {
 	defer cancel()
 	err := s.srv.Shutdown(ctx)
 	<-s.done
-	if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
-		err = errors.Join(err, rerr)
+	// Only its own: a successor may have made the socket at path by now.
+	if info, lerr := os.Lstat(s.path); lerr == nil && os.SameFile(info, s.own) {
+		if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

@@ -1,7 +1,9 @@
 package wgdev
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"sync"
@@ -108,7 +110,7 @@ func listenUAPI(name string) (*net.UnixListener, os.FileInfo, error) {
 	// 0600 from the start, as wireguard-go makes it; Close checks the
 	// socket is still this one before it unlinks it.
 	ln, err := unixsock.Listen(path, 0o600)
-	if err != nil && staleSocket(path) {
+	if errors.Is(err, fs.ErrExist) && staleSocket(path) {
 		ln, err = unixsock.Listen(path, 0o600)
 	}
 	if err != nil {

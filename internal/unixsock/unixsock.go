@@ -11,6 +11,7 @@
 package unixsock
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -20,12 +21,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// MaxPath is the longest path a socket address holds (sizeof sun_path
+// less the terminating NUL): a longer one could be bound through a
+// directory descriptor, and then never connected to.
+const MaxPath = 107
+
 // Listen listens on a new unix socket at path whose file has mode from
 // the start. path's directory must exist. Nothing at path is ever
 // replaced: if something is there the error wraps fs.ErrExist, and the
 // caller decides whether it is stale. The listener does not unlink path
 // when it closes, so a successor's socket cannot be removed by mistake.
 func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
+	if len(path) > MaxPath {
+		return nil, fmt.Errorf("unix socket %s: the path is %d bytes, more than the %d a socket address holds", path, len(path), MaxPath)
+	}
 	// In path's directory, so that the link below stays on one
 	// filesystem; MkdirTemp makes it 0700.
 	private, err := os.MkdirTemp(filepath.Dir(path), ".meshd-sock-")
@@ -33,35 +42,41 @@ func Listen(path string, mode fs.FileMode) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("unix socket %s: %w", path, err)
 	}
 	defer os.RemoveAll(private)
-	ln, err := bindIn(private, "s")
+	bound := filepath.Join(private, "s")
+	ln, err := bind(bound)
 	if err != nil {
 		return nil, fmt.Errorf("unix socket %s: %w", path, err)
 	}
 	ln.SetUnlinkOnClose(false)
-	bound := filepath.Join(private, "s")
 	// A connect finds the socket by the file's inode, so the link serves
 	// exactly like the name it was bound to; link, unlike rename, never
 	// replaces what is already there.
-	err = os.Chmod(bound, mode)
-	if err == nil {
-		err = os.Link(bound, path)
-	}
-	if err != nil {
+	if err := os.Chmod(bound, mode); err != nil {
 		ln.Close()
+		return nil, fmt.Errorf("unix socket %s: %w", path, err)
+	}
+	if err := os.Link(bound, path); err != nil {
+		ln.Close()
+		if errors.Is(err, fs.ErrExist) {
+			return nil, fmt.Errorf("unix socket %s: the path is taken: %w", path, fs.ErrExist)
+		}
 		return nil, fmt.Errorf("unix socket %s: %w", path, err)
 	}
 	return ln, nil
 }
 
-// bindIn binds a socket named name in dir through the directory's
-// descriptor: a socket address holds at most 107 bytes, and dir's name,
-// longer than path's by the private directory's, may not fit where path
-// does.
-func bindIn(dir, name string) (*net.UnixListener, error) {
+// bind binds a socket at path, through its directory's descriptor when
+// path is too long for a socket address: the private directory's name
+// makes it longer than the path the socket ends up at, which fits.
+func bind(path string) (*net.UnixListener, error) {
+	if len(path) <= MaxPath {
+		return net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	}
+	dir := filepath.Dir(path)
 	fd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
 	defer unix.Close(fd)
-	return net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", fd, name), Net: "unix"})
+	return net.ListenUnix("unix", &net.UnixAddr{Name: fmt.Sprintf("/proc/self/fd/%d/%s", fd, filepath.Base(path)), Net: "unix"})
 }

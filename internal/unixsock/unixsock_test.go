@@ -74,16 +74,36 @@ func TestListenNeverReplaces(t *testing.T) {
 	if err := os.WriteFile(path, []byte("someone else's"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if ln, err := Listen(path, 0o600); !errors.Is(err, fs.ErrExist) {
+	ln, err := Listen(path, 0o600)
+	if !errors.Is(err, fs.ErrExist) {
 		if ln != nil {
 			ln.Close()
 		}
 		t.Fatalf("Listen on an existing file = %v, want an error wrapping fs.ErrExist", err)
+	}
+	if !strings.Contains(err.Error(), path) {
+		t.Errorf("the error does not name %s: %v", path, err)
 	}
 	if b, _ := os.ReadFile(path); string(b) != "someone else's" {
 		t.Errorf("the existing file changed: %q", b)
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("%s holds %d entries after a failed Listen, want 1: %v", dir, len(entries), entries)
+	}
+}
+
+// TestListenRefusesAPathNoClientCouldDial: a path longer than a socket
+// address is refused up front, and nothing is created.
+func TestListenRefusesAPathNoClientCouldDial(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, strings.Repeat("p", MaxPath))
+	if ln, err := Listen(path, 0o600); err == nil || !strings.Contains(err.Error(), "107") {
+		if ln != nil {
+			ln.Close()
+		}
+		t.Fatalf("Listen(%d-byte path) = %v, want an error naming the 107-byte limit", len(path), err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("%s holds %v after a refused Listen", dir, entries)
 	}
 }

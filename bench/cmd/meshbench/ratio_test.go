@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -98,5 +99,80 @@ func TestReportReprintsASavedRun(t *testing.T) {
 	}
 	if err := cmdReport(&out, nil); err != errUsage {
 		t.Errorf("no file: %v, want usage", err)
+	}
+}
+
+// TestLayersTable: with the modes that add meshd's routing, its table and
+// meshd itself in one run, the second table divides each by the layer
+// below it, round by round; pairs whose modes did not run are left out.
+func TestLayersTable(t *testing.T) {
+	label := func(key string) string {
+		return allModes[slices.IndexFunc(allModes, func(m modeInfo) bool { return m.key == key })].label
+	}
+	cells := []*cell{
+		cellOf("wireguard-go", "tcp x1", 4, 5),
+		cellOf(label("wggorules"), "tcp x1", 3.9, 4.9),
+		cellOf(label("wggofull"), "tcp x1", 3.8, 4.6),
+		cellOf("meshd", "tcp x1", 3.8, 4.6),
+	}
+	var modes []modeInfo
+	for _, k := range []string{"wggo", "wggorules", "wggofull", "meshd"} {
+		modes = append(modes, allModes[slices.IndexFunc(allModes, func(m modeInfo) bool { return m.key == k })])
+	}
+	find := func(l, test string) *cell {
+		i := slices.IndexFunc(cells, func(c *cell) bool { return c.Mode == l && c.Test == test })
+		if i < 0 {
+			return nil
+		}
+		return cells[i]
+	}
+	var out strings.Builder
+	printRatioCIs(&out, find, modes, []testKind{{name: "tcp x1"}})
+	for _, want := range []string{
+		"| meshd / " + label("wggofull") + " | 1.000 (1.000-1.000, 2 pairs) |",
+		"| " + label("wggofull") + " / " + label("wggorules") + " | ",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("no row %q in:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "meshd +100 rules / meshd") {
+		t.Errorf("a row for a mode that did not run:\n%s", out.String())
+	}
+}
+
+// TestReportPoolsRuns: two runs of the same path pool into one interval
+// over all their pairs, no round of one paired with the other's; runs of
+// different paths are refused.
+func TestReportPoolsRuns(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, path string, wggo, meshd []float64) string {
+		rep := tpReport{Seconds: 8, Rounds: len(wggo), Path: path, MTUs: map[string]int{}, Cells: []*cell{
+			cellOf("wireguard-go", "tcp x1", wggo...),
+			cellOf("meshd", "tcp x1", meshd...),
+		}}
+		b, err := json.Marshal(rep)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(dir, name)
+		if err := os.WriteFile(f, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	// Every same-run ratio is 0.9; pairing across runs would not be.
+	a := write("a.json", "pod", []float64{4, 5}, []float64{3.6, 4.5})
+	b := write("b.json", "pod", []float64{2, 3}, []float64{1.8, 2.7})
+	var out strings.Builder
+	if err := cmdReport(&out, []string{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "| meshd | 0.900 (0.900-0.900, 4 pairs) |") {
+		t.Errorf("no pooled interval over 4 pairs in:\n%s", out.String())
+	}
+	host := write("c.json", "host", []float64{4}, []float64{3.6})
+	if err := cmdReport(&out, []string{a, host}); err == nil || !strings.Contains(err.Error(), "host") {
+		t.Errorf("pooling a pod run with a host run: %v, want a refusal", err)
 	}
 }

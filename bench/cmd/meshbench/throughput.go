@@ -339,8 +339,7 @@ func (r *tpRun) newTunnel(key string, wg *wgctrl.Client, tunMTU int) (tunnel, st
 		}
 		table := map[string]tableKind{"wggo": noTable, "wggonft": meshdTable, "wggoct": trackedTable, "wggonoct": untrackedTable,
 			"wggorules": noTable, "wggofull": trackedTable}[key]
-		rules := key == "wggorules" || key == "wggofull"
-		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table, ipRules: rules}, ""
+		return &wggoTunnel{l: l, bin: o.wggoBin, path: o.path, mtuVal: tunMTU, wg: wg, table: table, ipRules: addsIPRules(modeInfo{key: key})}, ""
 	case "meshdbase":
 		if o.meshdBase == "" {
 			return nil, "no -meshd-base binary"

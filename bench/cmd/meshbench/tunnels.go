@@ -221,20 +221,32 @@ func meshdRouting(l *lab.Lab, me, other *lab.Host, ifn string) [][]string {
 	return cmds
 }
 
-// removeMeshdRouting undoes meshdRouting on h, so that the meshd modes
-// measured in the same lab find no rules of another program.
+// removeMeshdRouting undoes whatever part of meshdRouting a setup got to
+// on h, so that the meshd modes measured in the same lab find no rules of
+// another program: every delete is tried, and one that finds nothing to
+// delete is no error.
 func removeMeshdRouting(l *lab.Lab, h *lab.Host) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var cmds [][]string
+	var errs []error
 	for i, s := range l.Spec().Segments {
 		table := strconv.Itoa(meshdTableBase + i)
-		cmds = append(cmds,
-			[]string{"rule", "del", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
-			[]string{"rule", "del", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
-			[]string{"route", "flush", "table", table})
+		for _, cmd := range [][]string{
+			{"rule", "del", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
+			{"rule", "del", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
+			{"route", "flush", "table", table},
+		} {
+			if err := lab.IP(ctx, h.NS(), cmd); err != nil && !nothingThere(err) {
+				errs = append(errs, err)
+			}
+		}
 	}
-	return lab.IP(ctx, h.NS(), cmds...)
+	return errors.Join(errs...)
+}
+
+// nothingThere tells ip's "no such rule" and "no such table".
+func nothingThere(err error) bool {
+	return strings.Contains(err.Error(), "No such file or directory") || strings.Contains(err.Error(), "does not exist")
 }
 
 func prefixNet(p netip.Prefix) net.IPNet {
