@@ -1,6 +1,6 @@
 // Package unixsock creates the unix sockets meshd serves (the control
-// socket, the embedded device's UAPI socket) with their final permissions
-// from the moment anyone can reach them.
+// socket, the embedded device's UAPI socket, the Docker plugin socket)
+// with their final permissions from the moment anyone can reach them.
 //
 // bind(2) creates the socket file with the process umask applied, so a
 // chmod afterwards leaves a window in which a permissive umask lets
