@@ -201,6 +201,18 @@ const (
 	meshdRulePriority = 31000
 )
 
+// meshdRules are meshd's two ip rules for the segment with cidr, the
+// i-th of the lab's, as ip's selector arguments, and the table they
+// choose: one list for adding and deleting, so a delete always names
+// exactly what was added.
+func meshdRules(cidr string, i int) (table string, rules [][]string) {
+	table = strconv.Itoa(meshdTableBase + i)
+	return table, [][]string{
+		{"pref", strconv.Itoa(meshdRulePriority), "from", cidr, "lookup", table},
+		{"pref", strconv.Itoa(meshdRulePriority + 1), "to", cidr, "lookup", table},
+	}
+}
+
 // meshdRouting is the routing meshd (mesh.routesFor) sets up on me for a
 // mesh of me and other: per segment, a table holding unreachable for the
 // segment, a throw for me's own slice and the tunnel route to other's,
@@ -208,10 +220,11 @@ const (
 func meshdRouting(l *lab.Lab, me, other *lab.Host, ifn string) [][]string {
 	var cmds [][]string
 	for i, s := range l.Spec().Segments {
-		table := strconv.Itoa(meshdTableBase + i)
+		table, rules := meshdRules(s.CIDR, i)
+		for _, r := range rules {
+			cmds = append(cmds, append([]string{"rule", "add"}, r...))
+		}
 		cmds = append(cmds,
-			[]string{"rule", "add", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
-			[]string{"rule", "add", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
 			[]string{"route", "replace", "unreachable", s.CIDR, "table", table},
 			[]string{"route", "replace", "throw", me.Subnet(s.Name).String(), "table", table},
 			// As meshd's, though the peer's AllowedIPs hold only the bench
@@ -230,12 +243,12 @@ func removeMeshdRouting(l *lab.Lab, h *lab.Host) error {
 	defer cancel()
 	var errs []error
 	for i, s := range l.Spec().Segments {
-		table := strconv.Itoa(meshdTableBase + i)
-		for _, cmd := range [][]string{
-			{"rule", "del", "pref", strconv.Itoa(meshdRulePriority), "from", s.CIDR, "lookup", table},
-			{"rule", "del", "pref", strconv.Itoa(meshdRulePriority + 1), "to", s.CIDR, "lookup", table},
-			{"route", "flush", "table", table},
-		} {
+		table, rules := meshdRules(s.CIDR, i)
+		var cmds [][]string
+		for _, r := range rules {
+			cmds = append(cmds, append([]string{"rule", "del"}, r...))
+		}
+		for _, cmd := range append(cmds, []string{"route", "flush", "table", table}) {
 			if err := lab.IP(ctx, h.NS(), cmd); err != nil && !nothingThere(err) {
 				errs = append(errs, err)
 			}
